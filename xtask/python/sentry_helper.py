@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+"""sentry-migrate's helper: run by `cargo xtask migrate` with buildout's bin/py (Sentry 4 on sys.path).
+
+    bin/py xtask/python/sentry_helper.py --config=settings/settings.py models
+        Prints, as JSON, every model dumpdata writes: its fixture label, its table, and the
+        tables of its many-to-many fields (which dumpdata writes as lists inside the object).
+
+    bin/py xtask/python/sentry_helper.py --config=settings/settings.py load A.json B.json
+        Runs Django's `loaddata A.json B.json` (one transaction, so PostgreSQL checks the
+        deferred foreign keys once at commit) with Sentry 4's post_save side-effect handlers
+        disconnected. Those handlers ignore raw=True and insert teams, members and keys during
+        loaddata; with them connected, a load fails on ids with gaps or silently adds rows.
+
+Settings are loaded exactly as bin/sentry loads them (logan's run_app); the helper takes the
+place of the Django command dispatch, which logan calls once settings are configured.
+"""
+import json
+import sys
+
+# (dispatch_uid, sender model) of Sentry 4's handlers that must not run during a load.
+SIDE_EFFECT_HANDLERS = [
+    ('create_team_and_keys_for_project', 'Project'),
+    ('create_team_member_for_owner', 'Team'),
+    ('create_key_for_team_member', 'TeamMember'),
+    ('update_document', 'Group'),
+]
+
+
+def models_command():
+    from django.db import router, DEFAULT_DB_ALIAS
+    from django.db.models import get_models
+    out = []
+    for model in get_models():
+        opts = model._meta
+        # The models dumpdata writes (Django 1.4: no proxies, only syncdb-able ones).
+        if opts.proxy or not router.allow_syncdb(DEFAULT_DB_ALIAS, model):
+            continue
+        m2m = {}
+        for field in opts.many_to_many:
+            through = field.rel.through
+            if through is not None and through._meta.auto_created:
+                m2m[field.name] = through._meta.db_table
+        out.append({
+            'model': '%s.%s' % (opts.app_label, opts.object_name.lower()),
+            'table': opts.db_table,
+            'm2m': m2m,
+        })
+    out.sort(key=lambda it: it['model'])
+    json.dump(out, sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write('\n')
+
+
+def load_command(fixtures):
+    from django.core.management import call_command
+    from django.db.models.signals import post_save
+    from django.dispatch.dispatcher import _make_id
+    import sentry.models
+
+    for dispatch_uid, sender_name in SIDE_EFFECT_HANDLERS:
+        sender = getattr(sentry.models, sender_name, None)
+        key = (dispatch_uid, _make_id(sender))
+        if sender is None or not any(lookup == key for lookup, _ in post_save.receivers):
+            sys.stderr.write('sentry-migrate: handler %s of %s is not connected here\n' % (dispatch_uid, sender_name))
+            continue
+        post_save.disconnect(sender=sender, dispatch_uid=dispatch_uid)
+        sys.stderr.write('sentry-migrate: disconnected %s of %s\n' % (dispatch_uid, sender_name))
+    call_command('loaddata', *fixtures, verbosity=1)
+    sys.stdout.flush()
+
+
+def main():
+    args = sys.argv[1:]
+    logan_args = [arg for arg in args if arg.startswith('--config')]
+    rest = [arg for arg in args if not arg.startswith('--config')]
+    if not rest or rest[0] not in ('models', 'load'):
+        sys.stderr.write(__doc__)
+        sys.exit(2)
+    command, command_args = rest[0], rest[1:]
+
+    from django.core import management
+
+    def dispatch(argv=None):
+        if command == 'models':
+            models_command()
+        else:
+            load_command(command_args)
+
+    management.execute_from_command_line = dispatch
+    # logan needs a command name after its options; ours is dispatched above instead.
+    sys.argv = ['sentry'] + logan_args + ['help']
+    from sentry.utils.runner import main as sentry_main
+    sentry_main()
+
+
+if __name__ == '__main__':
+    main()

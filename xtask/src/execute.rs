@@ -1,0 +1,841 @@
+//! The executor: the only code that runs steps. It takes the lock, keeps the journal and the
+//! report, writes one log per step, prints progress, and says how to resume after a failure.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{IsTerminal, Read, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::{
+    config::Config,
+    dumps,
+    flags::{self, DbKind},
+    journal::{Backup, Journal, StepRecord},
+    pg,
+    plan::{self, Action, Command, Phase, Step},
+    report, sentry, settings, sqlite, util,
+    verify::{self, TableCheck},
+};
+
+pub struct Options {
+    pub dry_run: bool,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    /// The command that resumes this migration (same source and target).
+    pub resume_command: String,
+}
+
+impl flags::Migrate {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let mut config = Config::new(
+            &sh.current_dir(),
+            self.sqlite.as_deref(),
+            self.database_url.as_deref(),
+            |key| std::env::var(key).ok(),
+        )?;
+        if let Some(tag1) = &self.tag1 {
+            config.tag1_cfg = config.root.join(tag1);
+        }
+        if let Some(tag2) = &self.tag2 {
+            config.tag2_cfg = config.root.join(tag2);
+        }
+        let mut resume_command = String::from("cargo xtask migrate");
+        for (flag, value) in [
+            (
+                "--sqlite",
+                self.sqlite.as_ref().map(|it| it.display().to_string()),
+            ),
+            ("--database-url", self.database_url.clone()),
+            (
+                "--tag1",
+                self.tag1.as_ref().map(|it| it.display().to_string()),
+            ),
+            (
+                "--tag2",
+                self.tag2.as_ref().map(|it| it.display().to_string()),
+            ),
+        ] {
+            if let Some(value) = value {
+                resume_command.push_str(&format!(" {flag} {value}"));
+            }
+        }
+        let options = Options {
+            dry_run: self.dry_run,
+            from: self.from,
+            until: self.until,
+            resume_command,
+        };
+        execute(sh, &config, &options)
+    }
+}
+
+/// Runs (or, with `dry_run`, prints) the plan for `config`.
+pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
+    let steps = plan::plan(config);
+    let journal_path = config.dumps_dir().join("journal.json");
+    let existing = Journal::load(&journal_path)?;
+    let from = options
+        .from
+        .as_deref()
+        .map(|name| plan::find(&steps, name))
+        .transpose()?;
+    let until = options
+        .until
+        .as_deref()
+        .map(|name| plan::find(&steps, name))
+        .transpose()?;
+    let sqlite_id = config.sqlite_path.display().to_string();
+    let target_id = config.pg.to_string();
+
+    if options.dry_run {
+        println!(
+            "dry run: {} -> {}; nothing is touched\n",
+            sqlite_id, target_id
+        );
+        print!("{}", plan::render(&steps, config));
+        if let Some(journal) = &existing {
+            let done: Vec<_> = steps
+                .iter()
+                .enumerate()
+                .filter(|(index, step)| {
+                    journal.is_done(step.name) && from.is_none_or(|from| *index < from)
+                })
+                .map(|(_, step)| step.name)
+                .collect();
+            if !done.is_empty() {
+                println!(
+                    "\njournal: done already, would be re-checked and skipped: {}",
+                    done.join(", ")
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    fs::create_dir_all(config.dumps_dir().join("logs")).context("cannot create dumps/logs")?;
+    let _lock = Lock::acquire(&config.dumps_dir().join("migrate.lock"))?;
+    let mut journal = match existing {
+        Some(journal) => {
+            journal.check_same_migration(&sqlite_id, &target_id, &journal_path)?;
+            journal
+        }
+        None => Journal {
+            sqlite: sqlite_id,
+            target: target_id,
+            ..Journal::default()
+        },
+    };
+    if let Some(from) = from {
+        let names: Vec<&str> = steps[from..].iter().map(|it| it.name).collect();
+        journal.forget(&names);
+        journal.save(&journal_path)?;
+    }
+
+    let total = steps.len();
+    for (index, step) in steps.iter().enumerate() {
+        let label = format!("[{}/{total}] {}", index + 1, step.name);
+        if journal.is_done(step.name) {
+            recheck_outputs(config, &journal, step.name, &options.resume_command)?;
+            println!("{label} … done earlier (journal)");
+            continue;
+        }
+        print!("{label} … ");
+        let _ = std::io::stdout().flush();
+        let started = Instant::now();
+        let log_path =
+            config
+                .dumps_dir()
+                .join("logs")
+                .join(format!("{:02}-{}.log", index + 1, step.name));
+        let mut runner = StepRunner {
+            sh,
+            config,
+            journal: &mut journal,
+            log_path: &log_path,
+            label: &label,
+            started,
+        };
+        let result = runner.run(step);
+        let elapsed = started.elapsed();
+        match result {
+            Ok(outputs) => {
+                journal.record(StepRecord {
+                    name: step.name.to_string(),
+                    finished_at: util::utc_timestamp(util::unix_now()),
+                    elapsed_secs: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+                    outputs,
+                });
+                journal.save(&journal_path)?;
+                report::write(&journal, &config.dumps_dir())?;
+                println!("ok ({})", util::human_duration(elapsed));
+            }
+            Err(err) => {
+                println!("FAILED ({})", util::human_duration(elapsed));
+                journal.save(&journal_path)?;
+                report::write(&journal, &config.dumps_dir())?;
+                let log = if log_path.exists() {
+                    config.display_path(&log_path)
+                } else {
+                    "(none: the step ran no program)".into()
+                };
+                bail!(
+                    "step `{}` failed: {err:#}\n  log:    {log}\n  report: dumps/report.md\n  resume: {} (starts again at `{}`; finished steps are kept)",
+                    step.name,
+                    options.resume_command,
+                    step.name
+                );
+            }
+        }
+        if until == Some(index) {
+            println!(
+                "stopped after `{}` (--until); resume: {}",
+                step.name, options.resume_command
+            );
+            return Ok(());
+        }
+    }
+    print_summary(config, &steps, &journal);
+    Ok(())
+}
+
+/// A finished step's files must still be what it produced.
+fn recheck_outputs(config: &Config, journal: &Journal, step: &str, resume: &str) -> Result<()> {
+    let Some(record) = journal.steps.iter().find(|it| it.name == step) else {
+        return Ok(());
+    };
+    for (path, hash) in &record.outputs {
+        let full = config.root.join(path);
+        let actual = util::sha256_file(&full).ok();
+        if actual.as_deref() != Some(hash.as_str()) {
+            bail!(
+                "{path}, produced by step `{step}`, is {} since: redo from there with `{resume} --from {step}`",
+                if actual.is_none() { "missing" } else { "changed" }
+            );
+        }
+    }
+    Ok(())
+}
+
+struct StepRunner<'a> {
+    sh: &'a Shell,
+    config: &'a Config,
+    journal: &'a mut Journal,
+    log_path: &'a Path,
+    label: &'a str,
+    started: Instant,
+}
+
+type Outputs = BTreeMap<String, String>;
+
+impl StepRunner<'_> {
+    fn run(&mut self, step: &Step) -> Result<Outputs> {
+        match &step.action {
+            Action::Preflight => self.preflight().map(|()| Outputs::new()),
+            Action::BackupSqlite => self.backup(),
+            Action::Buildout(command) => {
+                self.ensure_sentry_stopped()?;
+                self.run_command(command).map(|_| Outputs::new())
+            }
+            Action::WriteSettings(kind) => self.write_settings(*kind),
+            Action::Run(command) => {
+                self.ensure_sentry_stopped()?;
+                self.ensure_settings_for(step.phase)?;
+                self.run_command(command)
+            }
+            Action::VerifyDumps => self.verify_dumps().map(|()| Outputs::new()),
+            Action::PgCreateDatabase => self.create_database().map(|()| Outputs::new()),
+            Action::PgClearGeneratedRows => {
+                let mut client = self.target_client()?;
+                self.journal.cleared_rows = pg::clear_generated_rows(&mut client)?;
+                Ok(Outputs::new())
+            }
+            Action::PgAbstimeShim => {
+                let mut client = self.target_client()?;
+                let outcome = pg::install_abstime_shim(&mut client)?;
+                self.journal.shim = Some(match outcome {
+                    pg::ShimOutcome::NotNeeded { version } => {
+                        format!("not needed (server_version_num {version} < 120000)")
+                    }
+                    pg::ShimOutcome::AlreadyInstalled => "already installed".into(),
+                    pg::ShimOutcome::Installed => "installed".into(),
+                });
+                Ok(Outputs::new())
+            }
+            Action::PgLoad(command) => self.load(step, command).map(|()| Outputs::new()),
+            Action::VerifyPostgres => self.verify_postgres().map(|()| Outputs::new()),
+            Action::VerifySentry6 => self.verify_sentry6().map(|()| Outputs::new()),
+        }
+    }
+
+    fn target_client(&self) -> Result<postgres::Client> {
+        pg::connect(
+            &self.config.pg,
+            &self.config.pg.dbname,
+            Duration::from_secs(5),
+        )
+    }
+
+    fn preflight(&mut self) -> Result<()> {
+        let config = self.config;
+        let mut problems: Vec<String> = Vec::new();
+        if !config.bin("buildout").exists() {
+            problems.push(
+                "bin/buildout is missing: bootstrap buildout in this repo first (README, `Setup`)"
+                    .into(),
+            );
+        }
+        for (path, what) in [
+            (&config.tag1_cfg, "tag 1 buildout config (--tag1)"),
+            (&config.tag2_cfg, "tag 2 buildout config (--tag2)"),
+            (&config.settings_py(), "Sentry settings"),
+            (&config.helper_py(), "load helper"),
+        ] {
+            if !path.exists() {
+                problems.push(format!(
+                    "{} is missing: the {what}",
+                    config.display_path(path)
+                ));
+            }
+        }
+        let db = &config.sqlite_path;
+        match sqlite::check_integrity(db, false).and_then(|()| sqlite::check_sentry4(db)) {
+            Ok(info) => {
+                let _ = writeln!(
+                    self.log()?,
+                    "sqlite: {} tables, sentry migration {:04}",
+                    info.tables,
+                    info.latest_migration
+                );
+            }
+            Err(err) => problems.push(format!("{err:#}")),
+        }
+        for suffix in ["-journal", "-wal"] {
+            let hot = util::sibling(db, suffix);
+            if hot.exists() {
+                problems.push(format!(
+                    "{} exists: a writer crashed or is still running; stop Sentry, then open the db once with `sqlite3 {}` and `.quit` to roll it back",
+                    hot.display(),
+                    db.display()
+                ));
+            }
+        }
+        for (pid, cmdline) in sentry::running_sentry(&config.root, db) {
+            problems.push(format!(
+                "Sentry is running or holds the db (pid {pid}: {cmdline}): stop it first"
+            ));
+        }
+        if let Ok(meta) = fs::metadata(db) {
+            let size = meta.len();
+            for (dir, need, what) in [
+                (config.dumps_dir(), size * 3, "the dumps"),
+                (
+                    db.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                    size,
+                    "the backup",
+                ),
+            ] {
+                match free_bytes(self.sh, &dir) {
+                    Ok(free) if free < need => problems.push(format!(
+                        "{} has {} free, {what} need about {}: free some space",
+                        dir.display(),
+                        util::human_bytes(free),
+                        util::human_bytes(need)
+                    )),
+                    Ok(_) => {}
+                    Err(err) => problems.push(format!(
+                        "cannot tell free space in {}: {err:#}",
+                        dir.display()
+                    )),
+                }
+            }
+        }
+        if let Err(err) = pg::connect_admin(&config.pg, Duration::from_secs(5)) {
+            problems.push(format!("{err:#}"));
+        }
+        if !problems.is_empty() {
+            bail!(
+                "preflight found {} problem(s), nothing was touched:\n  - {}",
+                problems.len(),
+                problems.join("\n  - ")
+            );
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> Result<fs::File> {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path)
+            .with_context(|| format!("cannot open {}", self.log_path.display()))
+    }
+
+    fn ensure_sentry_stopped(&self) -> Result<()> {
+        let running = sentry::running_sentry(&self.config.root, &self.config.sqlite_path);
+        if let Some((pid, cmdline)) = running.first() {
+            bail!("Sentry is running (pid {pid}: {cmdline}): stop it, then resume");
+        }
+        Ok(())
+    }
+
+    /// Sentry commands of a phase must run against that phase's database.
+    fn ensure_settings_for(&self, phase: Phase) -> Result<()> {
+        let want = if phase == Phase::Sqlite {
+            DbKind::Sqlite
+        } else {
+            DbKind::Postgres
+        };
+        let current = settings::current(self.config);
+        ensure!(
+            current == Some(want),
+            "settings/settings_local.py points at {current:?}, but this step needs {want:?}: was it switched by hand? \
+             resume with `--from settings-{}`",
+            if want == DbKind::Sqlite { "sqlite" } else { "postgres" }
+        );
+        Ok(())
+    }
+
+    fn backup(&mut self) -> Result<Outputs> {
+        let source = &self.config.sqlite_path;
+        let stamp = util::utc_timestamp(util::unix_now()).replace([':', '-'], "");
+        let mut backup = util::sibling(source, &format!(".backup-{stamp}"));
+        let mut n = 2;
+        while backup.exists() {
+            backup = util::sibling(source, &format!(".backup-{stamp}-{n}"));
+            n += 1;
+        }
+        {
+            let mut input = fs::File::open(source)
+                .with_context(|| format!("cannot read {}", source.display()))?;
+            let mut output = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&backup)
+                .with_context(|| format!("cannot create the backup {}", backup.display()))?;
+            std::io::copy(&mut input, &mut output)?;
+            output.sync_all()?;
+        }
+        sqlite::check_integrity(&backup, true)
+            .context("the backup copy fails its integrity check")?;
+        let source_hash = util::sha256_file(source)?;
+        let backup_hash = util::sha256_file(&backup)?;
+        ensure!(
+            source_hash == backup_hash,
+            "the backup differs from the source (was the db written during the copy?)"
+        );
+        let path = self.config.display_path(&backup);
+        self.journal.backup = Some(Backup {
+            path: path.clone(),
+            sha256: backup_hash.clone(),
+            bytes: fs::metadata(&backup)?.len(),
+        });
+        let _ = writeln!(self.log()?, "backup {path} sha256 {backup_hash}");
+        Ok(Outputs::from([(path, backup_hash)]))
+    }
+
+    fn write_settings(&mut self, kind: DbKind) -> Result<Outputs> {
+        let changes = settings::switch(kind, self.config)?;
+        let mut log = self.log()?;
+        for line in changes {
+            let _ = writeln!(log, "{line}");
+        }
+        Ok(Outputs::new())
+    }
+
+    /// Runs a program from the root with stdin closed, stderr (and stdout unless redirected)
+    /// into the step's log; shows progress while it runs.
+    fn run_command(&self, command: &Command) -> Result<Outputs> {
+        let config = self.config;
+        let program = config.root.join(&command.program);
+        if !program.exists() {
+            let hint = match command.program.to_str() {
+                Some("bin/buildout") => {
+                    "bootstrap buildout in this repo first (README, `Setup`)".to_string()
+                }
+                _ => "it is made by bin/buildout: resume with `--from buildout-tag1`".to_string(),
+            };
+            bail!("{} is missing: {hint}", command.program.display());
+        }
+        let mut log = self.log()?;
+        writeln!(log, "$ {}", command.render())?;
+        let mut cmd = self
+            .sh
+            .cmd(&program)
+            .args(&command.args)
+            .env("PYTHONUNBUFFERED", "1");
+        if let Some(password) = &config.pg.password {
+            // For libpq in the child; never on its command line, never in a log.
+            cmd = cmd.env("PGPASSWORD", password.expose());
+        }
+        let mut process: std::process::Command = cmd.into();
+        process.stdin(Stdio::null()).stderr(log.try_clone()?);
+        let partial = command
+            .stdout_to
+            .as_ref()
+            .map(|path| util::sibling(&config.root.join(path), ".partial"));
+        match &partial {
+            Some(partial) => {
+                let file = fs::File::create(partial)
+                    .with_context(|| format!("cannot create {}", partial.display()))?;
+                process.stdout(file);
+            }
+            None => {
+                process.stdout(log.try_clone()?);
+            }
+        }
+        let mut child = process
+            .spawn()
+            .with_context(|| format!("cannot start {}", command.program.display()))?;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            self.progress(partial.as_deref());
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        if std::io::stdout().is_terminal() {
+            print!("\r\x1b[K{} … ", self.label);
+        }
+        if !status.success() {
+            bail!(
+                "`{}` exited with {status}; last lines of its log:\n{}",
+                command.render(),
+                tail(self.log_path, 15)
+            );
+        }
+        let mut outputs = Outputs::new();
+        if let (Some(partial), Some(path)) = (partial, &command.stdout_to) {
+            let full = config.root.join(path);
+            fs::rename(&partial, &full)?;
+            outputs.insert(config.display_path(&full), util::sha256_file(&full)?);
+        }
+        Ok(outputs)
+    }
+
+    /// On a terminal, a live line with elapsed time (and bytes written); elsewhere a line a minute.
+    fn progress(&self, output: Option<&Path>) {
+        let elapsed = self.started.elapsed();
+        let written = output
+            .and_then(|path| fs::metadata(path).ok())
+            .map(|meta| format!(", {} written", util::human_bytes(meta.len())))
+            .unwrap_or_default();
+        if std::io::stdout().is_terminal() {
+            print!(
+                "\r\x1b[K{} … running {}{written}",
+                self.label,
+                util::human_duration(elapsed)
+            );
+            let _ = std::io::stdout().flush();
+        } else if elapsed.as_millis() % 60_000 < 250 && elapsed.as_secs() > 0 {
+            println!(
+                "\n    … still running after {}{written}",
+                util::human_duration(elapsed)
+            );
+        }
+    }
+
+    fn verify_dumps(&mut self) -> Result<()> {
+        let config = self.config;
+        let models = dumps::read_models(&config.models_json())?;
+        let fields = dumps::m2m_fields(&models);
+        let auth = dumps::count_fixture(&config.dump_auth(), &fields)
+            .context("redo with `--from dump-auth`")?;
+        let rest = dumps::count_fixture(&config.dump_rest(), &fields)
+            .context("redo with `--from dump-rest`")?;
+        if let Some(model) = auth.objects.keys().find(|m| !m.starts_with("auth.")) {
+            bail!("the auth dump holds `{model}` objects: it should hold only the auth app; redo with `--from dump-auth`");
+        }
+        if let Some(model) = rest.objects.keys().find(|m| m.starts_with("auth.")) {
+            bail!("the main dump holds `{model}` objects, which belong in the auth dump; redo with `--from dump-rest`");
+        }
+        let mut all = auth.clone();
+        all.merge(&rest);
+        let dump_rows = all.rows_per_table(&models)?;
+        let sqlite_counts = sqlite::table_counts(&config.sqlite_path)?;
+        let checks = verify::dumps_vs_sqlite(&dump_rows, &sqlite_counts);
+        self.journal.leftover_tables = checks
+            .iter()
+            .filter(|c| c.verdict == verify::Verdict::NotCarriedOver)
+            .map(|c| (c.table.clone(), c.expected.unwrap_or(0)))
+            .collect();
+        self.journal.sqlite_counts = sqlite_counts;
+        self.journal.dump_rows = dump_rows;
+        self.journal.dump_objects = all.total_objects();
+        let _ = writeln!(
+            self.log()?,
+            "auth dump: {} objects; main dump: {} objects",
+            auth.total_objects(),
+            rest.total_objects()
+        );
+        self.finish_check(
+            "dumps-vs-sqlite",
+            checks,
+            "redo with `--from sqlite-upgrade`",
+        )
+    }
+
+    /// Stores a comparison in the journal and fails on any table that differs.
+    fn finish_check(&mut self, name: &str, checks: Vec<TableCheck>, remedy: &str) -> Result<()> {
+        let failures: Vec<String> = verify::failures(&checks)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}: expected {}, found {} ({})",
+                    c.table,
+                    opt(c.expected),
+                    opt(c.actual),
+                    c.note
+                )
+            })
+            .collect();
+        self.journal.checks.insert(name.to_string(), checks);
+        if !failures.is_empty() {
+            bail!(
+                "{} table(s) differ ({remedy}):\n    {}",
+                failures.len(),
+                failures.join("\n    ")
+            );
+        }
+        Ok(())
+    }
+
+    fn create_database(&mut self) -> Result<()> {
+        let target = &self.config.pg;
+        let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
+        let mut log = self.log()?;
+        if !pg::database_exists(&mut admin, &target.dbname)? {
+            pg::create_database(&mut admin, &target.dbname)?;
+            self.journal.created_database = true;
+            writeln!(log, "created database {}", target.dbname)?;
+            return Ok(());
+        }
+        let tables = pg::public_tables(&mut self.target_client()?)?;
+        if tables.is_empty() {
+            writeln!(
+                log,
+                "database {} exists and is empty: using it",
+                target.dbname
+            )?;
+            return Ok(());
+        }
+        if self.journal.created_database {
+            writeln!(log, "database {} was created by an earlier run of this migration and is not empty: recreating it", target.dbname)?;
+            pg::drop_database(&mut admin, &target.dbname)?;
+            pg::create_database(&mut admin, &target.dbname)?;
+            return Ok(());
+        }
+        bail!(
+            "database `{}` on {}:{} is not empty ({} tables, e.g. {}): refusing to load into it; \
+             point PGDATABASE or --database-url at a new or empty database, or drop this one yourself",
+            target.dbname,
+            target.host,
+            target.port,
+            tables.len(),
+            tables.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    fn load(&mut self, step: &Step, command: &Command) -> Result<()> {
+        let expected = self.journal.dump_objects;
+        ensure!(
+            expected > 0 || self.journal.is_done("verify-dumps"),
+            "no verified dumps: run from `verify-dumps` first"
+        );
+        let config = self.config;
+        for producer in ["dump-auth", "dump-rest"] {
+            recheck_outputs(config, self.journal, producer, "cargo xtask migrate")?;
+        }
+        let mut client = self.target_client()?;
+        let filled: Vec<String> = pg::table_counts(&mut client)?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect();
+        ensure!(
+            filled.is_empty(),
+            "the target is not empty before the load: {}; redo with `--from pg-clear-generated-rows`",
+            filled.join(", ")
+        );
+        self.ensure_settings_for(step.phase)?;
+        self.ensure_sentry_stopped()?;
+        let start = fs::metadata(self.log_path).map(|m| m.len()).unwrap_or(0);
+        self.run_command(command)?;
+        let mut output = String::new();
+        let mut log = fs::File::open(self.log_path)?;
+        log.seek(SeekFrom::Start(start))?;
+        log.read_to_string(&mut output)?;
+        let summary = sentry::check_loaddata_output(&output, expected, 2)?;
+        self.journal.loaddata_summary = Some(summary);
+        let sequences = pg::reset_sequences(&mut client)?;
+        let _ = writeln!(self.log()?, "sequences reset: {}", sequences.len());
+        Ok(())
+    }
+
+    fn verify_postgres(&mut self) -> Result<()> {
+        let mut client = self.target_client()?;
+        let counts = pg::table_counts(&mut client)?;
+        let checks = verify::postgres_vs_dumps(&self.journal.dump_rows, &counts);
+        self.journal.postgres_counts = counts;
+        let sequences = pg::sequences(&mut client)?;
+        let behind: Vec<String> = sequences
+            .iter()
+            .filter(|s| s.next_value <= s.max_id)
+            .map(|s| format!("{} (next {}, max(id) {})", s.table, s.next_value, s.max_id))
+            .collect();
+        self.journal.sequences = sequences;
+        self.finish_check(
+            "postgres-vs-sqlite",
+            checks,
+            "redo with `--from pg-clear-generated-rows`",
+        )?;
+        ensure!(
+            behind.is_empty(),
+            "id sequences behind their tables: {}; redo with `--from pg-load`",
+            behind.join(", ")
+        );
+        Ok(())
+    }
+
+    fn verify_sentry6(&mut self) -> Result<()> {
+        let mut client = self.target_client()?;
+        let counts = pg::table_counts(&mut client)?;
+        let facts = verify::Sentry6Facts {
+            projects: counts.get("sentry_project").copied().unwrap_or(0),
+            orphan_events: pg::orphan_events(&mut client)?,
+        };
+        let checks = verify::sentry6_vs_loaded(&self.journal.postgres_counts, &counts, facts);
+        self.journal.sentry6_counts = counts;
+        self.finish_check(
+            "sentry6-vs-postgres",
+            checks,
+            "inspect dumps/report.md; the Sentry 4 data is still in the backup and the dumps",
+        )
+    }
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map(|it| it.to_string()).unwrap_or_else(|| "-".into())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| format!("    | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn free_bytes(sh: &Shell, dir: &Path) -> Result<u64> {
+    let out = cmd!(sh, "df -Pk {dir}").quiet().read()?;
+    let available = out
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .ok_or_else(|| anyhow!("cannot read `df -Pk` output: {out}"))?;
+    Ok(available * 1024)
+}
+
+fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
+    println!("\nSummary ({} -> {})", journal.sqlite, journal.target);
+    println!(
+        "  {:<22} {:>7} {:>7} {:>9} {:>10} {:>8}",
+        "check", "tables", "equal", "intended", "different", ""
+    );
+    for (name, checks) in &journal.checks {
+        let count = |v| checks.iter().filter(|c| c.verdict == v).count();
+        println!(
+            "  {:<22} {:>7} {:>7} {:>9} {:>10}",
+            name,
+            checks.len(),
+            count(verify::Verdict::Equal),
+            count(verify::Verdict::Intended) + count(verify::Verdict::NotCarriedOver),
+            count(verify::Verdict::Differs)
+        );
+    }
+    for phase in [Phase::Sqlite, Phase::Postgres, Phase::Sentry6] {
+        let secs: f64 = steps
+            .iter()
+            .filter(|s| s.phase == phase)
+            .filter_map(|s| journal.steps.iter().find(|r| r.name == s.name))
+            .map(|r| r.elapsed_secs)
+            .sum();
+        println!("  {:<40} {:>8.1}s", phase.title(), secs);
+    }
+    if !journal.leftover_tables.is_empty() {
+        println!(
+            "  not carried over (SQLite-only tables): {:?}",
+            journal.leftover_tables
+        );
+    }
+    if let Some(backup) = &journal.backup {
+        println!(
+            "  backup: {} (sha256 {})",
+            backup.path,
+            &backup.sha256[..16]
+        );
+    }
+    println!(
+        "\nreport: {}",
+        config.display_path(&config.dumps_dir().join("report.md"))
+    );
+    println!("next:   bin/sentry --config=settings/settings.py start --noupgrade   (Sentry 6 on PostgreSQL)");
+}
+
+/// `dumps/migrate.lock`: one `migrate` at a time per repo; a lock of a dead process is taken over.
+struct Lock(PathBuf);
+
+impl Lock {
+    fn acquire(path: &Path) -> Result<Lock> {
+        for _ in 0..2 {
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+            {
+                Ok(mut file) => {
+                    writeln!(file, "{}", std::process::id())?;
+                    return Ok(Lock(path.to_path_buf()));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let holder = fs::read_to_string(path)
+                        .unwrap_or_default()
+                        .trim()
+                        .parse::<u32>()
+                        .ok();
+                    match holder {
+                        Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => {
+                            bail!("another `cargo xtask migrate` (pid {pid}) is running on this repo ({} exists): wait for it to finish", path.display())
+                        }
+                        _ => {
+                            eprintln!(
+                                "note: removing a stale lock {} (its process is gone)",
+                                path.display()
+                            );
+                            fs::remove_file(path)?;
+                        }
+                    }
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("cannot create {}", path.display()))
+                }
+            }
+        }
+        bail!("cannot take the lock {}", path.display())
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,62 @@
+//! The command line, declared in one place; doc comments become the help text.
+
+use std::{path::PathBuf, str::FromStr};
+
+xflags::xflags! {
+    /// sentry-migrate: move a Sentry 4 install from SQLite to PostgreSQL, then upgrade it to Sentry 6.
+    ///
+    /// Tasks: `migrate` (the whole runbook), `switch-settings` (point settings_local.py at a db).
+    /// PostgreSQL connection: PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD, or --database-url
+    /// without a password (the password is only ever read from PGPASSWORD).
+    cmd xtask {
+        /// Run the runbook: back up and dump the SQLite db with Sentry 4, load it into PostgreSQL,
+        /// upgrade to Sentry 6, verifying row counts after each phase. Resumes after the last
+        /// finished step recorded in dumps/journal.json.
+        cmd migrate {
+            /// Print every step, command and SQL statement, and touch nothing.
+            optional --dry-run
+            /// Redo from this step (names: see --dry-run) even if the journal says it is done.
+            optional --from step: String
+            /// Stop after this step.
+            optional --until step: String
+            /// The Sentry 4 SQLite database (default: var/sentry.db).
+            optional --sqlite path: PathBuf
+            /// Target as postgres://USER@HOST:PORT/DBNAME (no password here: use PGPASSWORD).
+            optional --database-url url: String
+            /// Buildout config of tag 1, Sentry 4 + psycopg2 (default: buildout/tag1-sentry4.cfg).
+            optional --tag1 path: PathBuf
+            /// Buildout config of tag 2, Sentry 6 (default: buildout/tag2-sentry6.cfg).
+            optional --tag2 path: PathBuf
+        }
+        /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically,
+        /// keeping the previous file as settings_local.py.bak).
+        cmd switch-settings {
+            /// `sqlite` or `postgres`.
+            required db: DbKind
+            /// The SQLite database, for `sqlite` (default: var/sentry.db).
+            optional --sqlite path: PathBuf
+            /// Target as postgres://USER@HOST:PORT/DBNAME (no password here: use PGPASSWORD).
+            optional --database-url url: String
+        }
+    }
+}
+
+/// Which database `settings_local.py` points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+impl FromStr for DbKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sqlite" => Ok(DbKind::Sqlite),
+            "postgres" | "postgresql" => Ok(DbKind::Postgres),
+            _ => Err(format!(
+                "unknown database `{s}`: expected `sqlite` or `postgres`"
+            )),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The journal in `dumps/journal.json`: finished steps with the hashes of what they produced,
+//! and the facts later steps and the report need. It is how a re-run resumes.
+
+use std::{collections::BTreeMap, fs, path::Path};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::{pg::SequenceState, util, verify::TableCheck};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub finished_at: String,
+    pub elapsed_secs: f64,
+    /// Files the step produced (relative to the root) and their sha256.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Backup {
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Journal {
+    pub sqlite: String,
+    pub target: String,
+    pub steps: Vec<StepRecord>,
+    pub backup: Option<Backup>,
+    /// This tool created the target database (so an interrupted run may recreate it).
+    #[serde(default)]
+    pub created_database: bool,
+    /// Rows per table in SQLite when it was dumped.
+    #[serde(default)]
+    pub sqlite_counts: BTreeMap<String, u64>,
+    /// Rows per table the dumps hold (the model map applied to the objects).
+    #[serde(default)]
+    pub dump_rows: BTreeMap<String, u64>,
+    /// Objects in both dumps together.
+    #[serde(default)]
+    pub dump_objects: u64,
+    /// SQLite tables no model maps to: not carried over.
+    #[serde(default)]
+    pub leftover_tables: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub cleared_rows: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub shim: Option<String>,
+    #[serde(default)]
+    pub loaddata_summary: Option<String>,
+    #[serde(default)]
+    pub postgres_counts: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub sequences: Vec<SequenceState>,
+    #[serde(default)]
+    pub sentry6_counts: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub checks: BTreeMap<String, Vec<TableCheck>>,
+}
+
+impl Journal {
+    pub fn load(path: &Path) -> Result<Option<Journal>> {
+        match fs::read_to_string(path) {
+            Ok(text) => serde_json::from_str(&text).map(Some).with_context(|| {
+                format!(
+                    "{} is not a journal this tool can read: move it away to start over",
+                    path.display()
+                )
+            }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        util::write_atomic(path, text.as_bytes(), 0o644)
+    }
+
+    pub fn is_done(&self, step: &str) -> bool {
+        self.steps.iter().any(|it| it.name == step)
+    }
+
+    pub fn record(&mut self, record: StepRecord) {
+        self.steps.retain(|it| it.name != record.name);
+        self.steps.push(record);
+    }
+
+    /// Forgets `names` (a `--from` redo).
+    pub fn forget(&mut self, names: &[&str]) {
+        self.steps.retain(|it| !names.contains(&it.name.as_str()));
+    }
+
+    /// A journal belongs to one source and one target.
+    pub fn check_same_migration(
+        &self,
+        sqlite: &str,
+        target: &str,
+        journal_path: &Path,
+    ) -> Result<()> {
+        if self.sqlite != sqlite || self.target != target {
+            bail!(
+                "{} records a migration of {} to {}, but this run is of {sqlite} to {target}: \
+                 finish that one, or move dumps/ away to start a new one",
+                journal_path.display(),
+                self.sqlite,
+                self.target
+            );
+        }
+        Ok(())
+    }
+}

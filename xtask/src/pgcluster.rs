@@ -1,0 +1,172 @@
+//! A throwaway PostgreSQL cluster (initdb + pg_ctl, loopback + a unix socket in a temp folder),
+//! stopped when dropped. Used by the integration tests and the rehearsal, never by `migrate`.
+
+use std::{
+    fs,
+    net::TcpListener,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// A running cluster. Superuser `postgres` with `password`, scram over TCP on 127.0.0.1.
+pub struct PgCluster {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub superuser: String,
+    pub password: String,
+    bindir: PathBuf,
+    run_as_postgres: bool,
+}
+
+fn find_bindir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PG_BINDIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|it| it.ok())
+                .map(|it| it.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|dir| dir.join("initdb").exists());
+    versions.sort();
+    versions.pop().context(
+        "no PostgreSQL server binaries under /usr/lib/postgresql/*/bin: install postgresql (apt-get install postgresql) or set PG_BINDIR",
+    )
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl PgCluster {
+    /// initdb + start in `dir` (created; must be traversable by the `postgres` user when root).
+    pub fn start(sh: &Shell, dir: &Path) -> Result<PgCluster> {
+        let bindir = find_bindir()?;
+        let run_as_postgres = fs::metadata("/proc/self")?.uid() == 0;
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+        let password = format!("pw{}", std::process::id());
+        let pwfile = dir.join("pwfile");
+        fs::write(&pwfile, &password)?;
+        if run_as_postgres {
+            let user = nix_user("postgres")?;
+            std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
+            std::os::unix::fs::chown(&pwfile, Some(user.0), Some(user.1))?;
+        }
+        let data = dir.join("data");
+        let initdb = bindir.join("initdb");
+        let mut cluster = PgCluster {
+            dir: dir.to_path_buf(),
+            port: 0,
+            superuser: "postgres".into(),
+            password,
+            bindir,
+            run_as_postgres,
+        };
+        cluster
+            .as_server_user(sh, cmd!(sh, "{initdb} -D {data} -U postgres --auth-local=trust --auth-host=scram-sha-256 --pwfile={pwfile} -E UTF8 --no-sync"))
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("initdb failed")?;
+        fs::remove_file(&pwfile)?;
+        cluster.port = free_port()?;
+        let pg_ctl = cluster.bindir.join("pg_ctl");
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            cluster.port,
+            dir.display()
+        );
+        let log = dir.join("server.log");
+        cluster
+            .as_server_user(
+                sh,
+                cmd!(sh, "{pg_ctl} -D {data} -l {log} -o {opts} -w start"),
+            )
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("pg_ctl start failed: see {}", log.display()))?;
+        Ok(cluster)
+    }
+
+    fn as_server_user<'a>(&self, sh: &'a Shell, inner: xshell::Cmd<'a>) -> xshell::Cmd<'a> {
+        if !self.run_as_postgres {
+            return inner;
+        }
+        let std_cmd: std::process::Command = inner.into();
+        let program = std_cmd.get_program().to_owned();
+        let args: Vec<_> = std_cmd.get_args().map(|it| it.to_owned()).collect();
+        cmd!(sh, "runuser -u postgres -- {program} {args...}")
+    }
+
+    /// libpq variables for a client of this cluster (`PGPASSWORD` included: pass it as env).
+    pub fn env(&self, user: &str, password: &str, dbname: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", "127.0.0.1".to_string()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", user.to_string()),
+            ("PGPASSWORD", password.to_string()),
+            ("PGDATABASE", dbname.to_string()),
+        ]
+    }
+
+    /// Whether the postmaster of this cluster is alive.
+    pub fn is_running(&self) -> bool {
+        self.postmaster_pid()
+            .map(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .unwrap_or(false)
+    }
+
+    fn postmaster_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.dir.join("data/postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    pub fn stop(&self) -> Result<()> {
+        if self.postmaster_pid().is_none() {
+            return Ok(());
+        }
+        let sh = Shell::new()?;
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let data = self.dir.join("data");
+        self.as_server_user(&sh, cmd!(sh, "{pg_ctl} -D {data} -m fast -w stop"))
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .context("pg_ctl stop failed")?;
+        if self.is_running() {
+            bail!("postmaster still running after pg_ctl stop");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            eprintln!(
+                "warning: could not stop the PostgreSQL cluster in {}: {err:#}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// uid and gid of a system user, from /etc/passwd.
+fn nix_user(name: &str) -> Result<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd")?;
+    for line in passwd.lines() {
+        let fields: Vec<_> = line.split(':').collect();
+        if fields.len() > 3 && fields[0] == name {
+            return Ok((fields[2].parse()?, fields[3].parse()?));
+        }
+    }
+    bail!("no `{name}` user on this machine: PostgreSQL refuses to run as root; create the user (apt-get install postgresql does)")
+}

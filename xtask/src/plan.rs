@@ -1,0 +1,366 @@
+//! The runbook as data: `plan(&Config)` returns the named steps; nothing here does IO.
+
+use std::{fmt::Write, path::PathBuf};
+
+use crate::{config::Config, flags::DbKind, pg};
+
+/// The three phases of the runbook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Buildout tag 1 (Sentry 4 + psycopg2), settings on SQLite.
+    Sqlite,
+    /// Buildout tag 1, settings on PostgreSQL.
+    Postgres,
+    /// Buildout tag 2 (Sentry 6), on PostgreSQL.
+    Sentry6,
+}
+
+impl Phase {
+    pub fn title(self) -> &'static str {
+        match self {
+            Phase::Sqlite => "tag 1 (Sentry 4), SQLite",
+            Phase::Postgres => "tag 1 (Sentry 4), PostgreSQL",
+            Phase::Sentry6 => "tag 2 (Sentry 6), PostgreSQL",
+        }
+    }
+}
+
+/// A program run by the executor: always from the project root, never through a shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Relative to the root (`bin/sentry`).
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// Where stdout goes (written to a temp file, renamed when the command succeeds); `None`:
+    /// into the step's log with stderr.
+    pub stdout_to: Option<PathBuf>,
+}
+
+/// What a step does. Each variant checks its own preconditions before it acts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Checks everything knowable before anything is touched.
+    Preflight,
+    /// Copies the SQLite db next to itself, checks the copy, records its hash.
+    BackupSqlite,
+    /// `bin/buildout` with a tag's config.
+    Buildout(Command),
+    /// Writes `settings/settings_local.py`.
+    WriteSettings(DbKind),
+    /// `bin/sentry` or the helper under `bin/py`.
+    Run(Command),
+    /// Parses both dumps and compares objects per model with the SQLite row counts.
+    VerifyDumps,
+    /// Creates the target database, or accepts an empty one.
+    PgCreateDatabase,
+    /// Removes the demo project and every row `sentry upgrade` generated, so the load is exact.
+    PgClearGeneratedRows,
+    /// Makes `abstime` work again on PostgreSQL 12+ (Sentry computes scores with it).
+    PgAbstimeShim,
+    /// Loads both dumps in one transaction with the side-effect handlers disconnected; the
+    /// output is parsed, never trusted by exit code.
+    PgLoad(Command),
+    /// Compares every table with SQLite, checks every id sequence.
+    VerifyPostgres,
+    /// Compares every table with the post-load counts, allowing Sentry 6's intended changes only.
+    VerifySentry6,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Stable kebab-case name: used in the journal, `--from`, the docs and the tests.
+    pub name: &'static str,
+    pub phase: Phase,
+    /// One line for humans.
+    pub summary: &'static str,
+    pub action: Action,
+}
+
+const SETTINGS_ARG: &str = "--config=settings/settings.py";
+
+fn sentry(args: &[&str], stdout_to: Option<PathBuf>) -> Command {
+    let mut all = vec![SETTINGS_ARG.to_string()];
+    all.extend(args.iter().map(|it| it.to_string()));
+    Command {
+        program: "bin/sentry".into(),
+        args: all,
+        stdout_to,
+    }
+}
+
+fn helper(args: &[&str], stdout_to: Option<PathBuf>) -> Command {
+    let mut all = vec![
+        "xtask/python/sentry_helper.py".to_string(),
+        SETTINGS_ARG.to_string(),
+    ];
+    all.extend(args.iter().map(|it| it.to_string()));
+    Command {
+        program: "bin/py".into(),
+        args: all,
+        stdout_to,
+    }
+}
+
+fn buildout(config: &Config, cfg: &std::path::Path) -> Command {
+    Command {
+        program: "bin/buildout".into(),
+        args: vec![
+            "-c".into(),
+            config.display_path(cfg),
+            format!("buildout:directory={}", config.root.display()),
+        ],
+        stdout_to: None,
+    }
+}
+
+/// The whole runbook for `config`, in order.
+pub fn plan(config: &Config) -> Vec<Step> {
+    use Action::*;
+    use Phase::*;
+    let rel = |path: PathBuf| PathBuf::from(config.display_path(&path));
+    let step = |name, phase, summary, action| Step {
+        name,
+        phase,
+        summary,
+        action,
+    };
+    vec![
+        step(
+            "preflight",
+            Sqlite,
+            "check the repo, the SQLite db, disk space and PostgreSQL before touching anything",
+            Preflight,
+        ),
+        step(
+            "backup-sqlite",
+            Sqlite,
+            "copy the SQLite db next to itself, check the copy, record its sha256",
+            BackupSqlite,
+        ),
+        step(
+            "buildout-tag1",
+            Sqlite,
+            "install tag 1: Sentry 4.10 and the psycopg2 egg",
+            Buildout(buildout(config, &config.tag1_cfg)),
+        ),
+        step(
+            "settings-sqlite",
+            Sqlite,
+            "point settings_local.py at the SQLite db",
+            WriteSettings(DbKind::Sqlite),
+        ),
+        step(
+            "sqlite-upgrade",
+            Sqlite,
+            "bring the SQLite schema to Sentry 4.10's latest migration",
+            Run(sentry(&["upgrade", "--noinput"], None)),
+        ),
+        step(
+            "sqlite-repair",
+            Sqlite,
+            "let Sentry repair what it knows to repair",
+            Run(sentry(&["repair"], None)),
+        ),
+        step(
+            "inspect-models",
+            Sqlite,
+            "list every model's table (and m2m tables) as Sentry 4 sees them",
+            Run(helper(&["models"], Some(rel(config.models_json())))),
+        ),
+        step(
+            "dump-auth",
+            Sqlite,
+            "dump the auth app first (users, groups, permissions)",
+            Run(sentry(&["dumpdata", "auth"], Some(rel(config.dump_auth())))),
+        ),
+        step(
+            "dump-rest",
+            Sqlite,
+            "dump everything else",
+            Run(sentry(
+                &["dumpdata", "--exclude", "auth"],
+                Some(rel(config.dump_rest())),
+            )),
+        ),
+        step(
+            "verify-dumps",
+            Sqlite,
+            "parse both dumps; objects per model must equal SQLite's rows per table",
+            VerifyDumps,
+        ),
+        step(
+            "pg-create-database",
+            Postgres,
+            "create the target database, or accept an empty one",
+            PgCreateDatabase,
+        ),
+        step(
+            "settings-postgres",
+            Postgres,
+            "point settings_local.py at PostgreSQL (mode 0600)",
+            WriteSettings(DbKind::Postgres),
+        ),
+        step(
+            "pg-upgrade",
+            Postgres,
+            "build Sentry 4.10's schema on PostgreSQL, no superuser prompt",
+            Run(sentry(&["upgrade", "--noinput"], None)),
+        ),
+        step(
+            "pg-clear-generated-rows",
+            Postgres,
+            "remove the demo project and every row upgrade generated, in one transaction",
+            PgClearGeneratedRows,
+        ),
+        step(
+            "pg-abstime-shim",
+            Postgres,
+            "install the abstime compatibility shim (PostgreSQL 12+ removed abstime)",
+            PgAbstimeShim,
+        ),
+        step(
+            "pg-load",
+            Postgres,
+            "load auth then the rest in one transaction, side-effect handlers disconnected",
+            PgLoad(helper(
+                &[
+                    "load",
+                    &config.display_path(&config.dump_auth()),
+                    &config.display_path(&config.dump_rest()),
+                ],
+                None,
+            )),
+        ),
+        step(
+            "verify-postgres",
+            Postgres,
+            "every table's rows equal SQLite's; every id sequence past max(id)",
+            VerifyPostgres,
+        ),
+        step(
+            "buildout-tag2",
+            Sentry6,
+            "install tag 2: Sentry 6.4",
+            Buildout(buildout(config, &config.tag2_cfg)),
+        ),
+        step(
+            "sentry6-upgrade",
+            Sentry6,
+            "apply Sentry 6's migrations",
+            Run(sentry(&["upgrade", "--noinput"], None)),
+        ),
+        step(
+            "verify-sentry6",
+            Sentry6,
+            "compare with the loaded counts: only Sentry 6's intended changes",
+            VerifySentry6,
+        ),
+    ]
+}
+
+impl Command {
+    /// The command as a human would type it.
+    pub fn render(&self) -> String {
+        let mut out = self.program.display().to_string();
+        for arg in &self.args {
+            if arg.contains(char::is_whitespace) {
+                let _ = write!(out, " {arg:?}");
+            } else {
+                let _ = write!(out, " {arg}");
+            }
+        }
+        if let Some(path) = &self.stdout_to {
+            let _ = write!(out, " > {}", path.display());
+        }
+        out
+    }
+}
+
+/// What a step will do, line by line: commands with all arguments and every SQL statement.
+pub fn describe(step: &Step, config: &Config) -> Vec<String> {
+    let db = config.display_path(&config.sqlite_path);
+    let target = &config.pg;
+    match &step.action {
+        Action::Preflight => vec![
+            "check: bin/buildout, both buildout configs, settings/settings.py and the load helper exist".into(),
+            format!("check: {db} exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= 0062)"),
+            format!("check: no process has {db} open, no bin/sentry process is running"),
+            "check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup".into(),
+            format!("check: PostgreSQL {target} answers with the given credentials (PGPASSWORD)"),
+        ],
+        Action::BackupSqlite => vec![
+            format!("copy {db} -> {db}.backup-<UTC time> (never overwrites an earlier backup)"),
+            "check: PRAGMA integrity_check on the copy; sha256 of the copy equals the source's; record it in the journal".into(),
+        ],
+        Action::Buildout(cmd) | Action::Run(cmd) => vec![format!("run: {}", cmd.render())],
+        Action::WriteSettings(kind) => vec![match kind {
+            DbKind::Sqlite => format!("write settings/settings_local.py (0600, atomically; previous kept as .bak): sqlite3 {db}"),
+            DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; previous kept as .bak): postgresql_psycopg2 {target}, password from PGPASSWORD"),
+        }],
+        Action::VerifyDumps => vec![
+            "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
+            "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
+        ],
+        Action::PgCreateDatabase => vec![
+            "sql (maintenance db `postgres`): SELECT 1 FROM pg_database WHERE datname = $1".into(),
+            format!("sql: {}", pg::create_database_sql(&target.dbname)),
+            "check: an existing database must have no tables in schema public (unless this tool created it, per the journal)".into(),
+        ],
+        Action::PgClearGeneratedRows => vec![
+            format!("check: sentry_project holds only the demo project upgrade made ({:?})", pg::DEMO_PROJECT_NAME),
+            format!("sql: {}", pg::CLEAR_SQL_TEMPLATE),
+        ],
+        Action::PgAbstimeShim => pg::ABSTIME_SHIM_SQL.iter().map(|sql| format!("sql (PostgreSQL >= 12, as superuser): {sql}")).collect(),
+        Action::PgLoad(cmd) => vec![
+            format!("run: {}", cmd.render()),
+            "check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`".into(),
+            format!("sql: {}", pg::RESET_SEQUENCE_SQL),
+        ],
+        Action::VerifyPostgres => vec![
+            "check: rows of every table equal SQLite's (report: dumps/report.md)".into(),
+            "check: every id sequence's next value is past max(id)".into(),
+        ],
+        Action::VerifySentry6 => vec![
+            "check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere".into(),
+            "check: every event points at an existing group".into(),
+        ],
+    }
+}
+
+/// The plan as text, as `--dry-run` prints it.
+pub fn render(steps: &[Step], config: &Config) -> String {
+    let mut out = String::new();
+    let mut phase = None;
+    for (index, step) in steps.iter().enumerate() {
+        if phase != Some(step.phase) {
+            phase = Some(step.phase);
+            let _ = writeln!(out, "== {} ==", step.phase.title());
+        }
+        let _ = writeln!(
+            out,
+            "[{}/{}] {}: {}",
+            index + 1,
+            steps.len(),
+            step.name,
+            step.summary
+        );
+        for line in describe(step, config) {
+            let _ = writeln!(out, "      {line}");
+        }
+    }
+    out
+}
+
+/// The index of the step called `name`, or an error listing the valid names.
+pub fn find(steps: &[Step], name: &str) -> anyhow::Result<usize> {
+    steps
+        .iter()
+        .position(|step| step.name == name)
+        .ok_or_else(|| {
+            let names: Vec<_> = steps.iter().map(|it| it.name).collect();
+            anyhow::anyhow!(
+                "unknown step `{name}`: expected one of {}",
+                names.join(", ")
+            )
+        })
+}

@@ -1,0 +1,143 @@
+//! `dumps/report.md` and `dumps/report.json`, rebuilt from the journal after every step.
+
+use std::{collections::BTreeSet, fmt::Write, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{journal::Journal, util, verify::Verdict};
+
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    tool: &'static str,
+    tool_version: &'static str,
+    generated_at: String,
+    #[serde(flatten)]
+    journal: &'a Journal,
+}
+
+pub fn write(journal: &Journal, dumps_dir: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(&ReportJson {
+        tool: "sentry-migrate",
+        tool_version: env!("CARGO_PKG_VERSION"),
+        generated_at: util::utc_timestamp(util::unix_now()),
+        journal,
+    })?;
+    util::write_atomic(&dumps_dir.join("report.json"), json.as_bytes(), 0o644)?;
+    util::write_atomic(
+        &dumps_dir.join("report.md"),
+        markdown(journal).as_bytes(),
+        0o644,
+    )
+}
+
+fn cell(value: Option<u64>) -> String {
+    value.map(|it| it.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn markdown(journal: &Journal) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# sentry-migrate report\n");
+    let _ = writeln!(out, "- source: `{}`", journal.sqlite);
+    let _ = writeln!(out, "- target: `{}`", journal.target);
+    if let Some(backup) = &journal.backup {
+        let _ = writeln!(
+            out,
+            "- backup: `{}` ({} bytes, sha256 `{}`)",
+            backup.path, backup.bytes, backup.sha256
+        );
+    }
+    if let Some(shim) = &journal.shim {
+        let _ = writeln!(out, "- abstime shim: {shim}");
+    }
+    if let Some(summary) = &journal.loaddata_summary {
+        let _ = writeln!(out, "- loaddata: {summary}");
+    }
+    let _ = writeln!(
+        out,
+        "\n## Steps\n\n| step | finished | time |\n|---|---|---|"
+    );
+    for step in &journal.steps {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1}s |",
+            step.name, step.finished_at, step.elapsed_secs
+        );
+    }
+
+    let tables: BTreeSet<&String> = journal
+        .sqlite_counts
+        .keys()
+        .chain(journal.dump_rows.keys())
+        .chain(journal.postgres_counts.keys())
+        .chain(journal.sentry6_counts.keys())
+        .collect();
+    if !tables.is_empty() {
+        let _ = writeln!(out, "\n## Rows per table\n\n| table | SQLite | dumps | PostgreSQL (Sentry 4) | PostgreSQL (Sentry 6) |\n|---|---|---|---|---|");
+        for table in tables {
+            let _ = writeln!(
+                out,
+                "| {table} | {} | {} | {} | {} |",
+                cell(journal.sqlite_counts.get(table).copied()),
+                cell(journal.dump_rows.get(table).copied()),
+                cell(journal.postgres_counts.get(table).copied()),
+                cell(journal.sentry6_counts.get(table).copied()),
+            );
+        }
+    }
+    for (phase, checks) in &journal.checks {
+        let equal = checks
+            .iter()
+            .filter(|c| c.verdict == Verdict::Equal)
+            .count();
+        let _ = writeln!(
+            out,
+            "\n## Check `{phase}`: {equal} of {} equal\n",
+            checks.len()
+        );
+        let notable: Vec<_> = checks
+            .iter()
+            .filter(|c| c.verdict != Verdict::Equal)
+            .collect();
+        if notable.is_empty() {
+            let _ = writeln!(out, "Every table equal.");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "| table | expected | actual | verdict | why |\n|---|---|---|---|---|"
+        );
+        for c in notable {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {:?} | {} |",
+                c.table,
+                cell(c.expected),
+                cell(c.actual),
+                c.verdict,
+                c.note
+            );
+        }
+    }
+    if !journal.sequences.is_empty() {
+        let behind: Vec<_> = journal
+            .sequences
+            .iter()
+            .filter(|s| s.next_value <= s.max_id)
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n## Sequences\n\n{} id sequences checked, {} behind max(id).",
+            journal.sequences.len(),
+            behind.len()
+        );
+        for s in behind {
+            let _ = writeln!(
+                out,
+                "- {}: next {} <= max(id) {}",
+                s.table, s.next_value, s.max_id
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,123 @@
+//! What we know about Sentry's processes and output: running-instance detection and the
+//! parsing of `loaddata`'s report (Django 1.4 exits 0 even when a load fails and rolls back).
+
+use std::{fs, path::Path};
+
+use anyhow::{bail, Result};
+
+/// Processes that look like a running Sentry of this install, or hold the SQLite db open.
+pub fn running_sentry(root: &Path, sqlite: &Path) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let sentry_bin = root.join("bin/sentry");
+    let sqlite = fs::canonicalize(sqlite).unwrap_or_else(|_| sqlite.to_path_buf());
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|it| it.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let runs_sentry = args.iter().take(2).any(|arg| Path::new(arg) == sentry_bin)
+            && args
+                .iter()
+                .any(|arg| arg == "start" || arg == "run_gunicorn" || arg == "celeryd");
+        let holds_db = fs::read_dir(entry.path().join("fd"))
+            .map(|fds| {
+                fds.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .map(|target| target == sqlite)
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false);
+        if runs_sentry || holds_db {
+            found.push((pid, args.join(" ")));
+        }
+    }
+    found
+}
+
+/// Checks what `loaddata` printed: `Installed N object(s) from M fixture(s)` with N == expected.
+pub fn check_loaddata_output(
+    output: &str,
+    expected_objects: u64,
+    expected_fixtures: u64,
+) -> Result<String> {
+    for marker in [
+        "Problem installing fixture",
+        "No fixture data found",
+        "Traceback (most recent call last)",
+        "Multiple fixtures named",
+    ] {
+        if let Some(at) = output.find(marker) {
+            let excerpt: String = output[at..].lines().take(12).collect::<Vec<_>>().join("\n");
+            bail!("loaddata failed and rolled back (it still exits 0): {excerpt}");
+        }
+    }
+    let Some(line) = output
+        .lines()
+        .rev()
+        .find(|line| line.starts_with("Installed "))
+    else {
+        bail!("loaddata printed no `Installed N object(s)` line: the load did not complete");
+    };
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|it| !it.is_empty())
+        .filter_map(|it| it.parse().ok())
+        .collect();
+    let (installed, of, fixtures) = match numbers.as_slice() {
+        [installed, fixtures] => (*installed, *installed, *fixtures),
+        [installed, of, fixtures] => (*installed, *of, *fixtures),
+        _ => bail!("cannot read loaddata's summary `{line}`"),
+    };
+    if fixtures != expected_fixtures {
+        bail!("loaddata read {fixtures} fixture(s), expected {expected_fixtures}: `{line}`");
+    }
+    if installed != of || installed != expected_objects {
+        bail!("loaddata installed {installed} object(s) (of {of}) but the dumps hold {expected_objects}: `{line}`");
+    }
+    Ok(line.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loaddata_success_is_read_not_assumed() {
+        assert!(
+            check_loaddata_output("Installed 4800 object(s) from 2 fixture(s)\n", 4800, 2).is_ok()
+        );
+        let cases = [
+            ("Installed 4790 object(s) from 2 fixture(s)\n", "but the dumps hold 4800"),
+            ("Installed 4790 object(s) (of 4800) from 2 fixture(s)\n", "(of 4800)"),
+            ("Installed 4800 object(s) from 1 fixture(s)\n", "read 1 fixture(s), expected 2"),
+            ("", "no `Installed N object(s)` line"),
+            (
+                "Problem installing fixture 'dumps/dumpdata.json': Traceback (most recent call last):\nIntegrityError: duplicate key value violates unique constraint \"sentry_teammember_team_id_uniq\"\n",
+                "duplicate key value",
+            ),
+        ];
+        for (output, expected) in cases {
+            let err = check_loaddata_output(output, 4800, 2)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{output:?}: {err}");
+        }
+    }
+}
