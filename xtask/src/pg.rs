@@ -311,3 +311,265 @@ pub fn connect_admin(target: &PgTarget, wait: Duration) -> Result<Client> {
         Err(err) => Err(err),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pgcluster::testing::{skip, TestDb};
+
+    fn target(db: &TestDb, user: &str, password: &str) -> PgTarget {
+        let env = db.cluster.env(user, password, &db.name);
+        PgTarget::from_env_or_url(None, |key| {
+            env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        })
+        .unwrap()
+    }
+
+    fn superuser(db: &TestDb) -> PgTarget {
+        target(
+            db,
+            &db.cluster.superuser.clone(),
+            &db.cluster.password.clone(),
+        )
+    }
+
+    /// The rows a fresh `sentry upgrade` leaves, in a cut-down Sentry schema.
+    const FRESH_UPGRADE: &str = "
+        CREATE TABLE sentry_project (id serial PRIMARY KEY, name varchar(200) NOT NULL);
+        CREATE TABLE sentry_projectkey (id serial PRIMARY KEY, project_id integer NOT NULL REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
+        CREATE TABLE sentry_team (id serial PRIMARY KEY, name varchar(64));
+        CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
+        CREATE TABLE sentry_message (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED);
+        CREATE TABLE django_content_type (id serial PRIMARY KEY, app_label varchar(100), model varchar(100), UNIQUE (app_label, model));
+        CREATE TABLE south_migrationhistory (id serial PRIMARY KEY, app_name varchar(255), migration varchar(255));
+        INSERT INTO sentry_project (name) VALUES ('Sentry (Internal)');
+        INSERT INTO django_content_type (app_label, model) VALUES ('sentry', 'project'), ('auth', 'user');
+        INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0062_x');";
+
+    #[test]
+    fn creates_a_database_once_and_sees_its_tables() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("create");
+        let target = superuser(&db);
+        let mut admin = connect_admin(&target, Duration::from_secs(5)).unwrap();
+        let name = format!("{}_new", db.name);
+        assert!(!database_exists(&mut admin, &name).unwrap());
+        create_database(&mut admin, &name).unwrap();
+        assert!(database_exists(&mut admin, &name).unwrap());
+        let err = create_database(&mut admin, &name).unwrap_err();
+        assert!(format!("{err:#}").contains("already exists"), "{err:#}");
+        drop_database(&mut admin, &name).unwrap();
+        assert!(!database_exists(&mut admin, &name).unwrap());
+
+        let mut client = db.client();
+        assert!(public_tables(&mut client).unwrap().is_empty());
+        client.batch_execute(FRESH_UPGRADE).unwrap();
+        assert_eq!(public_tables(&mut client).unwrap().len(), 7);
+        let counts = table_counts(&mut client).unwrap();
+        assert_eq!(counts["sentry_project"], 1);
+        assert_eq!(counts["django_content_type"], 2);
+    }
+
+    #[test]
+    fn clears_the_demo_project_and_generated_rows_but_refuses_real_data() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("clear");
+        let mut client = db.client();
+        client.batch_execute(FRESH_UPGRADE).unwrap();
+        let cleared = clear_generated_rows(&mut client).unwrap();
+        assert_eq!(
+            cleared.keys().collect::<Vec<_>>(),
+            [
+                "django_content_type",
+                "sentry_project",
+                "south_migrationhistory"
+            ]
+        );
+        assert!(table_counts(&mut client)
+            .unwrap()
+            .values()
+            .all(|rows| *rows == 0));
+        // RESTART IDENTITY: the loaded ids start from the dump, not after the demo project.
+        let id: i32 = client
+            .query_one(
+                "INSERT INTO sentry_project (name) VALUES ('x') RETURNING id",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(id, 1);
+
+        client
+            .batch_execute("INSERT INTO sentry_project (name) VALUES ('Sentry (Internal)')")
+            .unwrap();
+        let err = clear_generated_rows(&mut client).unwrap_err();
+        assert!(err.to_string().contains("has data of its own"), "{err}");
+        assert_eq!(
+            table_counts(&mut client).unwrap()["sentry_project"],
+            2,
+            "nothing was removed"
+        );
+    }
+
+    #[test]
+    fn abstime_shim_as_superuser_and_the_sql_for_a_dba_otherwise() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("shim");
+        let mut client = connect(&superuser(&db), &db.name, Duration::from_secs(5)).unwrap();
+        let err = client
+            .query_one("SELECT now()::abstime::int", &[])
+            .unwrap_err();
+        let message = err
+            .as_db_error()
+            .map(|db| db.message().to_string())
+            .unwrap_or_default();
+        assert!(
+            message.contains("type \"abstime\" does not exist"),
+            "PostgreSQL >= 12 has no abstime: {message}"
+        );
+
+        let mut admin = db.client();
+        admin
+            .batch_execute("CREATE ROLE plain LOGIN PASSWORD 'plainpw'")
+            .ok();
+        admin
+            .batch_execute(&format!(
+                "GRANT ALL ON DATABASE \"{}\" TO plain; GRANT ALL ON SCHEMA public TO plain",
+                db.name
+            ))
+            .unwrap();
+        let mut plain = connect(
+            &target(&db, "plain", "plainpw"),
+            &db.name,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = install_abstime_shim(&mut plain).unwrap_err().to_string();
+        assert!(
+            err.contains("needs a superuser")
+                && err.contains("CREATE CAST (timestamptz AS integer)"),
+            "{err}"
+        );
+        assert!(err.contains(&format!("in database `{}`", db.name)), "{err}");
+
+        assert_eq!(
+            install_abstime_shim(&mut client).unwrap(),
+            ShimOutcome::Installed
+        );
+        assert_eq!(
+            install_abstime_shim(&mut client).unwrap(),
+            ShimOutcome::AlreadyInstalled
+        );
+        // Sentry's score expression now works, for the plain role too.
+        let row = client
+            .query_one("SELECT '2020-01-01 00:00:00+00'::timestamptz::abstime::int, extract(epoch FROM now())::int - now()::abstime::int", &[])
+            .unwrap();
+        assert_eq!(row.get::<_, i32>(0), 1_577_836_800);
+        assert!(row.get::<_, i32>(1).abs() <= 1);
+        plain.query_one("SELECT now()::abstime::int", &[]).unwrap();
+    }
+
+    #[test]
+    fn sequences_behind_explicit_ids_are_found_and_reset() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("seq");
+        let mut client = db.client();
+        client.batch_execute(FRESH_UPGRADE).unwrap();
+        clear_generated_rows(&mut client).unwrap();
+        // loaddata inserts explicit ids; the sequence does not move.
+        client.batch_execute("INSERT INTO sentry_project (id, name) VALUES (3, 'a'), (17, 'b'); INSERT INTO sentry_team (id) VALUES (4)").unwrap();
+        let behind: Vec<_> = sequences(&mut client)
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.next_value <= s.max_id)
+            .map(|s| s.table)
+            .collect();
+        assert_eq!(behind, ["sentry_project", "sentry_team"]);
+        let after = reset_sequences(&mut client).unwrap();
+        assert!(after.iter().all(|s| s.next_value > s.max_id), "{after:?}");
+        let project = after.iter().find(|s| s.table == "sentry_project").unwrap();
+        assert_eq!((project.max_id, project.next_value), (17, 18));
+        let empty = after.iter().find(|s| s.table == "sentry_message").unwrap();
+        assert_eq!((empty.max_id, empty.next_value), (0, 1));
+        let id: i32 = client
+            .query_one(
+                "INSERT INTO sentry_project (name) VALUES ('c') RETURNING id",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(id, 18);
+    }
+
+    #[test]
+    fn orphan_events_are_counted() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("orphans");
+        let mut client = db.client();
+        client.batch_execute(FRESH_UPGRADE).unwrap();
+        client.batch_execute("BEGIN; INSERT INTO sentry_groupedmessage (id) VALUES (1); INSERT INTO sentry_message (group_id) VALUES (1), (1); COMMIT;").unwrap();
+        assert_eq!(orphan_events(&mut client).unwrap(), 0);
+        client.batch_execute("SET session_replication_role = replica; INSERT INTO sentry_message (group_id) VALUES (9);").unwrap();
+        assert_eq!(orphan_events(&mut client).unwrap(), 1);
+    }
+
+    #[test]
+    fn connection_errors_name_the_cause_and_the_fix() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("conn");
+        let wrong = target(&db, "postgres", "not-the-password");
+        let err = format!(
+            "{:#}",
+            connect(&wrong, &db.name, Duration::from_secs(1))
+                .err()
+                .expect("must fail")
+        );
+        assert!(
+            err.contains("password authentication failed for role `postgres`: check PGPASSWORD"),
+            "{err}"
+        );
+        assert!(!err.contains("not-the-password"), "password leaked: {err}");
+
+        let mut missing = superuser(&db);
+        missing.dbname = "no_such_db".into();
+        let err = format!(
+            "{:#}",
+            connect(&missing, "no_such_db", Duration::from_secs(1))
+                .err()
+                .expect("must fail")
+        );
+        assert!(
+            err.contains("database `no_such_db` does not exist"),
+            "{err}"
+        );
+
+        let mut down = superuser(&db);
+        down.port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = format!(
+            "{:#}",
+            connect(&down, &db.name, Duration::from_millis(300))
+                .err()
+                .expect("must fail")
+        );
+        assert!(
+            err.contains("is not reachable") && err.contains("is the server running?"),
+            "{err}"
+        );
+    }
+}

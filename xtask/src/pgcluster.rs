@@ -17,6 +17,8 @@ pub struct PgCluster {
     pub port: u16,
     pub superuser: String,
     pub password: String,
+    /// Remove `dir` after stopping (off to keep it for inspection).
+    pub remove_on_drop: bool,
     bindir: PathBuf,
     run_as_postgres: bool,
 }
@@ -66,6 +68,7 @@ impl PgCluster {
             port: 0,
             superuser: "postgres".into(),
             password,
+            remove_on_drop: true,
             bindir,
             run_as_postgres,
         };
@@ -169,4 +172,89 @@ fn nix_user(name: &str) -> Result<(u32, u32)> {
         }
     }
     bail!("no `{name}` user on this machine: PostgreSQL refuses to run as root; create the user (apt-get install postgresql does)")
+}
+
+/// Test support: one cluster per test process while any test uses it, one database per test.
+pub mod testing {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    };
+
+    use super::PgCluster;
+
+    static CLUSTER: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    /// Slow tests (a real cluster) are skipped only when this is set, never silently.
+    pub fn skip() -> bool {
+        std::env::var_os("SENTRY_MIGRATE_SKIP_PG").is_some()
+    }
+
+    /// The running test cluster, started on first use and stopped when the last user drops it.
+    pub fn cluster() -> Arc<PgCluster> {
+        let mut slot = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cluster) = slot.upgrade() {
+            return cluster;
+        }
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("sentry-migrate-pg-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sh = xshell::Shell::new().unwrap();
+        let cluster =
+            Arc::new(PgCluster::start(&sh, &dir).expect("start a throwaway PostgreSQL cluster"));
+        *slot = Arc::downgrade(&cluster);
+        cluster
+    }
+
+    /// A fresh, uniquely named database, dropped when this value is dropped.
+    pub struct TestDb {
+        pub cluster: Arc<PgCluster>,
+        pub name: String,
+    }
+
+    impl TestDb {
+        pub fn new(tag: &str) -> TestDb {
+            let cluster = cluster();
+            let name = format!(
+                "t_{tag}_{}_{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let mut admin = cluster.admin_client("postgres");
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                .expect("create test database");
+            TestDb { cluster, name }
+        }
+
+        pub fn client(&self) -> postgres::Client {
+            self.cluster.admin_client(&self.name)
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let mut admin = self.cluster.admin_client("postgres");
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+
+    impl PgCluster {
+        /// A superuser connection over TCP with the password.
+        pub fn admin_client(&self, dbname: &str) -> postgres::Client {
+            postgres::Config::new()
+                .host("127.0.0.1")
+                .port(self.port)
+                .user(&self.superuser)
+                .password(&self.password)
+                .dbname(dbname)
+                .connect(postgres::NoTls)
+                .expect("connect to the test cluster")
+        }
+    }
 }
