@@ -153,11 +153,15 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        if let Err(err) = self.stop() {
-            eprintln!(
+        match self.stop() {
+            Ok(()) if self.remove_on_drop => {
+                let _ = fs::remove_dir_all(&self.dir);
+            }
+            Ok(()) => {}
+            Err(err) => eprintln!(
                 "warning: could not stop the PostgreSQL cluster in {}: {err:#}",
                 self.dir.display()
-            );
+            ),
         }
     }
 }
