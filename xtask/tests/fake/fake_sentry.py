@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""A recording fake of bin/buildout, bin/sentry and bin/py for orchestration tests.
+
+It appends its argv to $FAKE_CALLS, then behaves like a tiny Sentry: dumpdata writes the
+SQLite rows as a Django fixture, upgrade builds a small schema on PostgreSQL (with the demo
+project), the helper's `models`/`load` work on that schema through psql. FAKE_FAIL=<what>
+makes one call fail: dump-rest, load-silently (a Django 1.4 style failure that exits 0),
+truncate-dump, load-extra (adds a row, like Sentry's handlers), upgrade6.
+"""
+import json, os, sqlite3, subprocess, sys
+
+ROOT = os.getcwd()
+NAME = os.path.basename(sys.argv[0])
+ARGS = sys.argv[1:]
+FAIL = os.environ.get('FAKE_FAIL', '')
+
+with open(os.environ['FAKE_CALLS'], 'a') as calls:
+    calls.write(' '.join([NAME] + ARGS) + '\n')
+
+MODELS = [
+    {'model': 'auth.group', 'table': 'auth_group', 'm2m': {}},
+    {'model': 'auth.user', 'table': 'auth_user', 'm2m': {'groups': 'auth_user_groups'}},
+    {'model': 'sentry.event', 'table': 'sentry_message', 'm2m': {}},
+    {'model': 'sentry.group', 'table': 'sentry_groupedmessage', 'm2m': {}},
+    {'model': 'sentry.project', 'table': 'sentry_project', 'm2m': {}},
+    {'model': 'sentry.projectkey', 'table': 'sentry_projectkey', 'm2m': {}},
+    {'model': 'sentry.view', 'table': 'sentry_view', 'm2m': {}},
+    {'model': 'south.migrationhistory', 'table': 'south_migrationhistory', 'm2m': {}},
+]
+SCHEMA = """
+CREATE TABLE auth_group (id serial PRIMARY KEY, name varchar(80) UNIQUE);
+CREATE TABLE auth_user (id serial PRIMARY KEY, username varchar(30) UNIQUE);
+CREATE TABLE auth_user_groups (id serial PRIMARY KEY, user_id integer REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED, group_id integer REFERENCES auth_group (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE sentry_project (id serial PRIMARY KEY, name varchar(200));
+CREATE TABLE sentry_projectkey (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE sentry_message (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE sentry_team (id serial PRIMARY KEY, name varchar(64));
+CREATE TABLE sentry_view (id serial PRIMARY KEY, path varchar(100));
+CREATE TABLE south_migrationhistory (id serial PRIMARY KEY, app_name varchar(255), migration varchar(255));
+INSERT INTO sentry_project (name) VALUES ('Sentry (Internal)');
+INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0062_fake');
+"""
+
+
+def settings():
+    scope = {}
+    with open(os.path.join(ROOT, 'settings', 'settings_local.py')) as f:
+        exec(f.read(), scope)
+    return scope['DATABASES']['default']
+
+
+def psql(sql, db):
+    env = dict(os.environ, PGPASSWORD=db['PASSWORD'])
+    subprocess.run(['psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', db['HOST'], '-p', db['PORT'],
+                    '-U', db['USER'], '-d', db['NAME']], input=sql, text=True, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def dumpdata(auth):
+    db = settings()
+    conn = sqlite3.connect(db['NAME'])
+    objects = []
+    for model in MODELS:
+        if model['model'].startswith('auth.') != auth:
+            continue
+        cur = conn.execute('SELECT * FROM %s ORDER BY id' % model['table'])
+        names = [d[0] for d in cur.description]
+        for row in cur.fetchall():
+            fields = dict(zip(names[1:], row[1:]))
+            for field, table in model['m2m'].items():
+                fields[field] = [r[0] for r in conn.execute('SELECT group_id FROM %s WHERE user_id = ?' % table, (row[0],))]
+            objects.append({'pk': row[0], 'model': model['model'], 'fields': fields})
+    text = json.dumps(objects)
+    if FAIL == 'truncate-dump' and not auth:
+        text = text[: len(text) // 2]
+    sys.stdout.write(text)
+
+
+def load(paths):
+    db = settings()
+    statements = ['BEGIN;']
+    count = 0
+    by_model = {m['model']: m for m in MODELS}
+    for path in paths:
+        for obj in json.load(open(path)):
+            model = by_model[obj['model']]
+            fields = {k: v for k, v in obj['fields'].items() if k not in model['m2m']}
+            cols = ['id'] + list(fields)
+            vals = [str(obj['pk'])] + ['NULL' if v is None else "'%s'" % str(v).replace("'", "''") for v in fields.values()]
+            statements.append('INSERT INTO %s (%s) VALUES (%s);' % (model['table'], ', '.join(cols), ', '.join(vals)))
+            for field, table in model['m2m'].items():
+                for other in obj['fields'].get(field, []):
+                    statements.append('INSERT INTO %s (user_id, group_id) VALUES (%s, %s);' % (table, obj['pk'], other))
+            count += 1
+    if FAIL == 'load-extra':
+        statements.append("INSERT INTO sentry_projectkey (project_id) SELECT min(id) FROM sentry_project;")
+    statements.append('COMMIT;')
+    if FAIL == 'load-silently':
+        sys.stderr.write("Problem installing fixture 'dumps/dumpdata.json': Traceback (most recent call last):\n"
+                         "IntegrityError: duplicate key value violates unique constraint \"sentry_teammember_team_id_uniq\"\n")
+        return
+    psql('\n'.join(statements), db)
+    sys.stdout.write('Installed %d object(s) from %d fixture(s)\n' % (count, len(paths)))
+
+
+def main():
+    if NAME == 'buildout':
+        cfg = ARGS[1]
+        with open(os.path.join(ROOT, 'bin', '.tag'), 'w') as f:
+            f.write('6' if 'tag2' in cfg else '4')
+        for script in ('sentry', 'py'):
+            path = os.path.join(ROOT, 'bin', script)
+            if not os.path.exists(path):
+                os.symlink(os.path.join(ROOT, 'bin', 'buildout'), path)
+        return
+    tag = open(os.path.join(ROOT, 'bin', '.tag')).read()
+    if NAME == 'py':
+        command = ARGS[2]
+        if command == 'models':
+            json.dump(MODELS, sys.stdout)
+        elif command == 'load':
+            load(ARGS[3:])
+        return
+    command = ARGS[1]
+    db = settings()
+    if command == 'upgrade' and 'postgresql' in db['ENGINE']:
+        if tag == '6':
+            if FAIL == 'upgrade6':
+                sys.stderr.write('Traceback (most recent call last):\nDatabaseError: boom\n')
+                sys.exit(1)
+            psql("DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;"
+                 "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');", db)
+        else:
+            psql(SCHEMA, db)
+    elif command == 'dumpdata':
+        if FAIL == 'dump-rest' and '--exclude' in ARGS:
+            sys.stderr.write('Traceback (most recent call last):\nOperationalError: disk I/O error\n')
+            sys.exit(1)
+        dumpdata('--exclude' not in ARGS)
+
+
+main()

@@ -1,0 +1,598 @@
+//! Orchestration tests: the real `xtask` binary on a scratch repo whose bin/buildout, bin/sentry
+//! and bin/py are a recording fake (tests/fake/fake_sentry.py), against a real PostgreSQL.
+
+#[allow(dead_code)]
+#[path = "../src/pgcluster.rs"]
+mod pgcluster;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use pgcluster::testing::{skip, TestDb};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch buildout repo with a Sentry 4 SQLite db, fakes in bin/, and its own target db name.
+struct Repo {
+    root: PathBuf,
+    db: TestDb,
+    target: String,
+}
+
+impl Repo {
+    fn new(tag: &str) -> Repo {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!(
+            "sentry-migrate-repo-{tag}-{}-{n}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&root);
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        for dir in [
+            "bin",
+            "var",
+            "dumps",
+            "settings",
+            "buildout",
+            "xtask/python",
+        ] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for file in [
+            "settings/settings.py",
+            "buildout/tag1-sentry4.cfg",
+            "buildout/tag2-sentry6.cfg",
+            "xtask/python/sentry_helper.py",
+        ] {
+            fs::copy(source.join(file), root.join(file)).unwrap();
+        }
+        let fake = root.join("bin/buildout");
+        fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake/fake_sentry.py"),
+            &fake,
+        )
+        .unwrap();
+        fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+        make_sentry4_db(&root.join("var/sentry.db"), 62);
+        let db = TestDb::new(tag);
+        // The database the migration creates: unique per test, dropped with `db`.
+        let target = format!("{}_target", db.name);
+        Repo { root, db, target }
+    }
+
+    fn xtask(&self, args: &[&str], fail: Option<&str>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args)
+            .env("SENTRY_MIGRATE_ROOT", &self.root)
+            .env("FAKE_CALLS", self.root.join("calls.log"))
+            .env_remove("FAKE_FAIL")
+            .env_remove("RUST_BACKTRACE");
+        for (key, value) in self.db.cluster.env(
+            &self.db.cluster.superuser,
+            &self.db.cluster.password,
+            &self.target,
+        ) {
+            cmd.env(key, value);
+        }
+        if let Some(fail) = fail {
+            cmd.env("FAKE_FAIL", fail);
+        }
+        let out = cmd.output().unwrap();
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        fs::read_to_string(self.root.join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn target_client(&self) -> postgres::Client {
+        self.db.cluster.admin_client(&self.target)
+    }
+
+    fn target_exists(&self) -> bool {
+        let mut admin = self.db.cluster.admin_client("postgres");
+        !admin
+            .query(
+                "SELECT 1 FROM pg_database WHERE datname = $1",
+                &[&self.target],
+            )
+            .unwrap()
+            .is_empty()
+    }
+}
+
+impl Drop for Repo {
+    fn drop(&mut self) {
+        let mut admin = self.db.cluster.admin_client("postgres");
+        let _ = admin.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.target
+        ));
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+#[derive(Debug)]
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// A small Sentry 4 db: users in groups, projects with ids that have gaps, events, a view, and
+/// Django 1.3's leftover `auth_message` table.
+fn make_sentry4_db(path: &Path, migration: u32) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TABLE auth_group (id integer PRIMARY KEY, name text);
+         CREATE TABLE auth_user (id integer PRIMARY KEY, username text);
+         CREATE TABLE auth_user_groups (id integer PRIMARY KEY, user_id integer, group_id integer);
+         CREATE TABLE auth_message (id integer PRIMARY KEY, message text);
+         CREATE TABLE sentry_project (id integer PRIMARY KEY, name text);
+         CREATE TABLE sentry_projectkey (id integer PRIMARY KEY, project_id integer);
+         CREATE TABLE sentry_groupedmessage (id integer PRIMARY KEY, project_id integer);
+         CREATE TABLE sentry_message (id integer PRIMARY KEY, group_id integer);
+         CREATE TABLE sentry_view (id integer PRIMARY KEY, path text);
+         CREATE TABLE south_migrationhistory (id integer PRIMARY KEY, app_name text, migration text);
+         INSERT INTO auth_group VALUES (1, 'admins'), (2, 'devs');
+         INSERT INTO auth_user VALUES (1, 'admin'), (2, 'zoë'), (5, 'o''brien');
+         INSERT INTO auth_user_groups VALUES (1, 1, 1), (2, 2, 2), (3, 5, 2);
+         INSERT INTO auth_message VALUES (1, 'old'), (2, 'older');
+         INSERT INTO sentry_project VALUES (1, 'Sentry (Internal)'), (3, 'web'), (4, 'api');
+         INSERT INTO sentry_projectkey VALUES (2, 1), (5, 3), (6, 4);
+         INSERT INTO sentry_groupedmessage VALUES (1, 3), (2, 3), (7, 4);
+         INSERT INTO sentry_message VALUES (1, 1), (2, 1), (3, 2), (9, 7), (10, 7);
+         INSERT INTO sentry_view VALUES (1, 'x');
+         INSERT INTO south_migrationhistory VALUES (1, 'sentry', '0001_initial'), (2, 'sentry', '{migration:04}_last');"
+    ))
+    .unwrap();
+}
+
+/// Every file under `root` with its size and content hash (to prove a dry run wrote nothing).
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(
+                    path.clone(),
+                    (
+                        entry.metadata().unwrap().len(),
+                        fs::read(&path).unwrap_or_default(),
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn full_migration_verifies_every_phase_and_reports() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("full");
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    for (index, step) in [
+        "preflight",
+        "backup-sqlite",
+        "pg-load",
+        "verify-postgres",
+        "verify-sentry6",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let _ = index;
+        assert!(
+            out.stdout.contains(&format!("{step} … ok (")),
+            "{step}: {}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout.starts_with("[1/20] preflight … ok ("),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("next:   bin/sentry --config=settings/settings.py start --noupgrade"),
+        "{}",
+        out.stdout
+    );
+
+    // The runbook's commands, in the runbook's order; dumps go to files, not argv.
+    let calls = repo.calls();
+    let expected = [
+        "buildout -c buildout/tag1-sentry4.cfg",
+        "sentry --config=settings/settings.py upgrade --noinput",
+        "sentry --config=settings/settings.py repair",
+        "py xtask/python/sentry_helper.py --config=settings/settings.py models",
+        "sentry --config=settings/settings.py dumpdata auth",
+        "sentry --config=settings/settings.py dumpdata --exclude auth",
+        "sentry --config=settings/settings.py upgrade --noinput",
+        "py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json",
+        "buildout -c buildout/tag2-sentry6.cfg",
+        "sentry --config=settings/settings.py upgrade --noinput",
+    ];
+    assert_eq!(calls.len(), expected.len(), "{calls:#?}");
+    for (call, want) in calls.iter().zip(expected) {
+        assert!(call.starts_with(want), "{call} should start with {want}");
+    }
+    assert!(
+        calls
+            .iter()
+            .all(|call| !call.contains(&repo.db.cluster.password)),
+        "password on a command line: {calls:?}"
+    );
+
+    // PostgreSQL holds exactly the SQLite rows (demo project replaced, ids kept), then Sentry 6's deltas.
+    let mut client = repo.target_client();
+    let users: Vec<String> = client
+        .query("SELECT username FROM auth_user ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(users, ["admin", "zoë", "o'brien"]);
+    let projects: Vec<i32> = client
+        .query("SELECT id FROM sentry_project ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(projects, [1, 3, 4]);
+    let next: i32 = client
+        .query_one(
+            "INSERT INTO sentry_project (name) VALUES ('new') RETURNING id",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 5, "the sequence is past the migrated ids");
+
+    let report = fs::read_to_string(repo.root.join("dumps/report.md")).unwrap();
+    assert!(
+        report.contains("| auth_message | 2 | - | - | - |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("only in SQLite (no Sentry 4 model uses it): 2 rows not carried over"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| sentry_projectkey | 3 | 3 | 3 | 6 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("+3: Sentry 6 adds a key to each project (3 projects)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("table dropped: Sentry 6 drops views"),
+        "{report}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["steps"].as_array().unwrap().len(), 20);
+    assert_eq!(json["postgres_counts"]["sentry_message"], 5);
+
+    // The backup sits next to the db with the recorded hash; settings are private.
+    let backup = json["backup"]["path"].as_str().unwrap();
+    assert!(backup.starts_with("var/sentry.db.backup-"), "{backup}");
+    let local = repo.root.join("settings/settings_local.py");
+    assert_eq!(
+        fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(fs::read_to_string(&local)
+        .unwrap()
+        .contains("postgresql_psycopg2"));
+    for log in fs::read_dir(repo.root.join("dumps/logs"))
+        .unwrap()
+        .flatten()
+    {
+        let text = fs::read_to_string(log.path()).unwrap();
+        assert!(
+            !text.contains(&repo.db.cluster.password),
+            "password in {}",
+            log.path().display()
+        );
+    }
+
+    // A second run finds everything done, re-checks the outputs, runs nothing.
+    let again = repo.xtask(&["migrate"], None);
+    assert!(again.ok, "{again:#?}");
+    assert!(
+        again
+            .stdout
+            .contains("[9/20] dump-rest … done earlier (journal)"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(repo.calls().len(), expected.len(), "nothing re-ran");
+}
+
+#[test]
+fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("resume");
+    let out = repo.xtask(&["migrate"], Some("dump-rest"));
+    assert!(!out.ok);
+    assert!(
+        out.stdout.contains("[9/20] dump-rest … FAILED"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("error: step `dump-rest` failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("OperationalError: disk I/O error"),
+        "the cause from the log: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("log:    dumps/logs/09-dump-rest.log"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("resume: cargo xtask migrate (starts again at `dump-rest`"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !repo.root.join("dumps/dumpdata.json").exists(),
+        "no half-written dump under the final name"
+    );
+    let before = repo.calls().len();
+
+    let out = repo.xtask(&["migrate", "--until", "verify-dumps"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("[8/20] dump-auth … done earlier (journal)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("[9/20] dump-rest … ok"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        repo.calls()[before..],
+        ["sentry --config=settings/settings.py dumpdata --exclude auth".to_string()]
+    );
+    assert!(!repo.target_exists(), "--until stopped before PostgreSQL");
+
+    // A changed dump is caught on resume, with the step to redo.
+    fs::write(repo.root.join("dumps/dumpdata-auth.json"), "[]").unwrap();
+    let out = repo.xtask(&["migrate"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr
+            .contains("dumps/dumpdata-auth.json, produced by step `dump-auth`, is changed since"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--from dump-auth"), "{}", out.stderr);
+    let out = repo.xtask(&["migrate", "--from", "dump-auth"], None);
+    assert!(out.ok, "{out:#?}");
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_touches_nothing() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("dry");
+    let before = snapshot(&repo.root);
+    let out = repo.xtask(&["migrate", "--dry-run"], None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(snapshot(&repo.root), before, "the dry run changed files");
+    assert!(repo.calls().is_empty(), "the dry run ran a program");
+    assert!(!repo.target_exists(), "the dry run created the database");
+    for line in [
+        "[1/20] preflight",
+        "run: bin/sentry --config=settings/settings.py dumpdata auth > dumps/dumpdata-auth.json",
+        "CREATE CAST (timestamptz AS integer)",
+        "[20/20] verify-sentry6",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    assert!(!out.stdout.contains(&repo.db.cluster.password));
+}
+
+#[test]
+fn a_second_migrate_is_refused_while_one_runs() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("lock");
+    let lock = repo.root.join("dumps/migrate.lock");
+    fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let out = repo.xtask(&["migrate"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(&format!(
+            "another `cargo xtask migrate` (pid {}) is running",
+            std::process::id()
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(repo.calls().is_empty());
+
+    fs::write(&lock, "999999999\n").unwrap();
+    let out = repo.xtask(&["migrate", "--until", "preflight"], None);
+    assert!(out.ok, "a stale lock is taken over: {out:#?}");
+    assert!(!lock.exists(), "the lock is released");
+}
+
+/// Runs `migrate` after `spoil` and expects `message` on stderr, no panic, no Python stack.
+fn expect_error(tag: &str, spoil: impl FnOnce(&Repo), fail: Option<&str>, message: &str) {
+    let repo = Repo::new(tag);
+    spoil(&repo);
+    let out = repo.xtask(&["migrate"], fail);
+    assert!(!out.ok, "{tag}: should fail: {out:#?}");
+    assert!(
+        out.stderr.contains(message),
+        "{tag}: expected {message:?} in:\n{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{tag}: {}", out.stderr);
+    assert!(out.stderr.starts_with("error: "), "{tag}: {}", out.stderr);
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() {
+    if skip() {
+        return;
+    }
+    let db = |repo: &Repo| repo.root.join("var/sentry.db");
+    expect_error(
+        "missing",
+        |r| fs::remove_file(db(r)).unwrap(),
+        None,
+        "sentry.db does not exist: pass its path with --sqlite PATH",
+    );
+    expect_error(
+        "corrupt",
+        |r| fs::write(db(r), vec![0x5a; 8192]).unwrap(),
+        None,
+        "is not a readable SQLite database",
+    );
+    expect_error(
+        "notsentry",
+        |r| {
+            fs::remove_file(db(r)).unwrap();
+            rusqlite::Connection::open(db(r))
+                .unwrap()
+                .execute_batch("CREATE TABLE notes (id integer)")
+                .unwrap();
+        },
+        None,
+        "is not a Sentry database: it has no `sentry_project` table",
+    );
+    expect_error(
+        "version",
+        |r| {
+            fs::remove_file(db(r)).unwrap();
+            make_sentry4_db(&db(r), 105);
+        },
+        None,
+        "is at Sentry migration 0105, newer than Sentry 4.10 (0062)",
+    );
+    expect_error(
+        "nobuildout",
+        |r| fs::remove_file(r.root.join("bin/buildout")).unwrap(),
+        None,
+        "bin/buildout is missing: bootstrap buildout",
+    );
+    expect_error(
+        "hotjournal",
+        |r| fs::write(r.root.join("var/sentry.db-journal"), "x").unwrap(),
+        None,
+        "sentry.db-journal exists: a writer crashed or is still running",
+    );
+    expect_error(
+        "nonempty",
+        |r| {
+            let mut admin = r.db.cluster.admin_client("postgres");
+            admin
+                .batch_execute(&format!("CREATE DATABASE \"{}\"", r.target))
+                .unwrap();
+            r.target_client()
+                .batch_execute(
+                    "CREATE TABLE precious (id integer); INSERT INTO precious VALUES (1)",
+                )
+                .unwrap();
+        },
+        None,
+        "is not empty (1 tables, e.g. precious): refusing to load into it",
+    );
+    expect_error(
+        "truncated",
+        |_| {},
+        Some("truncate-dump"),
+        "dumps/dumpdata.json is truncated",
+    );
+    expect_error(
+        "silentload",
+        |_| {},
+        Some("load-silently"),
+        "loaddata failed and rolled back (it still exits 0)",
+    );
+    expect_error(
+        "extrarows",
+        |_| {},
+        Some("load-extra"),
+        "sentry_projectkey: expected 3, found 4 (1 rows more than SQLite)",
+    );
+}
+
+#[test]
+fn wrong_password_is_named_without_printing_it() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("password");
+    let out = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(["migrate"])
+            .env("SENTRY_MIGRATE_ROOT", &repo.root)
+            .env("FAKE_CALLS", repo.root.join("calls.log"));
+        for (key, value) in repo
+            .db
+            .cluster
+            .env("postgres", "wrong-pw-123", &repo.target)
+        {
+            cmd.env(key, value);
+        }
+        cmd.output().unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("preflight found 1 problem(s), nothing was touched"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("password authentication failed for role `postgres`: check PGPASSWORD"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-pw-123"));
+    assert!(
+        fs::read_dir(repo.root.join("var")).unwrap().count() == 1,
+        "no backup was made"
+    );
+}
