@@ -493,14 +493,16 @@ impl StepRunner<'_> {
         let mut child = process
             .spawn()
             .with_context(|| format!("cannot start {}", command.program.display()))?;
+        let mut reported = 0;
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
             }
-            self.progress(partial.as_deref());
+            self.progress(partial.as_deref(), &mut reported);
             std::thread::sleep(Duration::from_millis(250));
         };
-        if std::io::stdout().is_terminal() {
+        if std::io::stdout().is_terminal() || reported > 0 {
+            // The step's line again, so `ok`/`FAILED` stands next to its name.
             print!("\r\x1b[K{} … ", self.label);
         }
         if !status.success() {
@@ -519,8 +521,9 @@ impl StepRunner<'_> {
         Ok(outputs)
     }
 
-    /// On a terminal, a live line with elapsed time (and bytes written); elsewhere a line a minute.
-    fn progress(&self, output: Option<&Path>) {
+    /// On a terminal, a live line with elapsed time (and bytes written); elsewhere a line a
+    /// minute. `reported` counts the minutes already reported.
+    fn progress(&self, output: Option<&Path>, reported: &mut u64) {
         let elapsed = self.started.elapsed();
         let written = output
             .and_then(|path| fs::metadata(path).ok())
@@ -533,9 +536,13 @@ impl StepRunner<'_> {
                 util::human_duration(elapsed)
             );
             let _ = std::io::stdout().flush();
-        } else if elapsed.as_millis() % 60_000 < 250 && elapsed.as_secs() > 0 {
+        } else if elapsed.as_secs() / 60 > *reported {
+            *reported = elapsed.as_secs() / 60;
+            if *reported == 1 {
+                println!();
+            }
             println!(
-                "\n    … still running after {}{written}",
+                "    … still running after {}{written}",
                 util::human_duration(elapsed)
             );
         }

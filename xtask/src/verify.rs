@@ -214,7 +214,7 @@ pub fn sentry6_vs_loaded(
             {
                 c(
                     Verdict::Intended,
-                    format!("+{}: {why} ({} projects)", rows - before, facts.projects),
+                    format!("+{}: {why} ({} project(s))", rows - before, facts.projects),
                 )
             }
             (Rule::Grow(why), Some(rows)) if rows > before => {

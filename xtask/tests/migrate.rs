@@ -17,6 +17,8 @@ use std::{
 use pgcluster::testing::{skip, TestDb};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+/// Processes a test started to hold the SQLite db open; killed and reaped by the test.
+static HOLDERS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
 
 /// A scratch buildout repo with a Sentry 4 SQLite db, fakes in bin/, and its own target db name.
 struct Repo {
@@ -286,7 +288,7 @@ fn full_migration_verifies_every_phase_and_reports() {
         "{report}"
     );
     assert!(
-        report.contains("+3: Sentry 6 adds a key to each project (3 projects)"),
+        report.contains("+3: Sentry 6 adds a key to each project (3 project(s))"),
         "{report}"
     );
     assert!(
@@ -540,6 +542,31 @@ fn bad_input_gets_a_clear_error() {
         None,
         "is not empty (1 tables, e.g. precious): refusing to load into it",
     );
+    expect_error(
+        "dbinuse",
+        |r| {
+            // A process holding the db open, as a running Sentry does.
+            let mut child = Command::new("python3")
+                .args(["-c", "import sys, time; f = open(sys.argv[1], 'rb'); print('open', flush=True); time.sleep(60)"])
+                .arg(db(r))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            HOLDERS.lock().unwrap().push(child);
+        },
+        None,
+        "Sentry is running or holds the db (pid",
+    );
+    for mut child in HOLDERS.lock().unwrap().drain(..) {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     expect_error(
         "truncated",
         |_| {},
