@@ -1,0 +1,69 @@
+# -*- coding: utf-8 -*-
+"""Rehearsal only: proves the migrated Sentry 6 works (bin/py, tag 2, server running).
+
+    bin/py prove.py CONFIG BASE_URL STATE_JSON
+STATE_JSON: {"login": {"username", "password"}, "team": slug, "project": slug,
+             "project_id": id, "dsn": migrated DSN, "expect": text of a migrated event}
+Logs in over HTTP with the migrated password, reads the project's event stream, sends a NEW
+event with the installed raven to the migrated key, creates a project. Prints JSON facts.
+"""
+import cookielib
+import json
+import os
+import re
+import sys
+import time
+import urllib
+import urllib2
+import urlparse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sentry_setup import configure
+
+
+def main():
+    config, base, state_path = sys.argv[1], sys.argv[2].rstrip('/'), sys.argv[3]
+    state = json.load(open(state_path))
+    configure(config)
+    facts = {}
+
+    jar = cookielib.CookieJar()
+    opener = urllib2.build_opener(urllib2.HTTPCookieProcessor(jar))
+    page = opener.open(base + '/login/').read()
+    token = re.search(r"name='csrfmiddlewaretoken' value='([^']+)'", page) or re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    form = {'username': state['login']['username'], 'password': state['login']['password'],
+            'csrfmiddlewaretoken': token.group(1) if token else ''}
+    request = urllib2.Request(base + '/login/', urllib.urlencode(form), {'Referer': base + '/login/'})
+    response = opener.open(request)
+    facts['login_final_url'] = response.geturl()
+    facts['login_ok'] = '/login/' not in response.geturl() and any(c.name == 'sentrysid' or 'session' in c.name for c in jar)
+
+    stream = opener.open('%s/%s/%s/' % (base, state['team'], state['project'])).read()
+    facts['stream_ok'] = state['expect'].encode('utf-8') in stream or state['expect'] in stream.decode('utf-8', 'replace')
+
+    from sentry.models import Event, Project, Team
+    from raven import Client
+    parts = urlparse.urlparse(state['dsn'])
+    base_parts = urlparse.urlparse(base)
+    dsn = '%s://%s:%s@%s%s' % (parts.scheme, parts.username, parts.password, base_parts.netloc, parts.path)
+    marker = u'post-migration event %d ✓' % int(time.time())
+    Client(dsn).captureMessage(marker)
+    new_event = None
+    for _ in range(50):
+        found = list(Event.objects.filter(message__contains='post-migration event').order_by('-id')[:1])
+        if found:
+            new_event = found[0]
+            break
+        time.sleep(0.2)
+    facts['new_event_id'] = new_event.id if new_event else None
+    facts['new_event_project_id'] = new_event.project_id if new_event else None
+
+    team = Team.objects.get(slug=state['team'])
+    project = Project.objects.create(name='after-migration', slug='after-migration', team=team, owner=team.owner)
+    facts['new_project_id'] = project.id
+    json.dump(facts, sys.stdout, sort_keys=True)
+    sys.stdout.write('\n')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,83 @@
+# -*- coding: utf-8 -*-
+"""Rehearsal only: real Sentry 4 data through Sentry's own ORM (bin/py, tag 1).
+
+    bin/py seed.py CONFIG accounts   -> creates users, teams, members, projects, keys, options;
+                                        prints JSON {"dsns": [...], "login": {...}}
+    bin/py seed.py CONFIG finish     -> resolves and bookmarks some groups, deletes a team
+                                        member and a project key (id gaps, as real installs
+                                        have); prints JSON counts
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sentry_setup import configure
+
+PASSWORD = 'rehearsal-p4ss'
+
+
+def accounts():
+    from django.contrib.auth.models import User
+    from sentry.models import Team, TeamMember, Project, ProjectKey, ProjectOption, Option
+
+    admin = User.objects.create_superuser('admin', 'admin@example.com', PASSWORD)
+    users = [admin]
+    for name in ['alice', 'bob', u'zoë', 'carol', 'dave']:
+        users.append(User.objects.create_user(name.encode('ascii', 'ignore') or 'zoe', '%s@example.com' % name.encode('ascii', 'ignore'), PASSWORD))
+    users[3].first_name = u'Zoë'
+    users[3].save()
+    gone = User.objects.create_user('leaver', 'leaver@example.com', PASSWORD)
+    gone.delete()  # a gap in auth_user ids
+
+    teams = []
+    for slug, owner in [('web', users[0]), ('backend', users[1])]:
+        teams.append(Team.objects.create(slug=slug, name=slug.title(), owner=owner))
+    for team in teams:
+        for user in users[1:5]:
+            TeamMember.objects.get_or_create(team=team, user=user)
+
+    dsns = []
+    specs = [('frontend', teams[0]), ('api', teams[1]), ('worker', teams[1]), (u'intérieur', teams[0])]
+    for name, team in specs:
+        project = Project.objects.create(name=name, slug=name.encode('ascii', 'ignore'), owner=users[0], team=team)
+        # The key of the team's owner (a member; Sentry 4.10 fails on keys without a user).
+        key, _ = ProjectKey.objects.get_or_create(project=project, user=team.owner)
+        ProjectOption.objects.set_value(project, 'mail:subject_prefix', '[%s] ' % project.slug)
+        dsns.append({'project_id': project.id, 'slug': project.slug, 'team': team.slug,
+                     'dsn': key.get_dsn(public=False)})
+    Option.objects.set_value('sentry:install-id', 'rehearsal')
+    return {'dsns': dsns, 'login': {'username': 'admin', 'password': PASSWORD}}
+
+
+def finish():
+    from sentry.models import Group, GroupBookmark, TeamMember, ProjectKey, Event
+    from django.contrib.auth.models import User
+
+    admin = User.objects.get(username='admin')
+    groups = list(Group.objects.order_by('id'))
+    for group in groups[::3]:
+        group.status = 1  # resolved
+        group.save()
+    for group in groups[1::4]:
+        GroupBookmark.objects.get_or_create(project=group.project, group=group, user=admin)
+    # Ids with gaps: remove a member (its keys go with it) and an extra key.
+    member = TeamMember.objects.filter(user__username='carol').order_by('id')[0]
+    member.delete()
+    extra = ProjectKey.objects.create(project=groups[0].project, user=None)
+    ProjectKey.objects.filter(id=extra.id).delete()
+    return {'groups': len(groups), 'events': Event.objects.count(),
+            'resolved': Group.objects.filter(status=1).count(),
+            'bookmarks': GroupBookmark.objects.count()}
+
+
+def main():
+    config, command = sys.argv[1], sys.argv[2]
+    configure(config)
+    result = {'accounts': accounts, 'finish': finish}[command]()
+    json.dump(result, sys.stdout, sort_keys=True)
+    sys.stdout.write('\n')
+
+
+if __name__ == '__main__':
+    main()
