@@ -5,7 +5,8 @@ use std::{path::PathBuf, str::FromStr};
 xflags::xflags! {
     /// sentry-migrate: move a Sentry 4 install from SQLite to PostgreSQL, then upgrade it to Sentry 6.
     ///
-    /// Tasks: `migrate` (the whole runbook), `switch-settings` (point settings_local.py at a db).
+    /// Tasks: `migrate` (the whole runbook), `switch-settings` (point settings_local.py at a db),
+    /// `rehearse` (the whole migration on the real stack, on throwaway data).
     /// PostgreSQL connection: PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD, or --database-url
     /// without a password (the password is only ever read from PGPASSWORD).
     cmd xtask {
@@ -27,6 +28,17 @@ xflags::xflags! {
             optional --tag1 path: PathBuf
             /// Buildout config of tag 2, Sentry 6 (default: buildout/tag2-sentry6.cfg).
             optional --tag2 path: PathBuf
+        }
+        /// The whole migration on the real stack: provisions Python 2.7, buildout, Sentry 4.10
+        /// and 6.4 (cached) and a throwaway PostgreSQL on loopback, fills a Sentry 4 SQLite db with
+        /// real events over HTTP, runs `migrate` on it, and proves Sentry 6 works on the result.
+        cmd rehearse {
+            /// Events to send to Sentry 4 (default 200).
+            optional --events n: u64
+            /// Keep the scratch folder (repo copy, databases, logs) for inspection.
+            optional --keep
+            /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).
+            optional --cache dir: PathBuf
         }
         /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically,
         /// keeping the previous file as settings_local.py.bak).

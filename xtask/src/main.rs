@@ -6,9 +6,9 @@ mod execute;
 mod flags;
 mod journal;
 mod pg;
-#[cfg(test)]
 mod pgcluster;
 mod plan;
+mod rehearse;
 mod report;
 mod sentry;
 mod settings;
@@ -46,6 +46,7 @@ fn try_main() -> anyhow::Result<()> {
     match flags.subcommand {
         flags::XtaskCmd::Migrate(cmd) => cmd.run(&sh),
         flags::XtaskCmd::SwitchSettings(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Rehearse(cmd) => cmd.run(&sh),
     }
 }
 

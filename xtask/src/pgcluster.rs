@@ -120,6 +120,23 @@ impl PgCluster {
         ]
     }
 
+    /// A superuser connection over TCP with the password.
+    pub fn client(&self, dbname: &str) -> Result<postgres::Client> {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user(&self.superuser)
+            .password(&self.password)
+            .dbname(dbname)
+            .connect(postgres::NoTls)
+            .with_context(|| {
+                format!(
+                    "cannot connect to the throwaway cluster on port {}",
+                    self.port
+                )
+            })
+    }
+
     /// Whether the postmaster of this cluster is alive.
     pub fn is_running(&self) -> bool {
         self.postmaster_pid()
@@ -179,6 +196,7 @@ fn nix_user(name: &str) -> Result<(u32, u32)> {
 }
 
 /// Test support: one cluster per test process while any test uses it, one database per test.
+#[cfg(test)]
 pub mod testing {
     use std::sync::{
         atomic::{AtomicUsize, Ordering},
@@ -251,14 +269,7 @@ pub mod testing {
     impl PgCluster {
         /// A superuser connection over TCP with the password.
         pub fn admin_client(&self, dbname: &str) -> postgres::Client {
-            postgres::Config::new()
-                .host("127.0.0.1")
-                .port(self.port)
-                .user(&self.superuser)
-                .password(&self.password)
-                .dbname(dbname)
-                .connect(postgres::NoTls)
-                .expect("connect to the test cluster")
+            self.client(dbname).expect("connect to the test cluster")
         }
     }
 }

@@ -1,0 +1,460 @@
+//! `cargo xtask rehearse`: the whole migration on the real stack, end to end. Provisions Python
+//! 2.7 + buildout (cached) and a throwaway PostgreSQL, makes a real Sentry 4 install with real
+//! events sent over HTTP, runs `cargo xtask migrate` on it exactly as a user would, and proves
+//! Sentry 6 works on the result. Nothing here is used by `migrate`.
+
+mod provision;
+mod server;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use xshell::{cmd, Cmd, Shell};
+
+use crate::{config::Config, flags, pgcluster::PgCluster, settings, util};
+use server::Server;
+
+/// Runs `cmd` with stdin closed, appending its stdout and stderr to `log`; returns stdout.
+/// On failure the error names the command and the log, with its last lines.
+pub(crate) fn log_run(cmd: Cmd<'_>, log: &Path) -> Result<String> {
+    let shown = cmd.to_string();
+    let mut command: std::process::Command = cmd.into();
+    command.stdin(std::process::Stdio::null());
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    let mut file = fs::OpenOptions::new().create(true).append(true).open(log)?;
+    writeln!(file, "$ {shown}")?;
+    file.write_all(&output.stdout)?;
+    file.write_all(&output.stderr)?;
+    if !output.status.success() {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..]
+            .iter()
+            .map(|l| format!("    | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        bail!(
+            "`{shown}` failed ({}); log {}:\n{tail}",
+            output.status,
+            log.display()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn default_cache() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("sentry-migrate");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/sentry-migrate")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The scratch folder: removed at the end unless `--keep`, kept after a failure for its logs.
+struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Times each phase and prints `[n/N] phase … ok (1.2s)`.
+struct Phases {
+    total: usize,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn run<T>(&mut self, name: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let index = self.done.len() + 1;
+        println!("[{index}/{}] {name} …", self.total);
+        let started = Instant::now();
+        let result = f().with_context(|| format!("rehearsal phase `{name}` failed"))?;
+        let elapsed = started.elapsed();
+        println!(
+            "[{index}/{}] {name} … ok ({})",
+            self.total,
+            util::human_duration(elapsed)
+        );
+        self.done.push((name, elapsed));
+        Ok(result)
+    }
+}
+
+/// What the Sentry 4 seeding made.
+struct Seeded {
+    state: serde_json::Value,
+    events: u64,
+}
+
+impl flags::Rehearse {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let repo = sh.current_dir();
+        let events = self.events.unwrap_or(200);
+        ensure!(
+            events >= 8,
+            "--events must be at least 8 (two of each kind per project)"
+        );
+        let cache = self.cache.clone().unwrap_or_else(default_cache);
+        let path =
+            std::env::temp_dir().join(format!("sentry-migrate-rehearsal-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(path.join("logs"))?;
+        let mut scratch = Scratch {
+            path: path.clone(),
+            keep: self.keep,
+        };
+        println!(
+            "rehearsal in {} (cache {})",
+            path.display(),
+            cache.display()
+        );
+        let started = Instant::now();
+        let mut phases = Phases {
+            total: 5,
+            done: Vec::new(),
+        };
+        match rehearse(&repo, &cache, &path, events, &mut phases) {
+            Ok(facts) => {
+                print_summary(&path, &phases, &facts, started.elapsed())?;
+                if self.keep {
+                    println!("scratch kept: {}", path.display());
+                }
+                Ok(())
+            }
+            Err(err) => {
+                scratch.keep = true;
+                Err(err.context(format!(
+                    "the rehearsal failed; every server it started is stopped; logs: {}/logs and {}/dumps/logs (kept)",
+                    path.display(),
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
+fn rehearse(
+    repo: &Path,
+    cache: &Path,
+    root: &Path,
+    events: u64,
+    phases: &mut Phases,
+) -> Result<serde_json::Value> {
+    let logs = root.join("logs");
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+
+    let toolchain = phases.run("provision", || {
+        let toolchain = provision::toolchain(&sh, cache, &logs)?;
+        copy_repo_files(repo, root)?;
+        provision::bootstrap(&sh, &toolchain, root, &logs)?;
+        Ok(toolchain)
+    })?;
+    for (key, value) in toolchain.env() {
+        sh.set_var(key, value);
+    }
+
+    // Stopped when it goes out of scope: at the end, or on the first failure.
+    let cluster = phases.run("postgres", || PgCluster::start(&sh, &root.join("pg")))?;
+    let pg_env = cluster.env(&cluster.superuser, &cluster.password, "sentry");
+
+    let seeded = phases.run("sentry4-install-and-data", || {
+        seed_sentry4(&sh, root, &logs, events)
+    })?;
+
+    phases.run("migrate", || {
+        let exe = std::env::current_exe()?;
+        // The same binary and code path a user runs: `cargo xtask migrate` on this checkout.
+        cmd!(sh, "{exe} migrate")
+            .env("SENTRY_MIGRATE_ROOT", root)
+            .envs(pg_env.clone())
+            .run()
+            .context("`cargo xtask migrate` failed")
+    })?;
+
+    let facts = phases.run("prove-sentry6", || {
+        prove_sentry6(&sh, root, &logs, &cluster, &seeded)
+    })?;
+    Ok(facts)
+}
+
+/// The files of this repo a buildout checkout has, copied into the scratch root.
+fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
+    for dir in [
+        "buildout",
+        "settings",
+        "xtask/python/rehearse",
+        "var",
+        "dumps",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    for file in [
+        "buildout/tag1-sentry4.cfg",
+        "buildout/tag2-sentry6.cfg",
+        "settings/settings.py",
+        "xtask/python/sentry_helper.py",
+        "xtask/python/rehearse/sentry_setup.py",
+        "xtask/python/rehearse/seed.py",
+        "xtask/python/rehearse/send_events.py",
+        "xtask/python/rehearse/serve.py",
+        "xtask/python/rehearse/prove.py",
+    ] {
+        fs::copy(repo.join(file), root.join(file))
+            .with_context(|| format!("cannot copy {file} into the scratch repo"))?;
+    }
+    // The scratch install sends no mail (Sentry mails on every new event).
+    let mut settings = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("settings/settings.py"))?;
+    writeln!(settings, "\n# Rehearsal only: no mail leaves this machine.\nEMAIL_BACKEND = 'django.core.mail.backends.locmem.EmailBackend'")?;
+    Ok(())
+}
+
+fn sentry_server(sh: &Shell, name: &str, port: u16, log: &Path) -> Result<Server> {
+    let py = sh.current_dir().join("bin/py");
+    let command: std::process::Command = cmd!(
+        sh,
+        "{py} xtask/python/rehearse/serve.py settings/settings.py"
+    )
+    .env("SENTRY_WEB_HOST", "127.0.0.1")
+    .env("SENTRY_WEB_PORT", port.to_string())
+    .into();
+    Server::start(name, command, port, log, Duration::from_secs(120))
+}
+
+fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<Seeded> {
+    let log = logs.join("sentry4.log");
+    log_run(
+        cmd!(
+            sh,
+            "bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory={root}"
+        ),
+        &log,
+    )
+    .context("buildout tag 1 failed")?;
+    let config = Config::new(root, None, None, |_| None)?;
+    settings::switch(crate::flags::DbKind::Sqlite, &config)?;
+    log_run(
+        cmd!(
+            sh,
+            "bin/sentry --config=settings/settings.py upgrade --noinput"
+        ),
+        &log,
+    )?;
+    let port = free_port()?;
+    let accounts = log_run(
+        cmd!(
+            sh,
+            "bin/py xtask/python/rehearse/seed.py settings/settings.py accounts"
+        )
+        .env("SENTRY_WEB_PORT", port.to_string()),
+        &log,
+    )?;
+    let accounts: serde_json::Value =
+        serde_json::from_str(accounts.trim()).context("seed.py printed no JSON")?;
+    let dsns: Vec<String> = accounts["dsns"]
+        .as_array()
+        .context("no dsns")?
+        .iter()
+        .map(|d| d["dsn"].as_str().unwrap_or_default().to_string())
+        .collect();
+    fs::write(root.join("dsns.json"), serde_json::to_string(&dsns)?)?;
+    {
+        let _server = sentry_server(sh, "Sentry 4.10 web", port, &logs.join("sentry4-web.log"))?;
+        let count = events.to_string();
+        log_run(
+            cmd!(
+                sh,
+                "bin/py xtask/python/rehearse/send_events.py dsns.json {count}"
+            ),
+            &log,
+        )?;
+    }
+    // raven reports nothing when Sentry refuses an event: count what was stored, per project.
+    let conn = rusqlite::Connection::open_with_flags(
+        root.join("var/sentry.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stored: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut stmt =
+        conn.prepare("SELECT project_id, count(*) FROM sentry_message GROUP BY project_id")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
+        let (project, count) = row?;
+        stored.insert(project, count as u64);
+    }
+    let projects: Vec<i64> = accounts["dsns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["project_id"].as_i64())
+        .collect();
+    for (index, project) in projects.iter().enumerate() {
+        let expected = (0..events)
+            .filter(|n| (*n as usize) % projects.len() == index)
+            .count() as u64;
+        let got = stored.get(project).copied().unwrap_or(0);
+        ensure!(
+            got == expected,
+            "Sentry 4 stored {got} events for project {project}, {expected} were sent: see {}",
+            logs.join("sentry4-web.log").display()
+        );
+    }
+    let finish = log_run(
+        cmd!(
+            sh,
+            "bin/py xtask/python/rehearse/seed.py settings/settings.py finish"
+        ),
+        &log,
+    )?;
+    println!(
+        "    sent {events} events over HTTP to {} projects; Sentry 4 stored them all; {}",
+        projects.len(),
+        finish.trim()
+    );
+    let first = &accounts["dsns"][0];
+    let state = serde_json::json!({
+        "login": accounts["login"],
+        "team": first["team"],
+        "project": first["slug"],
+        "project_id": first["project_id"],
+        "dsn": first["dsn"],
+        "expect": "rehearsal message a",
+    });
+    Ok(Seeded { state, events })
+}
+
+fn max_id(client: &mut postgres::Client, table: &str) -> Result<i64> {
+    let sql = format!(
+        "SELECT COALESCE(MAX(id), 0)::bigint FROM {}",
+        crate::config::quote_identifier(table)
+    );
+    Ok(client.query_one(&sql, &[])?.get(0))
+}
+
+fn prove_sentry6(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    cluster: &PgCluster,
+    seeded: &Seeded,
+) -> Result<serde_json::Value> {
+    let mut client = cluster.client("sentry")?;
+    let events_before: i64 = client
+        .query_one("SELECT count(*) FROM sentry_message", &[])?
+        .get(0);
+    ensure!(
+        events_before as u64 >= seeded.events,
+        "PostgreSQL has {events_before} events, {} were sent to Sentry 4",
+        seeded.events
+    );
+    let max_event = max_id(&mut client, "sentry_message")?;
+    let max_project = max_id(&mut client, "sentry_project")?;
+    let state_path = root.join("prove-state.json");
+    fs::write(&state_path, serde_json::to_string(&seeded.state)?)?;
+    let port = free_port()?;
+    let facts = {
+        let _server = sentry_server(sh, "Sentry 6.4 web", port, &logs.join("sentry6-web.log"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        log_run(
+            cmd!(
+                sh,
+                "bin/py xtask/python/rehearse/prove.py settings/settings.py {base} {state_path}"
+            ),
+            &logs.join("sentry6.log"),
+        )?
+    };
+    let facts: serde_json::Value =
+        serde_json::from_str(facts.trim()).context("prove.py printed no JSON")?;
+    ensure!(
+        facts["login_ok"] == true,
+        "a migrated user could not log in to Sentry 6 with the old password: {facts}"
+    );
+    ensure!(
+        facts["stream_ok"] == true,
+        "Sentry 6's event stream does not list the migrated events: {facts}"
+    );
+    let new_event = facts["new_event_id"].as_i64().context(format!(
+        "a new event sent to Sentry 6 was not stored (abstime?): {facts}"
+    ))?;
+    ensure!(
+        new_event > max_event,
+        "the new event got id {new_event}, not past the migrated maximum {max_event}"
+    );
+    let new_project = facts["new_project_id"]
+        .as_i64()
+        .context("no new project id")?;
+    ensure!(
+        new_project == max_project + 1,
+        "a new project got id {new_project}, expected {}",
+        max_project + 1
+    );
+    let events_after: i64 = client
+        .query_one("SELECT count(*) FROM sentry_message", &[])?
+        .get(0);
+    ensure!(
+        events_after == events_before + 1,
+        "events went from {events_before} to {events_after}, expected one more"
+    );
+    println!(
+        "    Sentry 6: login ok, migrated events listed, new event id {new_event} > {max_event}, new project id {new_project}"
+    );
+    Ok(facts)
+}
+
+fn print_summary(
+    root: &Path,
+    phases: &Phases,
+    facts: &serde_json::Value,
+    total: Duration,
+) -> Result<()> {
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join("dumps/report.json"))?)?;
+    println!("\nRehearsal summary");
+    if let Some(checks) = report["checks"].as_object() {
+        for (name, rows) in checks {
+            let rows = rows.as_array().cloned().unwrap_or_default();
+            let count = |v: &str| rows.iter().filter(|r| r["verdict"] == v).count();
+            println!(
+                "  {name:<22} {:>3} tables: {:>3} equal, {:>3} intended/not carried over, {} different",
+                rows.len(),
+                count("equal"),
+                count("intended") + count("not-carried-over"),
+                count("differs")
+            );
+        }
+    }
+    let rows: u64 = report["postgres_counts"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    println!("  rows compared after the load: {rows}; proof: {facts}");
+    for (name, elapsed) in &phases.done {
+        println!("  {name:<28} {:>8}", util::human_duration(*elapsed));
+    }
+    println!("  {:<28} {:>8}", "total", util::human_duration(total));
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! A Sentry web server for the rehearsal: its own process group on 127.0.0.1, stopped with
+//! every process of that group when dropped (also when a rehearsal step fails).
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub struct Server {
+    name: String,
+    child: Option<Child>,
+    pgid: u32,
+}
+
+impl Server {
+    /// Spawns `command` in a new process group, output to `log`, and waits until it accepts
+    /// connections on 127.0.0.1:`port`.
+    pub fn start(
+        name: &str,
+        mut command: std::process::Command,
+        port: u16,
+        log: &Path,
+        wait: Duration,
+    ) -> Result<Server> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let pgid = child.id();
+        let mut server = Server {
+            name: name.to_string(),
+            child: Some(child),
+            pgid,
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+                return Ok(server);
+            }
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "{name} exited ({status}) before listening on {addr}; last lines of {}:\n{}",
+                    log.display(),
+                    tail(log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!(
+            "{name} did not listen on {addr} within {}s; see {}:\n{}",
+            wait.as_secs(),
+            log.display(),
+            tail(log)
+        )
+    }
+
+    /// Stops the whole process group: TERM, then KILL after a grace period.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        signal_group(self.pgid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline && (child.try_wait()?.is_none() || group_alive(self.pgid)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if group_alive(self.pgid) || child.try_wait()?.is_none() {
+            signal_group(self.pgid, "KILL");
+            let _ = child.wait();
+        }
+        if group_alive(self.pgid) {
+            bail!(
+                "{} (process group {}) is still running after KILL",
+                self.name,
+                self.pgid
+            );
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub fn pgid(&self) -> u32 {
+        self.pgid
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            eprintln!("warning: {err:#}");
+        }
+    }
+}
+
+fn signal_group(pgid: u32, signal: &str) {
+    // `kill -SIG -- -PGID` signals every process of the group; no shell involved.
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{signal}"), "--".to_string(), format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether any live (non-zombie) process is in process group `pgid`.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the parenthesised command: state, ppid, pgrp, …
+        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..]
+        .iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A server with a child process of its own, like gunicorn's master and workers.
+    fn forking_server(port: u16) -> std::process::Command {
+        let mut command = std::process::Command::new("python3");
+        command.args([
+            "-c",
+            "import subprocess, sys, http.server\n\
+             subprocess.Popen(['sleep', '300'])\n\
+             http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()",
+        ]);
+        command.arg(port.to_string());
+        command
+    }
+
+    fn failing_step_with_a_server(log: &Path, port: u16) -> Result<u32> {
+        let server = Server::start(
+            "test server",
+            forking_server(port),
+            port,
+            log,
+            Duration::from_secs(20),
+        )?;
+        let pgid = server.pgid();
+        PGID.with(|cell| cell.set(pgid));
+        bail!("a later step failed (server of group {pgid} still in scope)")
+    }
+
+    thread_local! {
+        static PGID: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+
+    #[test]
+    fn a_failure_stops_the_server_and_its_children() {
+        let dir = std::env::temp_dir().join(format!("server-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        let port = free_port();
+        let mut command = forking_server(port);
+        // Start once directly to prove it listens and stops cleanly.
+        command.current_dir(&dir);
+        let mut server =
+            Server::start("test server", command, port, &log, Duration::from_secs(20)).unwrap();
+        assert!(group_alive(server.pgid()));
+        let pgid = server.pgid();
+        server.stop().unwrap();
+        assert!(!group_alive(pgid), "server and child gone after stop");
+
+        // Now inside a step that fails: the error path drops the server, which stops the group.
+        let err = failing_step_with_a_server(&log, free_port()).unwrap_err();
+        assert!(err.to_string().contains("a later step failed"));
+        let pgid = PGID.with(|cell| cell.get());
+        assert!(pgid > 0);
+        assert!(
+            !group_alive(pgid),
+            "process group {pgid} left running after a failure"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_server_that_dies_is_reported_with_its_log() {
+        let dir = std::env::temp_dir().join(format!("server-test-dies-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        let mut command = std::process::Command::new("python3");
+        command.args([
+            "-c",
+            "import sys; sys.stderr.write('ImportError: no module named sentry\\n'); sys.exit(3)",
+        ]);
+        let err = Server::start(
+            "Sentry 4",
+            command,
+            free_port(),
+            &log,
+            Duration::from_secs(20),
+        )
+        .err()
+        .unwrap();
+        let message = err.to_string();
+        assert!(
+            message.contains("Sentry 4 exited (exit status: 3) before listening"),
+            "{message}"
+        );
+        assert!(
+            message.contains("ImportError: no module named sentry"),
+            "{message}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
