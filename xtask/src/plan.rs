@@ -364,3 +364,154 @@ pub fn find(steps: &[Step], name: &str) -> anyhow::Result<usize> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(sqlite: Option<&str>, url: Option<&str>) -> Config {
+        let env = |key: &str| match key {
+            "PGHOST" => Some("db.internal".to_string()),
+            "PGUSER" => Some("sentry".to_string()),
+            "PGPASSWORD" => Some("s3cret".to_string()),
+            _ => None,
+        };
+        Config::new(
+            Path::new("/srv/central_sentry"),
+            sqlite.map(Path::new),
+            url,
+            env,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn default_plan_as_text() {
+        let config = config(None, None);
+        let text = render(&plan(&config), &config);
+        let expected = r#"== tag 1 (Sentry 4), SQLite ==
+[1/20] preflight: check the repo, the SQLite db, disk space and PostgreSQL before touching anything
+      check: bin/buildout, both buildout configs, settings/settings.py and the load helper exist
+      check: var/sentry.db exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= 0062)
+      check: no process has var/sentry.db open, no bin/sentry process is running
+      check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup
+      check: PostgreSQL postgres://sentry@db.internal:5432/sentry answers with the given credentials (PGPASSWORD)
+[2/20] backup-sqlite: copy the SQLite db next to itself, check the copy, record its sha256
+      copy var/sentry.db -> var/sentry.db.backup-<UTC time> (never overwrites an earlier backup)
+      check: PRAGMA integrity_check on the copy; sha256 of the copy equals the source's; record it in the journal
+[3/20] buildout-tag1: install tag 1: Sentry 4.10 and the psycopg2 egg
+      run: bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory=/srv/central_sentry
+[4/20] settings-sqlite: point settings_local.py at the SQLite db
+      write settings/settings_local.py (0600, atomically; previous kept as .bak): sqlite3 var/sentry.db
+[5/20] sqlite-upgrade: bring the SQLite schema to Sentry 4.10's latest migration
+      run: bin/sentry --config=settings/settings.py upgrade --noinput
+[6/20] sqlite-repair: let Sentry repair what it knows to repair
+      run: bin/sentry --config=settings/settings.py repair
+[7/20] inspect-models: list every model's table (and m2m tables) as Sentry 4 sees them
+      run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py models > dumps/models.json
+[8/20] dump-auth: dump the auth app first (users, groups, permissions)
+      run: bin/sentry --config=settings/settings.py dumpdata auth > dumps/dumpdata-auth.json
+[9/20] dump-rest: dump everything else
+      run: bin/sentry --config=settings/settings.py dumpdata --exclude auth > dumps/dumpdata.json
+[10/20] verify-dumps: parse both dumps; objects per model must equal SQLite's rows per table
+      check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table
+      report: SQLite-only tables (no model) with their rows, as not carried over
+== tag 1 (Sentry 4), PostgreSQL ==
+[11/20] pg-create-database: create the target database, or accept an empty one
+      sql (maintenance db `postgres`): SELECT 1 FROM pg_database WHERE datname = $1
+      sql: CREATE DATABASE "sentry" ENCODING 'UTF8' TEMPLATE template0
+      check: an existing database must have no tables in schema public (unless this tool created it, per the journal)
+[12/20] settings-postgres: point settings_local.py at PostgreSQL (mode 0600)
+      write settings/settings_local.py (0600, atomically; previous kept as .bak): postgresql_psycopg2 postgres://sentry@db.internal:5432/sentry, password from PGPASSWORD
+[13/20] pg-upgrade: build Sentry 4.10's schema on PostgreSQL, no superuser prompt
+      run: bin/sentry --config=settings/settings.py upgrade --noinput
+[14/20] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
+      check: sentry_project holds only the demo project upgrade made ("Sentry (Internal)")
+      sql: BEGIN; TRUNCATE TABLE <every table in schema public> RESTART IDENTITY CASCADE; COMMIT
+[15/20] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
+      sql (PostgreSQL >= 12, as superuser): CREATE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
+      sql (PostgreSQL >= 12, as superuser): CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz)
+      sql (PostgreSQL >= 12, as superuser): CREATE DOMAIN abstime AS integer
+[16/20] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
+      run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json
+      check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`
+      sql: SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM <table> (every table with a serial id)
+[17/20] verify-postgres: every table's rows equal SQLite's; every id sequence past max(id)
+      check: rows of every table equal SQLite's (report: dumps/report.md)
+      check: every id sequence's next value is past max(id)
+== tag 2 (Sentry 6), PostgreSQL ==
+[18/20] buildout-tag2: install tag 2: Sentry 6.4
+      run: bin/buildout -c buildout/tag2-sentry6.cfg buildout:directory=/srv/central_sentry
+[19/20] sentry6-upgrade: apply Sentry 6's migrations
+      run: bin/sentry --config=settings/settings.py upgrade --noinput
+[20/20] verify-sentry6: compare with the loaded counts: only Sentry 6's intended changes
+      check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere
+      check: every event points at an existing group
+"#;
+        assert_eq!(text, expected);
+        assert!(
+            !text.contains("s3cret"),
+            "the password is never in the plan"
+        );
+    }
+
+    #[test]
+    fn custom_paths_and_target_show_in_the_plan() {
+        let config = config(
+            Some("data/central sentry.db"),
+            Some("postgres://migrator@127.0.0.1:5433/sentry6"),
+        );
+        let text = render(&plan(&config), &config);
+        for line in [
+            "check: data/central sentry.db exists, opens",
+            "copy data/central sentry.db -> data/central sentry.db.backup-<UTC time>",
+            "sql: CREATE DATABASE \"sentry6\" ENCODING 'UTF8' TEMPLATE template0",
+            "postgresql_psycopg2 postgres://migrator@127.0.0.1:5433/sentry6, password from PGPASSWORD",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+        let names: Vec<_> = plan(&config).iter().map(|s| s.name).collect();
+        assert_eq!(names.len(), 20);
+        assert_eq!(
+            names
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            20,
+            "step names are unique"
+        );
+        assert!(
+            names.iter().all(|n| n
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')),
+            "kebab-case"
+        );
+    }
+
+    #[test]
+    fn a_root_with_spaces_stays_one_argument() {
+        let env = |_: &str| None;
+        let config = Config::new(Path::new("/srv/my sentry"), None, None, env).unwrap();
+        let steps = plan(&config);
+        let Action::Buildout(cmd) = &steps[find(&steps, "buildout-tag1").unwrap()].action else {
+            panic!()
+        };
+        assert_eq!(
+            cmd.args.last().unwrap(),
+            "buildout:directory=/srv/my sentry"
+        );
+        assert_eq!(
+            cmd.render(),
+            "bin/buildout -c buildout/tag1-sentry4.cfg \"buildout:directory=/srv/my sentry\""
+        );
+        let err = find(&steps, "dump-everything").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "unknown step `dump-everything`: expected one of preflight, backup-sqlite,"
+            ),
+            "{err}"
+        );
+    }
+}

@@ -136,7 +136,19 @@ impl flags::Rehearse {
             total: 5,
             done: Vec::new(),
         };
-        match rehearse(&repo, &cache, &path, events, &mut phases) {
+        let result = rehearse(&repo, &cache, &path, events, &mut phases);
+        // Every server is stopped by now (guards dropped, on success and on failure alike).
+        let leftovers = processes_inside(&path);
+        let result = match result {
+            Ok(_) if !leftovers.is_empty() => {
+                Err(anyhow::anyhow!("processes left running: {leftovers:?}"))
+            }
+            Err(err) if !leftovers.is_empty() => {
+                Err(err.context(format!("and processes were left running: {leftovers:?}")))
+            }
+            other => other,
+        };
+        match result {
             Ok(facts) => {
                 print_summary(&path, &phases, &facts, started.elapsed())?;
                 if self.keep {
@@ -199,6 +211,45 @@ fn rehearse(
         prove_sentry6(&sh, root, &logs, &cluster, &seeded)
     })?;
     Ok(facts)
+}
+
+/// Processes (but this one) whose working directory or command line lies inside `root`.
+fn processes_inside(root: &Path) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let root_text = root.display().to_string();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|it| it.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(true)
+        {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let in_cwd = fs::read_link(entry.path().join("cwd"))
+            .map(|cwd| cwd.starts_with(root))
+            .unwrap_or(false);
+        if in_cwd || cmdline.contains(&root_text) {
+            found.push((pid, cmdline.trim().to_string()));
+        }
+    }
+    found
 }
 
 /// The files of this repo a buildout checkout has, copied into the scratch root.
@@ -456,5 +507,6 @@ fn print_summary(
         println!("  {name:<28} {:>8}", util::human_duration(*elapsed));
     }
     println!("  {:<28} {:>8}", "total", util::human_duration(total));
+    println!("  servers: PostgreSQL and both Sentry web servers stopped; no process left in the scratch folder");
     Ok(())
 }
