@@ -820,7 +820,7 @@ impl Lock {
                         .parse::<u32>()
                         .ok();
                     match holder {
-                        Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => {
+                        Some(pid) if util::process_alive(pid) => {
                             bail!("another `cargo xtask migrate` (pid {pid}) is running on this repo ({} exists): wait for it to finish", path.display())
                         }
                         _ => {

@@ -140,7 +140,7 @@ impl PgCluster {
     /// Whether the postmaster of this cluster is alive.
     pub fn is_running(&self) -> bool {
         self.postmaster_pid()
-            .map(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .map(crate::util::process_alive)
             .unwrap_or(false)
     }
 
@@ -264,6 +264,30 @@ pub mod testing {
                 self.name
             ));
         }
+    }
+
+    #[test]
+    fn a_failure_after_start_stops_the_cluster() {
+        if skip() {
+            return;
+        }
+        fn failing_step(dir: &std::path::Path, pid: &mut u32) -> anyhow::Result<()> {
+            let sh = xshell::Shell::new()?;
+            let cluster = PgCluster::start(&sh, dir)?;
+            assert!(cluster.is_running());
+            *pid = cluster.postmaster_pid().unwrap();
+            anyhow::bail!("a later step failed")
+        }
+        let dir =
+            std::env::temp_dir().join(format!("sentry-migrate-pg-fail-{}", std::process::id()));
+        let mut pid = 0;
+        assert!(failing_step(&dir, &mut pid).is_err());
+        assert!(pid > 0);
+        assert!(
+            !crate::util::process_alive(pid),
+            "postmaster {pid} still running after a failure"
+        );
+        assert!(!dir.exists(), "the cluster folder is removed");
     }
 
     impl PgCluster {

@@ -4,6 +4,9 @@
 #[allow(dead_code)]
 #[path = "../src/pgcluster.rs"]
 mod pgcluster;
+#[allow(dead_code)]
+#[path = "../src/util.rs"]
+mod util;
 
 use std::{
     collections::BTreeMap,

@@ -285,7 +285,9 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn sentry_server(sh: &Shell, name: &str, port: u16, log: &Path) -> Result<Server> {
+/// Sentry 4.10's web service, started through the rehearsal's launcher: 4.10's `start` lets
+/// gunicorn parse the command line, which rejects `--noupgrade` (see serve.py).
+fn sentry4_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
     let py = sh.current_dir().join("bin/py");
     let command: std::process::Command = cmd!(
         sh,
@@ -294,7 +296,32 @@ fn sentry_server(sh: &Shell, name: &str, port: u16, log: &Path) -> Result<Server
     .env("SENTRY_WEB_HOST", "127.0.0.1")
     .env("SENTRY_WEB_PORT", port.to_string())
     .into();
-    Server::start(name, command, port, log, Duration::from_secs(120))
+    Server::start(
+        "Sentry 4.10 web",
+        command,
+        port,
+        log,
+        Duration::from_secs(120),
+    )
+}
+
+/// Sentry 6.4's web service, started with exactly the command `migrate` tells users to run.
+fn sentry6_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
+    let sentry = sh.current_dir().join("bin/sentry");
+    let command: std::process::Command = cmd!(
+        sh,
+        "{sentry} --config=settings/settings.py start --noupgrade"
+    )
+    .env("SENTRY_WEB_HOST", "127.0.0.1")
+    .env("SENTRY_WEB_PORT", port.to_string())
+    .into();
+    Server::start(
+        "Sentry 6.4 web",
+        command,
+        port,
+        log,
+        Duration::from_secs(120),
+    )
 }
 
 fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<Seeded> {
@@ -335,7 +362,7 @@ fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<See
         .collect();
     fs::write(root.join("dsns.json"), serde_json::to_string(&dsns)?)?;
     {
-        let _server = sentry_server(sh, "Sentry 4.10 web", port, &logs.join("sentry4-web.log"))?;
+        let _server = sentry4_server(sh, port, &logs.join("sentry4-web.log"))?;
         let count = events.to_string();
         log_run(
             cmd!(
@@ -428,7 +455,7 @@ fn prove_sentry6(
     fs::write(&state_path, serde_json::to_string(&seeded.state)?)?;
     let port = free_port()?;
     let facts = {
-        let _server = sentry_server(sh, "Sentry 6.4 web", port, &logs.join("sentry6-web.log"))?;
+        let _server = sentry6_server(sh, port, &logs.join("sentry6-web.log"))?;
         let base = format!("http://127.0.0.1:{port}");
         log_run(
             cmd!(
