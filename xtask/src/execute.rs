@@ -247,6 +247,7 @@ impl StepRunner<'_> {
             Action::Run(command) => {
                 self.ensure_sentry_stopped()?;
                 self.ensure_settings_for(step.phase)?;
+                self.ensure_sentry_version_for(step.phase)?;
                 self.run_command(command)
             }
             Action::VerifyDumps => self.verify_dumps().map(|()| Outputs::new()),
@@ -402,6 +403,24 @@ impl StepRunner<'_> {
         Ok(())
     }
 
+    /// Tag 1 steps need Sentry 4 in bin/, tag 2 steps Sentry 6 (a `--from` after tag 2 was
+    /// installed must not run Sentry 6 where Sentry 4 belongs).
+    fn ensure_sentry_version_for(&self, phase: Phase) -> Result<()> {
+        let Some(version) = sentry::installed_version(&self.config.bin("sentry")) else {
+            return Ok(());
+        };
+        let (want, tag) = if phase == Phase::Sentry6 {
+            ("6.", "buildout-tag2")
+        } else {
+            ("4.", "buildout-tag1")
+        };
+        ensure!(
+            version.starts_with(want),
+            "bin/sentry runs Sentry {version}, but this step needs Sentry {want}x: resume with `--from {tag}`"
+        );
+        Ok(())
+    }
+
     fn backup(&mut self) -> Result<Outputs> {
         let source = &self.config.sqlite_path;
         let stamp = util::utc_timestamp(util::unix_now()).replace([':', '-'], "");
@@ -501,9 +520,11 @@ impl StepRunner<'_> {
             self.progress(partial.as_deref(), &mut reported);
             std::thread::sleep(Duration::from_millis(250));
         };
-        if std::io::stdout().is_terminal() || reported > 0 {
-            // The step's line again, so `ok`/`FAILED` stands next to its name.
+        if std::io::stdout().is_terminal() {
+            // Clear the live line and write the step's name again for `ok`/`FAILED`.
             print!("\r\x1b[K{} … ", self.label);
+        } else if reported > 0 {
+            print!("{} … ", self.label);
         }
         if !status.success() {
             bail!(
@@ -671,6 +692,7 @@ impl StepRunner<'_> {
             filled.join(", ")
         );
         self.ensure_settings_for(step.phase)?;
+        self.ensure_sentry_version_for(step.phase)?;
         self.ensure_sentry_stopped()?;
         let start = fs::metadata(self.log_path).map(|m| m.len()).unwrap_or(0);
         self.run_command(command)?;
@@ -697,6 +719,8 @@ impl StepRunner<'_> {
             .map(|s| format!("{} (next {}, max(id) {})", s.table, s.next_value, s.max_id))
             .collect();
         self.journal.sequences = sequences;
+        // Before Sentry 6 touches it: the duplicate groups its migration 0083 may merge.
+        self.journal.merge_candidates = pg::merge_candidates(&mut client)?;
         self.finish_check(
             "postgres-vs-sqlite",
             checks,
@@ -713,11 +737,30 @@ impl StepRunner<'_> {
     fn verify_sentry6(&mut self) -> Result<()> {
         let mut client = self.target_client()?;
         let counts = pg::table_counts(&mut client)?;
+        let candidates = &self.journal.merge_candidates;
+        let outcome = pg::merge_outcome(&mut client, candidates)?;
+        let merged_rows = candidates
+            .rows
+            .iter()
+            .map(|(table, per_group)| {
+                let rows = outcome
+                    .merged
+                    .iter()
+                    .filter_map(|id| per_group.get(id))
+                    .sum();
+                (table.clone(), rows)
+            })
+            .collect();
         let facts = verify::Sentry6Facts {
             projects: counts.get("sentry_project").copied().unwrap_or(0),
             orphan_events: pg::orphan_events(&mut client)?,
+            merged_groups: outcome.merged.clone(),
+            merged_rows,
+            group_times_seen: (candidates.group_times_seen, outcome.group_times_seen),
+            minute_times_seen: (candidates.minute_times_seen, outcome.minute_times_seen),
         };
-        let checks = verify::sentry6_vs_loaded(&self.journal.postgres_counts, &counts, facts);
+        let checks = verify::sentry6_vs_loaded(&self.journal.postgres_counts, &counts, &facts);
+        self.journal.merged_groups = outcome.merged;
         self.journal.sentry6_counts = counts;
         self.finish_check(
             "sentry6-vs-postgres",

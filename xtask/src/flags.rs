@@ -35,6 +35,9 @@ xflags::xflags! {
         cmd rehearse {
             /// Events to send to Sentry 4 (default 200).
             optional --events n: u64
+            /// Rehearse a long-lived install: data made under Sentry 4.0.0 (buildout/
+            /// tag0-sentry4.0.cfg), the same SQLite file upgraded in place to 4.10, more data.
+            optional --long-lived
             /// Keep the scratch folder (repo copy, databases, logs) for inspection.
             optional --keep
             /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).

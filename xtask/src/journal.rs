@@ -56,6 +56,12 @@ pub struct Journal {
     pub postgres_counts: BTreeMap<String, u64>,
     #[serde(default)]
     pub sequences: Vec<SequenceState>,
+    /// Duplicate groups (and their rows) before Sentry 6's upgrade, which may merge them.
+    #[serde(default)]
+    pub merge_candidates: crate::pg::MergeCandidates,
+    /// The candidates that Sentry 6's upgrade merged away.
+    #[serde(default)]
+    pub merged_groups: Vec<i64>,
     #[serde(default)]
     pub sentry6_counts: BTreeMap<String, u64>,
     #[serde(default)]

@@ -121,3 +121,39 @@ mod tests {
         }
     }
 }
+
+/// The Sentry version `bin/sentry` runs, read from the egg path buildout wrote into it
+/// (`…/sentry-4.10.0-py2.7.egg`); `None` when the script does not say (e.g. a develop egg).
+pub fn installed_version(script: &Path) -> Option<String> {
+    let text = fs::read_to_string(script).ok()?;
+    let at = text.find("/sentry-")? + "/sentry-".len();
+    let version: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let version = version.trim_end_matches('.').to_string();
+    version.contains('.').then_some(version)
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_sentry_egg_from_the_script() {
+        let dir = std::env::temp_dir().join(format!("sentry-version-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("sentry");
+        fs::write(&script, "#!/x/bin/python\nimport sys\nsys.path[0:0] = [\n  '/srv/eggs/sentry-4.10.0-py2.7.egg',\n  '/srv/eggs/Django-1.4.22-py2.7.egg',\n]\n").unwrap();
+        assert_eq!(installed_version(&script).as_deref(), Some("4.10.0"));
+        fs::write(
+            &script,
+            "sys.path[0:0] = ['/srv/eggs/sentry-6.4.4-py2.7.egg']",
+        )
+        .unwrap();
+        assert_eq!(installed_version(&script).as_deref(), Some("6.4.4"));
+        fs::write(&script, "sys.path[0:0] = ['/srv/src/sentry']").unwrap();
+        assert_eq!(installed_version(&script), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -157,11 +157,19 @@ pub fn postgres_vs_dumps(
 }
 
 /// Facts about the migrated data that bound Sentry 6's intended changes.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Sentry6Facts {
     pub projects: u64,
     /// Events whose group does not exist (must be 0).
     pub orphan_events: u64,
+    /// Duplicate groups migration 0083 merged away.
+    pub merged_groups: Vec<i64>,
+    /// Per table: rows that belonged to the merged groups before the upgrade (the most a
+    /// merge may remove from it).
+    pub merged_rows: BTreeMap<String, u64>,
+    /// (before, after) of totals a merge preserves.
+    pub group_times_seen: (i64, i64),
+    pub minute_times_seen: (i64, i64),
 }
 
 /// How Sentry 6's `upgrade` may change a table on purpose.
@@ -172,8 +180,6 @@ enum Rule {
     GrowPerProject(&'static str),
     /// May gain rows (new content types, permissions, migration history).
     Grow(&'static str),
-    /// May lose rows: migration 0083 merges duplicate groups.
-    Merge(&'static str),
     /// Dropped by a migration.
     Dropped(&'static str),
 }
@@ -185,49 +191,61 @@ fn rule(table: &str) -> Rule {
         "django_content_type" => Rule::Grow("Sentry 6's new models add content types"),
         "auth_permission" => Rule::Grow("Sentry 6's new models add permissions"),
         "south_migrationhistory" => Rule::Grow("one row per applied Sentry 6 migration"),
-        "sentry_groupedmessage" => Rule::Merge("migration 0083 merges duplicate groups"),
-        "sentry_searchdocument" | "sentry_searchtoken" => {
-            Rule::Merge("search index rows of merged groups")
-        }
-        "sentry_messagefiltervalue" => Rule::Merge("filter values of merged groups"),
         "sentry_view" | "sentry_groupedmessage_views" => Rule::Dropped("Sentry 6 drops views"),
         _ => Rule::Unchanged,
     }
+}
+
+fn ids(list: &[i64]) -> String {
+    let shown: Vec<String> = list.iter().take(8).map(|id| id.to_string()).collect();
+    let more = if list.len() > 8 {
+        format!(" and {} more", list.len() - 8)
+    } else {
+        String::new()
+    };
+    format!("{}{more}", shown.join(", "))
 }
 
 /// PostgreSQL after Sentry 6's upgrade against the loaded counts: intended deltas only.
 pub fn sentry6_vs_loaded(
     loaded: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
-    facts: Sentry6Facts,
+    facts: &Sentry6Facts,
 ) -> Vec<TableCheck> {
+    let merged = facts.merged_groups.len() as u64;
     let mut out = Vec::new();
     for (table, &before) in loaded {
         let now = after.get(table).copied();
         let c = |verdict, note: String| check(table, Some(before), now, verdict, note);
+        let may_lose = facts.merged_rows.get(table).copied();
         out.push(match (rule(table), now) {
             (_, Some(rows)) if rows == before => c(Verdict::Equal, String::new()),
             (Rule::Dropped(why), None) => c(Verdict::Intended, format!("table dropped: {why}")),
             (_, None) => c(Verdict::Differs, "table gone after the upgrade".into()),
-            (Rule::GrowPerProject(why), Some(rows))
-                if rows > before && rows - before <= facts.projects =>
-            {
-                c(
-                    Verdict::Intended,
-                    format!("+{}: {why} ({} project(s))", rows - before, facts.projects),
-                )
+            (Rule::GrowPerProject(why), Some(rows)) if rows > before && rows - before <= facts.projects => {
+                c(Verdict::Intended, format!("+{}: {why} ({} project(s))", rows - before, facts.projects))
             }
-            (Rule::Grow(why), Some(rows)) if rows > before => {
-                c(Verdict::Intended, format!("+{}: {why}", rows - before))
-            }
-            (Rule::Merge(why), Some(rows)) if rows < before => {
-                c(Verdict::Intended, format!("-{}: {why}", before - rows))
-            }
-            (_, Some(rows)) if rows > before => c(
-                Verdict::Differs,
-                format!("+{} rows Sentry 6 is not known to add", rows - before),
+            (Rule::Grow(why), Some(rows)) if rows > before => c(Verdict::Intended, format!("+{}: {why}", rows - before)),
+            (_, Some(rows)) if table == "sentry_groupedmessage" && before - rows.min(before) == merged && rows < before => c(
+                Verdict::Intended,
+                format!("-{merged}: migration 0083 merged {merged} duplicate group(s) (same project and checksum) into their twins: {}", ids(&facts.merged_groups)),
             ),
-            (_, Some(rows)) => c(Verdict::Differs, format!("-{} rows lost", before - rows)),
+            (_, Some(rows)) if rows < before && may_lose.is_some_and(|most| before - rows <= most) => c(
+                Verdict::Intended,
+                format!(
+                    "-{}: rows of the {merged} merged group(s), folded into their twins or deleted with them by migration 0083 ({} belonged to them)",
+                    before - rows,
+                    may_lose.unwrap_or(0)
+                ),
+            ),
+            (_, Some(rows)) if rows > before => c(Verdict::Differs, format!("+{} rows Sentry 6 is not known to add", rows - before)),
+            (_, Some(rows)) => c(
+                Verdict::Differs,
+                match may_lose {
+                    Some(most) => format!("-{} rows lost: only {most} belonged to merged groups", before - rows),
+                    None => format!("-{} rows lost", before - rows),
+                },
+            ),
         });
     }
     for (table, &rows) in after {
@@ -257,6 +275,35 @@ pub fn sentry6_vs_loaded(
             format!("{orphans} events point at a missing group")
         },
     ));
+    for (name, (before, now), what) in [
+        (
+            "(sum of groups' times_seen)",
+            facts.group_times_seen,
+            "a merge adds the duplicate's times_seen to its twin",
+        ),
+        (
+            "(sum of per-minute times_seen)",
+            facts.minute_times_seen,
+            "a merge adds the duplicate's per-minute counts to its twin's",
+        ),
+    ] {
+        let equal = before == now;
+        out.push(TableCheck {
+            table: name.to_string(),
+            expected: Some(before.max(0) as u64),
+            actual: Some(now.max(0) as u64),
+            verdict: if equal {
+                Verdict::Equal
+            } else {
+                Verdict::Differs
+            },
+            note: if equal {
+                format!("unchanged: {what}")
+            } else {
+                format!("changed from {before} to {now}: counts were lost")
+            },
+        });
+    }
     out
 }
 
@@ -337,46 +384,86 @@ mod tests {
             ("sentry_team", 2),
             ("sentry_message", 100),
             ("sentry_groupedmessage", 20),
+            ("sentry_groupbookmark", 5),
+            ("sentry_messagecountbyminute", 30),
             ("sentry_view", 3),
             ("auth_user", 5),
         ]);
+        // Groups 7 and 9 were merged into twins; 1 bookmark and 3 minute rows were theirs.
         let facts = Sentry6Facts {
             projects: 3,
             orphan_events: 0,
+            merged_groups: vec![7, 9],
+            merged_rows: counts(&[
+                ("sentry_groupbookmark", 1),
+                ("sentry_messagecountbyminute", 3),
+            ]),
+            group_times_seen: (250, 250),
+            minute_times_seen: (120, 120),
         };
         let after = counts(&[
             ("sentry_projectkey", 7),
             ("sentry_team", 3),
             ("sentry_message", 100),
             ("sentry_groupedmessage", 18),
+            ("sentry_groupbookmark", 4),
+            ("sentry_messagecountbyminute", 28),
             ("auth_user", 5),
             ("sentry_activity", 0),
         ]);
-        let checks = sentry6_vs_loaded(&loaded, &after, facts);
+        let checks = sentry6_vs_loaded(&loaded, &after, &facts);
         assert!(failures(&checks).is_empty(), "{checks:#?}");
+        let groups = checks
+            .iter()
+            .find(|c| c.table == "sentry_groupedmessage")
+            .unwrap();
+        assert_eq!(groups.note, "-2: migration 0083 merged 2 duplicate group(s) (same project and checksum) into their twins: 7, 9");
 
-        // An event lost, a user added, more keys than projects, an orphan event: all loss.
+        // An event lost, a user added, more keys than projects, an orphan event, a bookmark of
+        // a group that was not merged, a group gone without a merge, counts lost: all loss.
         let mut bad = after.clone();
         bad.insert("sentry_message".into(), 99);
         bad.insert("auth_user".into(), 6);
         bad.insert("sentry_projectkey".into(), 8);
-        let checks = sentry6_vs_loaded(
-            &loaded,
-            &bad,
-            Sentry6Facts {
-                projects: 3,
-                orphan_events: 2,
-            },
-        );
+        bad.insert("sentry_groupbookmark".into(), 3);
+        bad.insert("sentry_groupedmessage".into(), 17);
+        let bad_facts = Sentry6Facts {
+            orphan_events: 2,
+            minute_times_seen: (120, 110),
+            ..facts.clone()
+        };
+        let checks = sentry6_vs_loaded(&loaded, &bad, &bad_facts);
         let failed: Vec<_> = failures(&checks).iter().map(|c| c.table.clone()).collect();
         assert_eq!(
             failed,
             [
                 "auth_user",
+                "sentry_groupbookmark",
+                "sentry_groupedmessage",
                 "sentry_message",
                 "sentry_projectkey",
-                "(events without a group)"
+                "(events without a group)",
+                "(sum of per-minute times_seen)"
             ]
         );
+        let bookmarks = checks
+            .iter()
+            .find(|c| c.table == "sentry_groupbookmark")
+            .unwrap();
+        assert_eq!(
+            bookmarks.note,
+            "-2 rows lost: only 1 belonged to merged groups"
+        );
+
+        // Without any merge, a group table that shrinks is loss.
+        let none = Sentry6Facts {
+            merged_groups: vec![],
+            merged_rows: BTreeMap::new(),
+            ..facts
+        };
+        let checks = sentry6_vs_loaded(&loaded, &after, &none);
+        assert!(failures(&checks)
+            .iter()
+            .any(|c| c.table == "sentry_groupedmessage"));
     }
 }

@@ -138,8 +138,8 @@ struct Output {
     stderr: String,
 }
 
-/// A small Sentry 4 db: users in groups, projects with ids that have gaps, events, a view, and
-/// Django 1.3's leftover `auth_message` table.
+/// A small Sentry 4 db: users in groups, projects with ids that have gaps, events, duplicate
+/// groups (which Sentry 6 merges), bookmarks, a view, and Django 1.3's leftover `auth_message`.
 fn make_sentry4_db(path: &Path, migration: u32) {
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(&format!(
@@ -149,7 +149,9 @@ fn make_sentry4_db(path: &Path, migration: u32) {
          CREATE TABLE auth_message (id integer PRIMARY KEY, message text);
          CREATE TABLE sentry_project (id integer PRIMARY KEY, name text);
          CREATE TABLE sentry_projectkey (id integer PRIMARY KEY, project_id integer);
-         CREATE TABLE sentry_groupedmessage (id integer PRIMARY KEY, project_id integer);
+         CREATE TABLE sentry_groupedmessage (id integer PRIMARY KEY, project_id integer, checksum text, times_seen integer);
+         CREATE TABLE sentry_groupbookmark (id integer PRIMARY KEY, group_id integer, user_id integer);
+         CREATE TABLE sentry_messagecountbyminute (id integer PRIMARY KEY, group_id integer, date text, times_seen integer);
          CREATE TABLE sentry_message (id integer PRIMARY KEY, group_id integer);
          CREATE TABLE sentry_view (id integer PRIMARY KEY, path text);
          CREATE TABLE south_migrationhistory (id integer PRIMARY KEY, app_name text, migration text);
@@ -159,7 +161,10 @@ fn make_sentry4_db(path: &Path, migration: u32) {
          INSERT INTO auth_message VALUES (1, 'old'), (2, 'older');
          INSERT INTO sentry_project VALUES (1, 'Sentry (Internal)'), (3, 'web'), (4, 'api');
          INSERT INTO sentry_projectkey VALUES (2, 1), (5, 3), (6, 4);
-         INSERT INTO sentry_groupedmessage VALUES (1, 3), (2, 3), (7, 4);
+         -- Groups 1 and 2 are duplicates (same project and checksum), as old and new clients made them.
+         INSERT INTO sentry_groupedmessage VALUES (1, 3, 'aaa', 2), (2, 3, 'aaa', 1), (7, 4, 'bbb', 2);
+         INSERT INTO sentry_groupbookmark VALUES (1, 2, 1), (2, 7, 1);
+         INSERT INTO sentry_messagecountbyminute VALUES (1, 1, '2013-01-01 10:00', 2), (2, 2, '2013-01-01 10:00', 1), (3, 7, '2013-01-01 10:01', 2);
          INSERT INTO sentry_message VALUES (1, 1), (2, 1), (3, 2), (9, 7), (10, 7);
          INSERT INTO sentry_view VALUES (1, 'x');
          INSERT INTO south_migrationhistory VALUES (1, 'sentry', '0001_initial'), (2, 'sentry', '{migration:04}_last');"
@@ -338,6 +343,16 @@ fn full_migration_verifies_every_phase_and_reports() {
         again.stdout
     );
     assert_eq!(repo.calls().len(), expected.len(), "nothing re-ran");
+
+    // Redoing a tag 1 step while tag 2 is installed would run Sentry 6 where Sentry 4 belongs.
+    let out = repo.xtask(&["migrate", "--from", "pg-upgrade"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("bin/sentry runs Sentry 6.4.4, but this step needs Sentry 4.x: resume with `--from buildout-tag1`"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(repo.calls().len(), expected.len(), "no Sentry command ran");
 }
 
 #[test]
@@ -581,6 +596,12 @@ fn bad_input_gets_a_clear_error() {
         |_| {},
         Some("load-silently"),
         "loaddata failed and rolled back (it still exits 0)",
+    );
+    expect_error(
+        "sentry6loss",
+        |_| {},
+        Some("upgrade6-loses"),
+        "sentry_message: expected 5, found 4 (-1 rows lost)",
     );
     expect_error(
         "extrarows",

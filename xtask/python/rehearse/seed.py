@@ -3,6 +3,8 @@
 
     bin/py seed.py CONFIG accounts   -> creates users, teams, members, projects, keys, options;
                                         prints JSON {"dsns": [...], "login": {...}}
+    bin/py seed.py CONFIG more       -> after an in-place upgrade: a new user, member, project,
+                                        key; prints JSON {"dsns": [...]} for every project
     bin/py seed.py CONFIG finish     -> resolves and bookmarks some groups, deletes a team
                                         member and a project key (id gaps, as real installs
                                         have); prints JSON counts
@@ -15,6 +17,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sentry_setup import configure
 
 PASSWORD = 'rehearsal-p4ss'
+
+
+def private_dsn(key):
+    try:
+        return key.get_dsn(public=False)
+    except TypeError:  # Sentry 4.0: get_dsn() has no `public` and gives the private DSN
+        return key.get_dsn()
 
 
 def accounts():
@@ -45,12 +54,33 @@ def accounts():
         key, _ = ProjectKey.objects.get_or_create(project=project, user=team.owner)
         ProjectOption.objects.set_value(project, 'mail:subject_prefix', '[%s] ' % project.slug)
         dsns.append({'project_id': project.id, 'slug': project.slug, 'team': team.slug,
-                     'dsn': key.get_dsn(public=False)})
+                     'dsn': private_dsn(key)})
     Option.objects.set_value('sentry:install-id', 'rehearsal')
     return {'dsns': dsns, 'login': {'username': 'admin', 'password': PASSWORD}}
 
 
+def more():
+    """Data added after an in-place upgrade: a new user, member, project, key, option."""
+    from django.contrib.auth.models import User
+    from sentry.models import Team, TeamMember, Project, ProjectKey, ProjectOption
+
+    newcomer = User.objects.create_user('newcomer', 'newcomer@example.com', PASSWORD)
+    web = Team.objects.get(slug='web')
+    TeamMember.objects.get_or_create(team=web, user=newcomer)
+    backend = Team.objects.get(slug='backend')
+    project = Project.objects.create(name='late', slug='late', owner=backend.owner, team=backend)
+    ProjectOption.objects.set_value(project, 'mail:subject_prefix', '[late] ')
+    dsns = []
+    for project in Project.objects.exclude(team=None).order_by('id'):
+        key, _ = ProjectKey.objects.get_or_create(project=project, user=project.team.owner)
+        dsns.append({'project_id': project.id, 'slug': project.slug, 'team': project.team.slug,
+                     'dsn': private_dsn(key)})
+    return {'dsns': dsns}
+
+
 def finish():
+    """Resolves and bookmarks groups, deletes a team member and a key: id gaps, as real
+    installs have. Safe to run again after more data."""
     from sentry.models import Group, GroupBookmark, TeamMember, ProjectKey, Event
     from django.contrib.auth.models import User
 
@@ -61,11 +91,12 @@ def finish():
         group.save()
     for group in groups[1::4]:
         GroupBookmark.objects.get_or_create(project=group.project, group=group, user=admin)
-    # Ids with gaps: remove a member (its keys go with it) and an extra key.
-    member = TeamMember.objects.filter(user__username='carol').order_by('id')[0]
-    member.delete()
-    extra = ProjectKey.objects.create(project=groups[0].project, user=None)
-    ProjectKey.objects.filter(id=extra.id).delete()
+    members = [m for m in TeamMember.objects.order_by('-id') if m.user_id != m.team.owner_id]
+    if members:
+        members[0].delete()
+    if groups:
+        extra = ProjectKey.objects.create(project=groups[0].project, user=None)
+        ProjectKey.objects.filter(id=extra.id).delete()
     return {'groups': len(groups), 'events': Event.objects.count(),
             'resolved': Group.objects.filter(status=1).count(),
             'bookmarks': GroupBookmark.objects.count()}
@@ -74,7 +105,7 @@ def finish():
 def main():
     config, command = sys.argv[1], sys.argv[2]
     configure(config)
-    result = {'accounts': accounts, 'finish': finish}[command]()
+    result = {'accounts': accounts, 'more': more, 'finish': finish}[command]()
     json.dump(result, sys.stdout, sort_keys=True)
     sys.stdout.write('\n')
 

@@ -28,7 +28,7 @@ def main():
     clients = [Client(dsn) for dsn in dsns]
     for n in range(count):
         client = clients[n % len(clients)]
-        kind = n % 4
+        kind = (n // len(clients)) % 4  # every project gets every kind
         extra = {'n': n, 'tag': tag}
         if kind == 0:
             client.captureMessage(u'rehearsal message %s #%d: ünïcödé ✓' % (tag, n % 17), level=LEVELS[n % 5], extra=extra)

@@ -133,10 +133,10 @@ impl flags::Rehearse {
         );
         let started = Instant::now();
         let mut phases = Phases {
-            total: 5,
+            total: if self.long_lived { 6 } else { 5 },
             done: Vec::new(),
         };
-        let result = rehearse(&repo, &cache, &path, events, &mut phases);
+        let result = rehearse(&repo, &cache, &path, events, self.long_lived, &mut phases);
         // Every server is stopped by now (guards dropped, on success and on failure alike).
         let leftovers = processes_inside(&path);
         let result = match result {
@@ -173,6 +173,7 @@ fn rehearse(
     cache: &Path,
     root: &Path,
     events: u64,
+    long_lived: bool,
     phases: &mut Phases,
 ) -> Result<serde_json::Value> {
     let logs = root.join("logs");
@@ -193,9 +194,33 @@ fn rehearse(
     let cluster = phases.run("postgres", || PgCluster::start(&sh, &root.join("pg")))?;
     let pg_env = cluster.env(&cluster.superuser, &cluster.password, "sentry");
 
-    let seeded = phases.run("sentry4-install-and-data", || {
-        seed_sentry4(&sh, root, &logs, events)
-    })?;
+    let seeded = if long_lived {
+        let seeded = phases.run("sentry4.0-install-and-data", || {
+            seed_sentry4(
+                &sh,
+                root,
+                &logs,
+                events,
+                "buildout/tag0-sentry4.0.cfg",
+                Strictness::SomeStored,
+            )
+        })?;
+        phases.run("upgrade-in-place-to-4.10-and-more-data", || {
+            more_data_after_upgrade(&sh, root, &logs, events)
+        })?;
+        seeded
+    } else {
+        phases.run("sentry4-install-and-data", || {
+            seed_sentry4(
+                &sh,
+                root,
+                &logs,
+                events,
+                "buildout/tag1-sentry4.cfg",
+                Strictness::AllStored,
+            )
+        })?
+    };
 
     phases.run("migrate", || {
         let exe = std::env::current_exe()?;
@@ -266,6 +291,7 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
     for file in [
         "buildout/tag1-sentry4.cfg",
         "buildout/tag2-sentry6.cfg",
+        "buildout/tag0-sentry4.0.cfg",
         "settings/settings.py",
         "xtask/python/sentry_helper.py",
         "xtask/python/rehearse/sentry_setup.py",
@@ -324,16 +350,91 @@ fn sentry6_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
     )
 }
 
-fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<Seeded> {
+/// How many of the events sent Sentry must have stored.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// A fresh 4.10 install stores every event.
+    AllStored,
+    /// Long-lived installs keep SQLite-only unique indexes (`sentry_filtervalue(key, value)`)
+    /// that make Sentry reject events of every project but the first: some must be stored.
+    SomeStored,
+}
+
+/// One round of events: where Sentry 4 listens, how many, a tag in their text, its log.
+struct Batch<'a> {
+    port: u16,
+    events: u64,
+    tag: &'a str,
+    web_log: &'a str,
+}
+
+/// Runs Sentry 4's web server, sends the batch over HTTP to `dsns`, stops it; returns how many
+/// events each project has now.
+fn send_events(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    dsns: &[String],
+    batch: Batch<'_>,
+) -> Result<BTreeMap<i64, u64>> {
+    fs::write(root.join("dsns.json"), serde_json::to_string(dsns)?)?;
+    {
+        let _server = sentry4_server(sh, batch.port, &logs.join(batch.web_log))?;
+        let count = batch.events.to_string();
+        let tag = batch.tag;
+        log_run(
+            cmd!(
+                sh,
+                "bin/py xtask/python/rehearse/send_events.py dsns.json {count} {tag}"
+            ),
+            &logs.join("sentry4.log"),
+        )?;
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        root.join("var/sentry.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let mut stored = BTreeMap::new();
+    let mut stmt =
+        conn.prepare("SELECT project_id, count(*) FROM sentry_message GROUP BY project_id")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
+        let (project, count) = row?;
+        stored.insert(project, count as u64);
+    }
+    Ok(stored)
+}
+
+fn dsn_list(value: &serde_json::Value) -> Result<Vec<(i64, String)>> {
+    value["dsns"]
+        .as_array()
+        .context("the seed script printed no dsns")?
+        .iter()
+        .map(|d| {
+            Ok((
+                d["project_id"].as_i64().context("no project_id")?,
+                d["dsn"].as_str().context("no dsn")?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn seed_sentry4(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    events: u64,
+    buildout_cfg: &str,
+    strictness: Strictness,
+) -> Result<Seeded> {
     let log = logs.join("sentry4.log");
     log_run(
         cmd!(
             sh,
-            "bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory={root}"
+            "bin/buildout -c {buildout_cfg} buildout:directory={root}"
         ),
         &log,
     )
-    .context("buildout tag 1 failed")?;
+    .with_context(|| format!("bin/buildout -c {buildout_cfg} failed"))?;
     let config = Config::new(root, None, None, |_| None)?;
     settings::switch(crate::flags::DbKind::Sqlite, &config)?;
     log_run(
@@ -354,52 +455,40 @@ fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<See
     )?;
     let accounts: serde_json::Value =
         serde_json::from_str(accounts.trim()).context("seed.py printed no JSON")?;
-    let dsns: Vec<String> = accounts["dsns"]
-        .as_array()
-        .context("no dsns")?
-        .iter()
-        .map(|d| d["dsn"].as_str().unwrap_or_default().to_string())
-        .collect();
-    fs::write(root.join("dsns.json"), serde_json::to_string(&dsns)?)?;
-    {
-        let _server = sentry4_server(sh, port, &logs.join("sentry4-web.log"))?;
-        let count = events.to_string();
-        log_run(
-            cmd!(
-                sh,
-                "bin/py xtask/python/rehearse/send_events.py dsns.json {count}"
-            ),
-            &log,
-        )?;
-    }
-    // raven reports nothing when Sentry refuses an event: count what was stored, per project.
-    let conn = rusqlite::Connection::open_with_flags(
-        root.join("var/sentry.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    let dsns = dsn_list(&accounts)?;
+    let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
+    let stored = send_events(
+        sh,
+        root,
+        logs,
+        &urls,
+        Batch {
+            port,
+            events,
+            tag: "a",
+            web_log: "sentry4-web.log",
+        },
     )?;
-    let mut stored: BTreeMap<i64, u64> = BTreeMap::new();
-    let mut stmt =
-        conn.prepare("SELECT project_id, count(*) FROM sentry_message GROUP BY project_id")?;
-    for row in stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
-        let (project, count) = row?;
-        stored.insert(project, count as u64);
-    }
-    let projects: Vec<i64> = accounts["dsns"]
-        .as_array()
-        .unwrap()
+    // raven reports nothing when Sentry refuses an event: count what was stored, per project.
+    let total: u64 = dsns
         .iter()
-        .filter_map(|d| d["project_id"].as_i64())
-        .collect();
-    for (index, project) in projects.iter().enumerate() {
-        let expected = (0..events)
-            .filter(|n| (*n as usize) % projects.len() == index)
-            .count() as u64;
-        let got = stored.get(project).copied().unwrap_or(0);
-        ensure!(
-            got == expected,
-            "Sentry 4 stored {got} events for project {project}, {expected} were sent: see {}",
+        .map(|(project, _)| stored.get(project).copied().unwrap_or(0))
+        .sum();
+    match strictness {
+        Strictness::AllStored => {
+            for (index, (project, _)) in dsns.iter().enumerate() {
+                let expected = (0..events)
+                    .filter(|n| (*n as usize) % dsns.len() == index)
+                    .count() as u64;
+                let got = stored.get(project).copied().unwrap_or(0);
+                ensure!(got == expected, "Sentry 4 stored {got} events for project {project}, {expected} were sent: see {}", logs.join("sentry4-web.log").display());
+            }
+        }
+        Strictness::SomeStored => ensure!(
+            total > 0,
+            "Sentry stored none of the {events} events: see {}",
             logs.join("sentry4-web.log").display()
-        );
+        ),
     }
     let finish = log_run(
         cmd!(
@@ -409,8 +498,8 @@ fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<See
         &log,
     )?;
     println!(
-        "    sent {events} events over HTTP to {} projects; Sentry 4 stored them all; {}",
-        projects.len(),
+        "    sent {events} events over HTTP to {} projects; Sentry stored {total}; {}",
+        dsns.len(),
         finish.trim()
     );
     let first = &accounts["dsns"][0];
@@ -420,9 +509,85 @@ fn seed_sentry4(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<See
         "project": first["slug"],
         "project_id": first["project_id"],
         "dsn": first["dsn"],
-        "expect": "rehearsal message a",
+        "expect": "rehearsal message",
     });
-    Ok(Seeded { state, events })
+    Ok(Seeded {
+        state,
+        events: total,
+    })
+}
+
+/// The long-lived install's second life: tag 1 over the same SQLite file (`upgrade --noinput`
+/// in place, as such installs were upgraded), then more users, projects and events under 4.10.
+fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<()> {
+    let log = logs.join("sentry4.log");
+    log_run(
+        cmd!(
+            sh,
+            "bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory={root}"
+        ),
+        &log,
+    )
+    .context("bin/buildout for tag 1 failed")?;
+    log_run(
+        cmd!(
+            sh,
+            "bin/sentry --config=settings/settings.py upgrade --noinput"
+        ),
+        &log,
+    )
+    .context("the in-place upgrade to Sentry 4.10 failed")?;
+    let before: u64 = rusqlite::Connection::open_with_flags(
+        root.join("var/sentry.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?
+    .query_row("SELECT count(*) FROM sentry_message", [], |row| {
+        row.get::<_, i64>(0)
+    })? as u64;
+    let port = free_port()?;
+    let more = log_run(
+        cmd!(
+            sh,
+            "bin/py xtask/python/rehearse/seed.py settings/settings.py more"
+        )
+        .env("SENTRY_WEB_PORT", port.to_string()),
+        &log,
+    )?;
+    let more: serde_json::Value =
+        serde_json::from_str(more.trim()).context("seed.py more printed no JSON")?;
+    let urls: Vec<String> = dsn_list(&more)?.into_iter().map(|(_, dsn)| dsn).collect();
+    let stored = send_events(
+        sh,
+        root,
+        logs,
+        &urls,
+        Batch {
+            port,
+            events,
+            tag: "new",
+            web_log: "sentry4.10-web.log",
+        },
+    )?;
+    let after: u64 = stored.values().sum();
+    ensure!(
+        after > before,
+        "Sentry 4.10 stored none of the {events} new events: see {}",
+        logs.join("sentry4.10-web.log").display()
+    );
+    let finish = log_run(
+        cmd!(
+            sh,
+            "bin/py xtask/python/rehearse/seed.py settings/settings.py finish"
+        ),
+        &log,
+    )?;
+    println!(
+        "    upgraded in place to 4.10; sent {events} more events to {} projects, Sentry stored {} (the stale SQLite-only index rejects the rest); {}",
+        urls.len(),
+        after - before,
+        finish.trim()
+    );
+    Ok(())
 }
 
 fn max_id(client: &mut postgres::Client, table: &str) -> Result<i64> {

@@ -24,6 +24,8 @@ MODELS = [
     {'model': 'sentry.group', 'table': 'sentry_groupedmessage', 'm2m': {}},
     {'model': 'sentry.project', 'table': 'sentry_project', 'm2m': {}},
     {'model': 'sentry.projectkey', 'table': 'sentry_projectkey', 'm2m': {}},
+    {'model': 'sentry.groupbookmark', 'table': 'sentry_groupbookmark', 'm2m': {}},
+    {'model': 'sentry.messagecountbyminute', 'table': 'sentry_messagecountbyminute', 'm2m': {}},
     {'model': 'sentry.view', 'table': 'sentry_view', 'm2m': {}},
     {'model': 'south.migrationhistory', 'table': 'south_migrationhistory', 'm2m': {}},
 ]
@@ -33,7 +35,9 @@ CREATE TABLE auth_user (id serial PRIMARY KEY, username varchar(30) UNIQUE);
 CREATE TABLE auth_user_groups (id serial PRIMARY KEY, user_id integer REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED, group_id integer REFERENCES auth_group (id) DEFERRABLE INITIALLY DEFERRED);
 CREATE TABLE sentry_project (id serial PRIMARY KEY, name varchar(200));
 CREATE TABLE sentry_projectkey (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
-CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED, checksum varchar(32), times_seen integer);
+CREATE TABLE sentry_groupbookmark (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, user_id integer);
+CREATE TABLE sentry_messagecountbyminute (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, date varchar(20), times_seen integer);
 CREATE TABLE sentry_message (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED);
 CREATE TABLE sentry_team (id serial PRIMARY KEY, name varchar(64));
 CREATE TABLE sentry_view (id serial PRIMARY KEY, path varchar(100));
@@ -109,10 +113,14 @@ def main():
         cfg = ARGS[1]
         with open(os.path.join(ROOT, 'bin', '.tag'), 'w') as f:
             f.write('6' if 'tag2' in cfg else '4')
+        # Like buildout: scripts that name the Sentry egg they run.
+        egg = 'sentry-6.4.4-py2.7.egg' if 'tag2' in cfg else 'sentry-4.10.0-py2.7.egg'
+        source = open(os.path.join(ROOT, 'bin', 'buildout')).read()
         for script in ('sentry', 'py'):
             path = os.path.join(ROOT, 'bin', script)
-            if not os.path.exists(path):
-                os.symlink(os.path.join(ROOT, 'bin', 'buildout'), path)
+            with open(path, 'w') as f:
+                f.write(source + "\n# sys.path[0:0] = ['/srv/eggs/%s']\n" % egg)
+            os.chmod(path, 0o755)
         return
     tag = open(os.path.join(ROOT, 'bin', '.tag')).read()
     if NAME == 'py':
@@ -129,8 +137,31 @@ def main():
             if FAIL == 'upgrade6':
                 sys.stderr.write('Traceback (most recent call last):\nDatabaseError: boom\n')
                 sys.exit(1)
-            psql("DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;"
-                 "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');", db)
+            # Like Sentry 6: drops views, a key per project, and migration 0083's merge of
+            # duplicate groups (same project and checksum) into the lowest id.
+            merge = """
+                CREATE TEMP TABLE dupes AS SELECT g.id, (SELECT min(o.id) FROM sentry_groupedmessage o
+                    WHERE o.project_id = g.project_id AND o.checksum = g.checksum) AS twin
+                    FROM sentry_groupedmessage g;
+                DELETE FROM dupes WHERE id = twin;
+                UPDATE sentry_message m SET group_id = d.twin FROM dupes d WHERE m.group_id = d.id;
+                UPDATE sentry_groupedmessage g SET times_seen = g.times_seen + s.n
+                    FROM (SELECT d.twin, sum(o.times_seen) AS n FROM dupes d JOIN sentry_groupedmessage o ON o.id = d.id GROUP BY 1) s
+                    WHERE g.id = s.twin;
+                UPDATE sentry_messagecountbyminute c SET times_seen = c.times_seen + o.times_seen
+                    FROM sentry_messagecountbyminute o JOIN dupes d ON d.id = o.group_id
+                    WHERE c.group_id = d.twin AND c.date = o.date;
+                DELETE FROM sentry_messagecountbyminute o USING dupes d, sentry_messagecountbyminute c
+                    WHERE o.group_id = d.id AND c.group_id = d.twin AND c.date = o.date;
+                UPDATE sentry_messagecountbyminute o SET group_id = d.twin FROM dupes d WHERE o.group_id = d.id;
+                DELETE FROM sentry_groupbookmark b USING dupes d WHERE b.group_id = d.id;
+                DELETE FROM sentry_groupedmessage g USING dupes d WHERE g.id = d.id;
+            """
+            if FAIL == 'upgrade6-loses':
+                merge += "DELETE FROM sentry_message WHERE id = (SELECT max(id) FROM sentry_message);"
+                merge += "DELETE FROM sentry_groupbookmark WHERE id = (SELECT max(id) FROM sentry_groupbookmark);"
+            psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;"
+                 "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
         else:
             psql(SCHEMA, db)
     elif command == 'dumpdata':
