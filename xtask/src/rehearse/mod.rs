@@ -696,9 +696,9 @@ fn print_summary(
         .unwrap_or(0);
     println!("  rows compared after the load: {rows}; proof: {facts}");
     for (name, elapsed) in &phases.done {
-        println!("  {name:<28} {:>8}", util::human_duration(*elapsed));
+        println!("  {name:<40} {:>8}", util::human_duration(*elapsed));
     }
-    println!("  {:<28} {:>8}", "total", util::human_duration(total));
+    println!("  {:<40} {:>8}", "total", util::human_duration(total));
     println!("  servers: PostgreSQL and both Sentry web servers stopped; no process left in the scratch folder");
     Ok(())
 }
