@@ -166,6 +166,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         let elapsed = started.elapsed();
         match result {
             Ok(outputs) => {
+                journal.tool_peak_rss_kib = util::peak_rss_kib();
                 journal.record(StepRecord {
                     name: step.name.to_string(),
                     finished_at: util::utc_timestamp(util::unix_now()),

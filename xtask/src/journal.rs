@@ -66,6 +66,9 @@ pub struct Journal {
     pub sentry6_counts: BTreeMap<String, u64>,
     #[serde(default)]
     pub checks: BTreeMap<String, Vec<TableCheck>>,
+    /// Peak memory of this tool's own process (not Sentry's), KiB, over its last run.
+    #[serde(default)]
+    pub tool_peak_rss_kib: Option<u64>,
 }
 
 impl Journal {

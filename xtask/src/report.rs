@@ -50,6 +50,12 @@ pub fn markdown(journal: &Journal) -> String {
     if let Some(shim) = &journal.shim {
         let _ = writeln!(out, "- abstime shim: {shim}");
     }
+    if let Some(kib) = journal.tool_peak_rss_kib {
+        let _ = writeln!(
+            out,
+            "- this tool's peak memory: {kib} KiB (Sentry's processes not included)"
+        );
+    }
     if let Some(summary) = &journal.loaddata_summary {
         let _ = writeln!(out, "- loaddata: {summary}");
     }
