@@ -36,6 +36,10 @@ def accounts():
         users.append(User.objects.create_user(name.encode('ascii', 'ignore') or 'zoe', '%s@example.com' % name.encode('ascii', 'ignore'), PASSWORD))
     users[3].first_name = u'Zoë'
     users[3].save()
+    if hasattr(admin, 'message_set'):
+        # Django 1.3's user messages: the auth_message table 1.4 no longer has a model for.
+        for text in [u'Welcome to Sentry', u'Your project was created']:
+            admin.message_set.create(message=text)
     gone = User.objects.create_user('leaver', 'leaver@example.com', PASSWORD)
     gone.delete()  # a gap in auth_user ids
 
