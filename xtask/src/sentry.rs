@@ -7,48 +7,33 @@ use anyhow::{bail, Result};
 
 /// Processes that look like a running Sentry of this install, or hold the SQLite db open.
 pub fn running_sentry(root: &Path, sqlite: &Path) -> Vec<(u32, String)> {
-    let me = std::process::id();
     let sentry_bin = root.join("bin/sentry");
     let sqlite = fs::canonicalize(sqlite).unwrap_or_else(|_| sqlite.to_path_buf());
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|it| it.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let runs_sentry = args.iter().take(2).any(|arg| Path::new(arg) == sentry_bin)
-            && args
+    crate::util::live_processes()
+        .into_iter()
+        .filter(|process| {
+            let runs_sentry = process
+                .args
                 .iter()
-                .any(|arg| arg == "start" || arg == "run_gunicorn" || arg == "celeryd");
-        let holds_db = fs::read_dir(entry.path().join("fd"))
-            .map(|fds| {
-                fds.flatten().any(|fd| {
-                    fs::read_link(fd.path())
-                        .map(|target| target == sqlite)
-                        .unwrap_or(false)
+                .take(2)
+                .any(|arg| Path::new(arg) == sentry_bin)
+                && process
+                    .args
+                    .iter()
+                    .any(|arg| arg == "start" || arg == "run_gunicorn" || arg == "celeryd");
+            let holds_db = fs::read_dir(process.dir.join("fd"))
+                .map(|fds| {
+                    fds.flatten().any(|fd| {
+                        fs::read_link(fd.path())
+                            .map(|target| target == sqlite)
+                            .unwrap_or(false)
+                    })
                 })
-            })
-            .unwrap_or(false);
-        if runs_sentry || holds_db {
-            found.push((pid, args.join(" ")));
-        }
-    }
-    found
+                .unwrap_or(false);
+            runs_sentry || holds_db
+        })
+        .map(|process| (process.pid, process.args.join(" ")))
+        .collect()
 }
 
 /// Checks what `loaddata` printed: `Installed N object(s) from M fixture(s)` with N == expected.

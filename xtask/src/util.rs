@@ -103,6 +103,57 @@ pub fn process_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A live process as /proc shows it.
+pub struct ProcessInfo {
+    pub pid: u32,
+    /// `/proc/PID`, for its `cwd` and `fd` links.
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub pgrp: u32,
+}
+
+/// Every live process but this one (zombies left for a parent that never reaps are skipped).
+pub fn live_processes() -> Vec<ProcessInfo> {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|it| it.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the parenthesised command: state, ppid, pgrp, …
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        if pid == me || fields.len() < 3 || fields[0] == "Z" {
+            continue;
+        }
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push(ProcessInfo {
+            pid,
+            dir: entry.path(),
+            args,
+            pgrp: fields[2].parse().unwrap_or(0),
+        });
+    }
+    out
+}
+
 /// This process's peak resident memory (VmHWM), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;

@@ -240,41 +240,17 @@ fn rehearse(
 
 /// Processes (but this one) whose working directory or command line lies inside `root`.
 fn processes_inside(root: &Path) -> Vec<(u32, String)> {
-    let me = std::process::id();
     let root_text = root.display().to_string();
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|it| it.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let stat = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(true)
-        {
-            continue;
-        }
-        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let in_cwd = fs::read_link(entry.path().join("cwd"))
-            .map(|cwd| cwd.starts_with(root))
-            .unwrap_or(false);
-        if in_cwd || cmdline.contains(&root_text) {
-            found.push((pid, cmdline.trim().to_string()));
-        }
-    }
-    found
+    util::live_processes()
+        .into_iter()
+        .filter(|process| {
+            let in_cwd = fs::read_link(process.dir.join("cwd"))
+                .map(|cwd| cwd.starts_with(root))
+                .unwrap_or(false);
+            in_cwd || process.args.iter().any(|arg| arg.contains(&root_text))
+        })
+        .map(|process| (process.pid, process.args.join(" ")))
+        .collect()
 }
 
 /// The files of this repo a buildout checkout has, copied into the scratch root.
@@ -311,43 +287,55 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Sentry 4.10's web service, started through the rehearsal's launcher: 4.10's `start` lets
+/// A Sentry web service on 127.0.0.1:`port`, stopped (whole process group) when dropped.
+fn web_server(name: &str, command: Cmd<'_>, port: u16, log: &Path) -> Result<Server> {
+    let command: std::process::Command = command
+        .env("SENTRY_WEB_HOST", "127.0.0.1")
+        .env("SENTRY_WEB_PORT", port.to_string())
+        .into();
+    Server::start(name, command, port, log, Duration::from_secs(120))
+}
+
+/// Sentry 4's web service, started through the rehearsal's launcher: 4.10's `start` lets
 /// gunicorn parse the command line, which rejects `--noupgrade` (see serve.py).
 fn sentry4_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
     let py = sh.current_dir().join("bin/py");
-    let command: std::process::Command = cmd!(
-        sh,
-        "{py} xtask/python/rehearse/serve.py settings/settings.py"
-    )
-    .env("SENTRY_WEB_HOST", "127.0.0.1")
-    .env("SENTRY_WEB_PORT", port.to_string())
-    .into();
-    Server::start(
-        "Sentry 4.10 web",
-        command,
+    web_server(
+        "Sentry 4 web",
+        cmd!(
+            sh,
+            "{py} xtask/python/rehearse/serve.py settings/settings.py"
+        ),
         port,
         log,
-        Duration::from_secs(120),
     )
 }
 
 /// Sentry 6.4's web service, started with exactly the command `migrate` tells users to run.
 fn sentry6_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
     let sentry = sh.current_dir().join("bin/sentry");
-    let command: std::process::Command = cmd!(
-        sh,
-        "{sentry} --config=settings/settings.py start --noupgrade"
-    )
-    .env("SENTRY_WEB_HOST", "127.0.0.1")
-    .env("SENTRY_WEB_PORT", port.to_string())
-    .into();
-    Server::start(
+    web_server(
         "Sentry 6.4 web",
-        command,
+        cmd!(
+            sh,
+            "{sentry} --config=settings/settings.py start --noupgrade"
+        ),
         port,
         log,
-        Duration::from_secs(120),
     )
+}
+
+/// `bin/py seed.py CONFIG COMMAND` (Sentry 4's ORM), with the web port its DSNs name; its JSON.
+fn seed(sh: &Shell, log: &Path, command: &str, port: u16) -> Result<serde_json::Value> {
+    let out = log_run(
+        cmd!(
+            sh,
+            "bin/py xtask/python/rehearse/seed.py settings/settings.py {command}"
+        )
+        .env("SENTRY_WEB_PORT", port.to_string()),
+        log,
+    )?;
+    serde_json::from_str(out.trim()).with_context(|| format!("seed.py {command} printed no JSON"))
 }
 
 /// How many of the events sent Sentry must have stored.
@@ -445,16 +433,7 @@ fn seed_sentry4(
         &log,
     )?;
     let port = free_port()?;
-    let accounts = log_run(
-        cmd!(
-            sh,
-            "bin/py xtask/python/rehearse/seed.py settings/settings.py accounts"
-        )
-        .env("SENTRY_WEB_PORT", port.to_string()),
-        &log,
-    )?;
-    let accounts: serde_json::Value =
-        serde_json::from_str(accounts.trim()).context("seed.py printed no JSON")?;
+    let accounts = seed(sh, &log, "accounts", port)?;
     let dsns = dsn_list(&accounts)?;
     let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
     let stored = send_events(
@@ -490,17 +469,11 @@ fn seed_sentry4(
             logs.join("sentry4-web.log").display()
         ),
     }
-    let finish = log_run(
-        cmd!(
-            sh,
-            "bin/py xtask/python/rehearse/seed.py settings/settings.py finish"
-        ),
-        &log,
-    )?;
+    let finish = seed(sh, &log, "finish", port)?;
     println!(
         "    sent {events} events over HTTP to {} projects; Sentry stored {total}; {}",
         dsns.len(),
-        finish.trim()
+        finish
     );
     let first = &accounts["dsns"][0];
     let state = serde_json::json!({
@@ -545,16 +518,7 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
         row.get::<_, i64>(0)
     })? as u64;
     let port = free_port()?;
-    let more = log_run(
-        cmd!(
-            sh,
-            "bin/py xtask/python/rehearse/seed.py settings/settings.py more"
-        )
-        .env("SENTRY_WEB_PORT", port.to_string()),
-        &log,
-    )?;
-    let more: serde_json::Value =
-        serde_json::from_str(more.trim()).context("seed.py more printed no JSON")?;
+    let more = seed(sh, &log, "more", port)?;
     let urls: Vec<String> = dsn_list(&more)?.into_iter().map(|(_, dsn)| dsn).collect();
     let stored = send_events(
         sh,
@@ -574,18 +538,12 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
         "Sentry 4.10 stored none of the {events} new events: see {}",
         logs.join("sentry4.10-web.log").display()
     );
-    let finish = log_run(
-        cmd!(
-            sh,
-            "bin/py xtask/python/rehearse/seed.py settings/settings.py finish"
-        ),
-        &log,
-    )?;
+    let finish = seed(sh, &log, "finish", port)?;
     println!(
         "    upgraded in place to 4.10; sent {events} more events to {} projects, Sentry stored {} (the stale SQLite-only index rejects the rest); {}",
         urls.len(),
         after - before,
-        finish.trim()
+        finish
     );
     Ok(())
 }

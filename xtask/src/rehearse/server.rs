@@ -118,20 +118,9 @@ fn signal_group(pgid: u32, signal: &str) {
 
 /// Whether any live (non-zombie) process is in process group `pgid`.
 pub fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        // Fields after the parenthesised command: state, ppid, pgrp, …
-        let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-            return false;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
-    })
+    crate::util::live_processes()
+        .iter()
+        .any(|process| process.pgrp == pgid)
 }
 
 fn tail(log: &Path) -> String {
