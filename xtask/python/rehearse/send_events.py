@@ -3,7 +3,10 @@
 
     bin/py send_events.py DSNS_JSON COUNT [TAG]
 Messages at several levels, exceptions with stack frames, the HTTP/query/user interfaces,
-non-ASCII text; spread over every DSN. Prints the number sent.
+non-ASCII text; every kind to every DSN. Events differ per project (text, query, stack depth),
+as different projects' code does: Sentry 4's SQLite schema keeps a unique index on
+(logger, culprit, checksum) without the project, so identical events in two projects collide.
+Prints the number sent.
 """
 import json
 import logging
@@ -27,21 +30,22 @@ def main():
     tag = sys.argv[3] if len(sys.argv) > 3 else 'a'
     clients = [Client(dsn) for dsn in dsns]
     for n in range(count):
-        client = clients[n % len(clients)]
+        p = n % len(clients)
+        client = clients[p]
         kind = (n // len(clients)) % 4  # every project gets every kind
         extra = {'n': n, 'tag': tag}
         if kind == 0:
-            client.captureMessage(u'rehearsal message %s #%d: ünïcödé ✓' % (tag, n % 17), level=LEVELS[n % 5], extra=extra)
+            client.captureMessage(u'rehearsal message %s p%d #%d: ünïcödé ✓' % (tag, p, n % 17), level=LEVELS[n % 5], extra=extra)
         elif kind == 1:
             try:
-                fail(3, '%s-%d' % (tag, n % 11))
+                fail(3 + p, '%s-%d' % (tag, n % 11))
             except ValueError:
                 client.captureException(extra=extra)
         elif kind == 2:
-            client.captureQuery(query='SELECT * FROM rehearsal WHERE n = %d' % (n % 7), engine='psycopg2', extra=extra)
+            client.captureQuery(query='SELECT * FROM rehearsal_p%d WHERE n = %d' % (p, n % 7), engine='psycopg2', extra=extra)
         else:
-            client.capture('Message', message=u'request %s %d' % (tag, n % 5), data={
-                'sentry.interfaces.Http': {'url': 'http://example.com/p/%d' % (n % 5), 'method': 'POST',
+            client.capture('Message', message=u'request %s p%d %d' % (tag, p, n % 5), data={
+                'sentry.interfaces.Http': {'url': 'http://example.com/p%d/%d' % (p, n % 5), 'method': 'POST',
                                            'data': {'q': u'ñ'}, 'query_string': 'a=1', 'headers': {'Referer': 'x'}},
                 'sentry.interfaces.User': {'id': n % 3, 'username': u'usér%d' % (n % 3), 'email': 'u@example.com',
                                            'is_authenticated': True},
