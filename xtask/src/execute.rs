@@ -710,6 +710,14 @@ impl StepRunner<'_> {
 
     fn verify_postgres(&mut self) -> Result<()> {
         let mut client = self.target_client()?;
+        // This compares the Sentry 4 state; after Sentry 6's upgrade it cannot be redone.
+        if let Some(migration) = pg::latest_sentry_migration(&mut client)? {
+            ensure!(
+                migration <= sqlite::SENTRY4_LAST_MIGRATION,
+                "the target is already at Sentry migration {migration:04} (Sentry 6): the Sentry 4 state this step checks is gone; \
+                 to redo the load and its check, resume with `--from buildout-tag1`"
+            );
+        }
         let counts = pg::table_counts(&mut client)?;
         let checks = verify::postgres_vs_dumps(&self.journal.dump_rows, &counts);
         self.journal.postgres_counts = counts;

@@ -291,6 +291,22 @@ pub fn sequences(client: &mut Client) -> Result<Vec<SequenceState>> {
     Ok(out)
 }
 
+/// The newest South migration of the `sentry` app in the target (62 for Sentry 4.10).
+pub fn latest_sentry_migration(client: &mut Client) -> Result<Option<u32>> {
+    let rows = client.query(
+        "SELECT migration::text FROM south_migrationhistory WHERE app_name = 'sentry'",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            row.get::<_, String>(0)
+                .get(..4)
+                .and_then(|n| n.parse().ok())
+        })
+        .max())
+}
+
 /// Events whose group is missing (Sentry 6's merge of duplicate groups must repoint them).
 pub fn orphan_events(client: &mut Client) -> Result<u64> {
     let row = client.query_one(

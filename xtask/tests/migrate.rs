@@ -344,6 +344,15 @@ fn full_migration_verifies_every_phase_and_reports() {
     );
     assert_eq!(repo.calls().len(), expected.len(), "nothing re-ran");
 
+    // The check of the Sentry 4 state cannot be redone once Sentry 6 upgraded the target.
+    let out = repo.xtask(&["migrate", "--from", "verify-postgres"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("the target is already at Sentry migration 0100 (Sentry 6): the Sentry 4 state this step checks is gone"),
+        "{}",
+        out.stderr
+    );
+
     // Redoing a tag 1 step while tag 2 is installed would run Sentry 6 where Sentry 4 belongs.
     let out = repo.xtask(&["migrate", "--from", "pg-upgrade"], None);
     assert!(!out.ok);
