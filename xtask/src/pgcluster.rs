@@ -21,6 +21,7 @@ pub struct PgCluster {
     pub remove_on_drop: bool,
     bindir: PathBuf,
     run_as_postgres: bool,
+    _on_interrupt: Option<crate::util::InterruptGuard>,
 }
 
 fn find_bindir() -> Result<PathBuf> {
@@ -71,6 +72,7 @@ impl PgCluster {
             remove_on_drop: true,
             bindir,
             run_as_postgres,
+            _on_interrupt: None,
         };
         cluster
             .as_server_user(sh, cmd!(sh, "{initdb} -D {data} -U postgres --auth-local=trust --auth-host=scram-sha-256 --pwfile={pwfile} -E UTF8 --no-sync"))
@@ -107,6 +109,31 @@ impl PgCluster {
         let program = std_cmd.get_program().to_owned();
         let args: Vec<_> = std_cmd.get_args().map(|it| it.to_owned()).collect();
         cmd!(sh, "runuser -u postgres -- {program} {args...}")
+    }
+
+    /// Stops the cluster if the process is interrupted (SIGINT/SIGTERM) while it runs: the
+    /// postmaster has a session of its own, so a Ctrl-C does not reach it.
+    pub fn stop_on_interrupt(&mut self) {
+        let (pg_ctl, data, as_postgres) = (
+            self.bindir.join("pg_ctl"),
+            self.dir.join("data"),
+            self.run_as_postgres,
+        );
+        self._on_interrupt = Some(crate::util::on_interrupt(move || {
+            let mut stop = if as_postgres {
+                let mut c = std::process::Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+                c
+            } else {
+                std::process::Command::new(&pg_ctl)
+            };
+            let _ = stop
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(std::process::Stdio::null())
+                .status();
+        }));
     }
 
     /// libpq variables for a client of this cluster (`PGPASSWORD` included: pass it as env).

@@ -103,6 +103,52 @@ pub fn process_alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+type Hook = Box<dyn Fn() + Send>;
+
+static INTERRUPT_HOOKS: std::sync::Mutex<Vec<(u64, Hook)>> = std::sync::Mutex::new(Vec::new());
+static NEXT_HOOK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Registers what to do if the process is interrupted (SIGINT/SIGTERM) while the returned
+/// guard lives: servers in their own session or process group do not get the terminal's
+/// Ctrl-C, so whoever starts one registers how to stop it.
+pub fn on_interrupt(hook: impl Fn() + Send + 'static) -> InterruptGuard {
+    let id = NEXT_HOOK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    INTERRUPT_HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, Box::new(hook)));
+    InterruptGuard(id)
+}
+
+/// Runs every registered hook, newest first.
+pub fn run_interrupt_hooks() {
+    let hooks = std::mem::take(&mut *INTERRUPT_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+    for (_, hook) in hooks.into_iter().rev() {
+        hook();
+    }
+}
+
+/// Runs the one hook `guard` registered (leaving it registered).
+#[cfg(test)]
+pub fn run_interrupt_hook(guard: &InterruptGuard) {
+    let hooks = INTERRUPT_HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, hook)) = hooks.iter().find(|(id, _)| *id == guard.0) {
+        hook();
+    }
+}
+
+/// Unregisters its hook when dropped (the thing it would stop is stopped by then).
+pub struct InterruptGuard(u64);
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        INTERRUPT_HOOKS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != self.0);
+    }
+}
+
 /// A live process as /proc shows it.
 pub struct ProcessInfo {
     pub pid: u32,

@@ -132,6 +132,7 @@ impl flags::Rehearse {
             cache.display()
         );
         let started = Instant::now();
+        stop_servers_on_interrupt(&path)?;
         let mut phases = Phases {
             total: if self.long_lived { 6 } else { 5 },
             done: Vec::new(),
@@ -191,7 +192,11 @@ fn rehearse(
     }
 
     // Stopped when it goes out of scope: at the end, or on the first failure.
-    let cluster = phases.run("postgres", || PgCluster::start(&sh, &root.join("pg")))?;
+    let cluster = phases.run("postgres", || {
+        let mut cluster = PgCluster::start(&sh, &root.join("pg"))?;
+        cluster.stop_on_interrupt();
+        Ok(cluster)
+    })?;
     let pg_env = cluster.env(&cluster.superuser, &cluster.password, "sentry");
 
     let seeded = if long_lived {
@@ -236,6 +241,26 @@ fn rehearse(
         prove_sentry6(&sh, root, &logs, &cluster, &seeded)
     })?;
     Ok(facts)
+}
+
+/// On SIGINT or SIGTERM: stop every server the rehearsal started, then exit 130. (Its
+/// programs run in this process group and get the Ctrl-C themselves.)
+fn stop_servers_on_interrupt(scratch: &Path) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot watch for Ctrl-C")?;
+    let scratch = scratch.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!(
+                "\ninterrupted (signal {signal}): stopping the servers the rehearsal started"
+            );
+            util::run_interrupt_hooks();
+            eprintln!("stopped; scratch folder kept: {}", scratch.display());
+            std::process::exit(130);
+        }
+    });
+    Ok(())
 }
 
 /// Processes (but this one) whose working directory or command line lies inside `root`.

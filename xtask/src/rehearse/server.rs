@@ -16,6 +16,8 @@ pub struct Server {
     name: String,
     child: Option<Child>,
     pgid: u32,
+    /// Held for its Drop: unregisters the interrupt hook once the server is stopped.
+    _on_interrupt: crate::util::InterruptGuard,
 }
 
 impl Server {
@@ -38,10 +40,12 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         let pgid = child.id();
+        let on_interrupt = crate::util::on_interrupt(move || signal_group(pgid, "KILL"));
         let mut server = Server {
             name: name.to_string(),
             child: Some(child),
             pgid,
+            _on_interrupt: on_interrupt,
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + wait;
@@ -200,6 +204,37 @@ mod tests {
             !group_alive(pgid),
             "process group {pgid} left running after a failure"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_interrupt_stops_running_servers() {
+        let dir =
+            std::env::temp_dir().join(format!("server-test-interrupt-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let server = Server::start(
+            "test server",
+            forking_server(port),
+            port,
+            &dir.join("server.log"),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        let pgid = server.pgid();
+        assert!(group_alive(pgid));
+        // What the SIGINT handler does for this server before exiting (only this server's
+        // hook: the other tests' servers are not ours to stop).
+        crate::util::run_interrupt_hook(&server._on_interrupt);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while group_alive(pgid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !group_alive(pgid),
+            "server and its child gone after the interrupt hooks ran"
+        );
+        drop(server);
         fs::remove_dir_all(&dir).unwrap();
     }
 
