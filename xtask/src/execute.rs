@@ -674,8 +674,8 @@ impl StepRunner<'_> {
     fn load(&mut self, step: &Step, command: &Command) -> Result<()> {
         let expected = self.journal.dump_objects;
         ensure!(
-            expected > 0 || self.journal.is_done("verify-dumps"),
-            "no verified dumps: run from `verify-dumps` first"
+            self.journal.is_done("verify-dumps"),
+            "no verified dumps: resume with `--from verify-dumps`"
         );
         let config = self.config;
         for producer in ["dump-auth", "dump-rest"] {

@@ -235,14 +235,15 @@ pub struct SequenceState {
 
 /// Sets every `id` sequence past its table's max(id), then reads them back.
 pub fn reset_sequences(client: &mut Client) -> Result<Vec<SequenceState>> {
-    for (table, _) in serial_tables(client)? {
-        let quoted = quote_identifier(&table);
+    let tables = serial_tables(client)?;
+    for (table, _) in &tables {
+        let quoted = quote_identifier(table);
         client.query_one(
             &format!("SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {quoted}"),
             &[&quoted],
         )?;
     }
-    sequences(client)
+    sequence_states(client, tables)
 }
 
 fn serial_tables(client: &mut Client) -> Result<Vec<(String, String)>> {
@@ -264,8 +265,16 @@ fn serial_tables(client: &mut Client) -> Result<Vec<(String, String)>> {
 
 /// Every `id` sequence with the next value it would hand out.
 pub fn sequences(client: &mut Client) -> Result<Vec<SequenceState>> {
+    let tables = serial_tables(client)?;
+    sequence_states(client, tables)
+}
+
+fn sequence_states(
+    client: &mut Client,
+    tables: Vec<(String, String)>,
+) -> Result<Vec<SequenceState>> {
     let mut out = Vec::new();
-    for (table, seq) in serial_tables(client)? {
+    for (table, seq) in tables {
         let max_id: Option<i64> = client
             .query_one(
                 &format!("SELECT MAX(id)::bigint FROM {}", quote_identifier(&table)),

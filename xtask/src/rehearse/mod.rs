@@ -403,18 +403,21 @@ fn send_events(
             &logs.join("sentry4.log"),
         )?;
     }
+    stored_events(root)
+}
+
+/// Events per project in the Sentry 4 SQLite db.
+fn stored_events(root: &Path) -> Result<BTreeMap<i64, u64>> {
     let conn = rusqlite::Connection::open_with_flags(
         root.join("var/sentry.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )?;
-    let mut stored = BTreeMap::new();
     let mut stmt =
         conn.prepare("SELECT project_id, count(*) FROM sentry_message GROUP BY project_id")?;
-    for row in stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))? {
-        let (project, count) = row?;
-        stored.insert(project, count as u64);
-    }
-    Ok(stored)
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
 fn dsn_list(value: &serde_json::Value) -> Result<Vec<(i64, String)>> {
@@ -535,13 +538,7 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
         &log,
     )
     .context("the in-place upgrade to Sentry 4.10 failed")?;
-    let before: u64 = rusqlite::Connection::open_with_flags(
-        root.join("var/sentry.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?
-    .query_row("SELECT count(*) FROM sentry_message", [], |row| {
-        row.get::<_, i64>(0)
-    })? as u64;
+    let before: u64 = stored_events(root)?.values().sum();
     let port = free_port()?;
     let more = seed(sh, &log, "more", port)?;
     let urls: Vec<String> = dsn_list(&more)?.into_iter().map(|(_, dsn)| dsn).collect();
