@@ -1,20 +1,6 @@
 //! sentry-migrate: `cargo xtask` tasks that move a Sentry 4 SQLite install to PostgreSQL and Sentry 6.
 
-mod config;
-mod dumps;
-mod execute;
-mod flags;
-mod journal;
-mod pg;
-mod pgcluster;
-mod plan;
-mod rehearse;
-mod report;
-mod sentry;
-mod settings;
-mod sqlite;
-mod util;
-mod verify;
+use xtask::flags;
 
 use std::path::PathBuf;
 

@@ -222,8 +222,8 @@ fn nix_user(name: &str) -> Result<(u32, u32)> {
     bail!("no `{name}` user on this machine: PostgreSQL refuses to run as root; create the user (apt-get install postgresql does)")
 }
 
-/// Test support: one cluster per test process while any test uses it, one database per test.
-#[cfg(test)]
+/// Test support: one cluster per test process while any test uses it, one database per test
+/// (the unit tests and the integration tests in `xtask/tests/` share it).
 pub mod testing {
     use std::sync::{
         atomic::{AtomicUsize, Ordering},

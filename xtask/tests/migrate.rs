@@ -1,13 +1,6 @@
 //! Orchestration tests: the real `xtask` binary on a scratch repo whose bin/buildout, bin/sentry
 //! and bin/py are a recording fake (tests/fake/fake_sentry.py), against a real PostgreSQL.
 
-#[allow(dead_code)]
-#[path = "../src/pgcluster.rs"]
-mod pgcluster;
-#[allow(dead_code)]
-#[path = "../src/util.rs"]
-mod util;
-
 use std::{
     collections::BTreeMap,
     fs,
@@ -17,7 +10,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use pgcluster::testing::{skip, TestDb};
+use xtask::pgcluster::testing::{skip, TestDb};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Processes a test started to hold the SQLite db open; killed and reaped by the test.

@@ -1,0 +1,18 @@
+//! sentry-migrate as a library: every module of the `xtask` binary, so the integration tests use
+//! the same code (the test cluster, the helpers) instead of including source files by path.
+
+pub mod config;
+pub mod dumps;
+pub mod execute;
+pub mod flags;
+pub mod journal;
+pub mod pg;
+pub mod pgcluster;
+pub mod plan;
+pub mod rehearse;
+pub mod report;
+pub mod sentry;
+pub mod settings;
+pub mod sqlite;
+pub mod util;
+pub mod verify;
