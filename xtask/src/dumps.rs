@@ -23,18 +23,10 @@ pub struct ModelInfo {
 }
 
 pub fn read_models(path: &Path) -> Result<Vec<ModelInfo>> {
-    let text = fs::read_to_string(path).with_context(|| {
-        format!(
-            "cannot read {}: re-run with `--from inspect-models`",
-            path.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not the helper's model list: re-run with `--from inspect-models`",
-            path.display()
-        )
-    })
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not the helper's model list", path.display()))
 }
 
 /// What a fixture holds: objects per model and entries per (model, m2m field).

@@ -19,7 +19,7 @@ use crate::{
     flags::{self, DbKind},
     journal::{Backup, Journal, StepRecord},
     pg,
-    plan::{self, Action, Command, Phase, Step},
+    plan::{self, Action, Command, Phase, Step, StepId},
     report, sentry, settings, sqlite, util,
     verify::{self, TableCheck},
 };
@@ -28,8 +28,47 @@ pub struct Options {
     pub dry_run: bool,
     pub from: Option<String>,
     pub until: Option<String>,
-    /// The command that resumes this migration (same source and target).
-    pub resume_command: String,
+    /// The command that resumes this migration (same source, target and configs).
+    pub resume: Resume,
+}
+
+/// `cargo xtask migrate` with the flags that name this migration's source, target and buildout
+/// configs, quoted so that every hint built from it works when pasted into a shell.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    flags: Vec<String>,
+}
+
+impl Resume {
+    pub fn new(flags: &[(&str, Option<String>)]) -> Resume {
+        let flags = flags
+            .iter()
+            .filter_map(|(flag, value)| {
+                Some(format!("{flag} {}", plan::shell_quote(value.as_ref()?)))
+            })
+            .collect();
+        Resume { flags }
+    }
+
+    /// The command that continues where the journal left off.
+    pub fn command(&self) -> String {
+        let mut out = String::from("cargo xtask migrate");
+        for flag in &self.flags {
+            out.push(' ');
+            out.push_str(flag);
+        }
+        out
+    }
+
+    /// The command that redoes everything from `step`.
+    pub fn from(&self, step: StepId) -> String {
+        format!("{} --from {step}", self.command())
+    }
+
+    /// "redo with `…--from step`", the remedy most checks name.
+    pub fn redo(&self, step: StepId) -> String {
+        format!("redo with `{}`", self.from(step))
+    }
 }
 
 impl flags::Migrate {
@@ -46,31 +85,18 @@ impl flags::Migrate {
         if let Some(tag2) = &self.tag2 {
             config.tag2_cfg = config.root.join(tag2);
         }
-        let mut resume_command = String::from("cargo xtask migrate");
-        for (flag, value) in [
-            (
-                "--sqlite",
-                self.sqlite.as_ref().map(|it| it.display().to_string()),
-            ),
+        let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
+        let resume = Resume::new(&[
+            ("--sqlite", path(&self.sqlite)),
             ("--database-url", self.database_url.clone()),
-            (
-                "--tag1",
-                self.tag1.as_ref().map(|it| it.display().to_string()),
-            ),
-            (
-                "--tag2",
-                self.tag2.as_ref().map(|it| it.display().to_string()),
-            ),
-        ] {
-            if let Some(value) = value {
-                resume_command.push_str(&format!(" {flag} {value}"));
-            }
-        }
+            ("--tag1", path(&self.tag1)),
+            ("--tag2", path(&self.tag2)),
+        ]);
         let options = Options {
             dry_run: self.dry_run,
             from: self.from,
             until: self.until,
-            resume_command,
+            resume,
         };
         execute(sh, &config, &options)
     }
@@ -105,9 +131,9 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
                 .iter()
                 .enumerate()
                 .filter(|(index, step)| {
-                    journal.is_done(step.name) && from.is_none_or(|from| *index < from)
+                    journal.is_done(step.id) && from.is_none_or(|from| *index < from)
                 })
-                .map(|(_, step)| step.name)
+                .map(|(_, step)| step.id.name())
                 .collect();
             if !done.is_empty() {
                 println!(
@@ -133,16 +159,16 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         },
     };
     if let Some(from) = from {
-        let names: Vec<&str> = steps[from..].iter().map(|it| it.name).collect();
-        journal.forget(&names);
+        let ids: Vec<StepId> = steps[from..].iter().map(|it| it.id).collect();
+        journal.forget(&ids);
         journal.save(&journal_path)?;
     }
 
     let total = steps.len();
     for (index, step) in steps.iter().enumerate() {
-        let label = format!("[{}/{total}] {}", index + 1, step.name);
-        if journal.is_done(step.name) {
-            recheck_outputs(config, &journal, step.name, &options.resume_command)?;
+        let label = format!("[{}/{total}] {}", index + 1, step.id);
+        if journal.is_done(step.id) {
+            recheck_outputs(config, &journal, step.id, &options.resume)?;
             println!("{label} … done earlier (journal)");
             continue;
         }
@@ -153,11 +179,12 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             config
                 .dumps_dir()
                 .join("logs")
-                .join(format!("{:02}-{}.log", index + 1, step.name));
+                .join(format!("{:02}-{}.log", index + 1, step.id));
         let mut runner = StepRunner {
             sh,
             config,
             journal: &mut journal,
+            resume: &options.resume,
             log_path: &log_path,
             label: &label,
             started,
@@ -168,7 +195,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             Ok(outputs) => {
                 journal.tool_peak_rss_kib = util::peak_rss_kib();
                 journal.record(StepRecord {
-                    name: step.name.to_string(),
+                    name: step.id.name().to_string(),
                     finished_at: util::utc_timestamp(util::unix_now()),
                     elapsed_secs: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
                     outputs,
@@ -179,25 +206,34 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             }
             Err(err) => {
                 println!("FAILED ({})", util::human_duration(elapsed));
-                journal.save(&journal_path)?;
-                report::write(&journal, &config.dumps_dir())?;
                 let log = if log_path.exists() {
                     config.display_path(&log_path)
                 } else {
                     "(none: the step ran no program)".into()
                 };
-                bail!(
+                // The step's cause comes first, whatever else fails while we record it.
+                let mut message = format!(
                     "step `{}` failed: {err:#}\n  log:    {log}\n  report: dumps/report.md\n  resume: {} (starts again at `{}`; finished steps are kept)",
-                    step.name,
-                    options.resume_command,
-                    step.name
+                    step.id,
+                    options.resume.command(),
+                    step.id
                 );
+                let saved = journal
+                    .save(&journal_path)
+                    .and_then(|()| report::write(&journal, &config.dumps_dir()));
+                if let Err(also) = saved {
+                    message.push_str(&format!(
+                        "\n  also:   the journal or report could not be saved ({also:#}); the step will run again on resume"
+                    ));
+                }
+                bail!(message);
             }
         }
         if until == Some(index) {
             println!(
                 "stopped after `{}` (--until); resume: {}",
-                step.name, options.resume_command
+                step.id,
+                options.resume.command()
             );
             return Ok(());
         }
@@ -207,8 +243,13 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
 }
 
 /// A finished step's files must still be what it produced.
-fn recheck_outputs(config: &Config, journal: &Journal, step: &str, resume: &str) -> Result<()> {
-    let Some(record) = journal.steps.iter().find(|it| it.name == step) else {
+fn recheck_outputs(
+    config: &Config,
+    journal: &Journal,
+    step: StepId,
+    resume: &Resume,
+) -> Result<()> {
+    let Some(record) = journal.record_of(step) else {
         return Ok(());
     };
     for (path, hash) in &record.outputs {
@@ -216,8 +257,13 @@ fn recheck_outputs(config: &Config, journal: &Journal, step: &str, resume: &str)
         let actual = util::sha256_file(&full).ok();
         if actual.as_deref() != Some(hash.as_str()) {
             bail!(
-                "{path}, produced by step `{step}`, is {} since: redo from there with `{resume} --from {step}`",
-                if actual.is_none() { "missing" } else { "changed" }
+                "{path}, produced by step `{step}`, is {} since: {}",
+                if actual.is_none() {
+                    "missing"
+                } else {
+                    "changed"
+                },
+                resume.redo(step)
             );
         }
     }
@@ -228,6 +274,7 @@ struct StepRunner<'a> {
     sh: &'a Shell,
     config: &'a Config,
     journal: &'a mut Journal,
+    resume: &'a Resume,
     log_path: &'a Path,
     label: &'a str,
     started: Instant,
@@ -395,11 +442,16 @@ impl StepRunner<'_> {
             DbKind::Postgres
         };
         let current = settings::current(self.config);
+        let step = match want {
+            DbKind::Sqlite => StepId::SettingsSqlite,
+            DbKind::Postgres => StepId::SettingsPostgres,
+        };
         ensure!(
             current == Some(want),
-            "settings/settings_local.py points at {current:?}, but this step needs {want:?}: was it switched by hand? \
-             resume with `--from settings-{}`",
-            if want == DbKind::Sqlite { "sqlite" } else { "postgres" }
+            "settings/settings_local.py points at {}, but this step needs {want}: was it switched by hand? \
+             resume with `{}`",
+            current.map_or("no database".to_string(), |it| it.to_string()),
+            self.resume.from(step)
         );
         Ok(())
     }
@@ -411,13 +463,14 @@ impl StepRunner<'_> {
             return Ok(());
         };
         let (want, tag) = if phase == Phase::Sentry6 {
-            ("6.", "buildout-tag2")
+            ("6.", StepId::BuildoutTag2)
         } else {
-            ("4.", "buildout-tag1")
+            ("4.", StepId::BuildoutTag1)
         };
         ensure!(
             version.starts_with(want),
-            "bin/sentry runs Sentry {version}, but this step needs Sentry {want}x: resume with `--from {tag}`"
+            "bin/sentry runs Sentry {version}, but this step needs Sentry {want}x: resume with `{}`",
+            self.resume.from(tag)
         );
         Ok(())
     }
@@ -479,7 +532,10 @@ impl StepRunner<'_> {
                 Some("bin/buildout") => {
                     "bootstrap buildout in this repo first (README, `Setup`)".to_string()
                 }
-                _ => "it is made by bin/buildout: resume with `--from buildout-tag1`".to_string(),
+                _ => format!(
+                    "it is made by bin/buildout: resume with `{}`",
+                    self.resume.from(StepId::BuildoutTag1)
+                ),
             };
             bail!("{} is missing: {hint}", command.program.display());
         }
@@ -572,17 +628,31 @@ impl StepRunner<'_> {
 
     fn verify_dumps(&mut self) -> Result<()> {
         let config = self.config;
-        let models = dumps::read_models(&config.models_json())?;
+        let redo = |step| self.resume.redo(step);
+        let models = with_remedy(
+            dumps::read_models(&config.models_json()),
+            redo(StepId::InspectModels),
+        )?;
         let fields = dumps::m2m_fields(&models);
-        let auth = dumps::count_fixture(&config.dump_auth(), &fields)
-            .context("redo with `--from dump-auth`")?;
-        let rest = dumps::count_fixture(&config.dump_rest(), &fields)
-            .context("redo with `--from dump-rest`")?;
+        let auth = with_remedy(
+            dumps::count_fixture(&config.dump_auth(), &fields),
+            redo(StepId::DumpAuth),
+        )?;
+        let rest = with_remedy(
+            dumps::count_fixture(&config.dump_rest(), &fields),
+            redo(StepId::DumpRest),
+        )?;
         if let Some(model) = auth.objects.keys().find(|m| !m.starts_with("auth.")) {
-            bail!("the auth dump holds `{model}` objects: it should hold only the auth app; redo with `--from dump-auth`");
+            bail!(
+                "the auth dump holds `{model}` objects: it should hold only the auth app; {}",
+                self.resume.redo(StepId::DumpAuth)
+            );
         }
         if let Some(model) = rest.objects.keys().find(|m| m.starts_with("auth.")) {
-            bail!("the main dump holds `{model}` objects, which belong in the auth dump; redo with `--from dump-rest`");
+            bail!(
+                "the main dump holds `{model}` objects, which belong in the auth dump; {}",
+                self.resume.redo(StepId::DumpRest)
+            );
         }
         let mut all = auth.clone();
         all.merge(&rest);
@@ -606,20 +676,20 @@ impl StepRunner<'_> {
         self.finish_check(
             "dumps-vs-sqlite",
             checks,
-            "redo with `--from sqlite-upgrade`",
+            self.resume.redo(StepId::SqliteUpgrade),
         )
     }
 
     /// Stores a comparison in the journal and fails on any table that differs.
-    fn finish_check(&mut self, name: &str, checks: Vec<TableCheck>, remedy: &str) -> Result<()> {
+    fn finish_check(&mut self, name: &str, checks: Vec<TableCheck>, remedy: String) -> Result<()> {
         let failures: Vec<String> = verify::failures(&checks)
             .iter()
             .map(|c| {
                 format!(
                     "{}: expected {}, found {} ({})",
                     c.table,
-                    opt(c.expected),
-                    opt(c.actual),
+                    verify::cell(c.expected),
+                    verify::cell(c.actual),
                     c.note
                 )
             })
@@ -627,7 +697,7 @@ impl StepRunner<'_> {
         self.journal.checks.insert(name.to_string(), checks);
         if !failures.is_empty() {
             bail!(
-                "{} table(s) differ ({remedy}):\n    {}",
+                "{} table(s) differ:\n    {}\n  {remedy}",
                 failures.len(),
                 failures.join("\n    ")
             );
@@ -674,12 +744,13 @@ impl StepRunner<'_> {
     fn load(&mut self, step: &Step, command: &Command) -> Result<()> {
         let expected = self.journal.dump_objects;
         ensure!(
-            self.journal.is_done("verify-dumps"),
-            "no verified dumps: resume with `--from verify-dumps`"
+            self.journal.is_done(StepId::VerifyDumps),
+            "no verified dumps: resume with `{}`",
+            self.resume.from(StepId::VerifyDumps)
         );
         let config = self.config;
-        for producer in ["dump-auth", "dump-rest"] {
-            recheck_outputs(config, self.journal, producer, "cargo xtask migrate")?;
+        for producer in [StepId::DumpAuth, StepId::DumpRest] {
+            recheck_outputs(config, self.journal, producer, self.resume)?;
         }
         let mut client = self.target_client()?;
         let filled: Vec<String> = pg::table_counts(&mut client)?
@@ -689,8 +760,9 @@ impl StepRunner<'_> {
             .collect();
         ensure!(
             filled.is_empty(),
-            "the target is not empty before the load: {}; redo with `--from pg-clear-generated-rows`",
-            filled.join(", ")
+            "the target is not empty before the load: {}; {}",
+            filled.join(", "),
+            self.resume.redo(StepId::PgClearGeneratedRows)
         );
         self.ensure_settings_for(step.phase)?;
         self.ensure_sentry_version_for(step.phase)?;
@@ -715,7 +787,8 @@ impl StepRunner<'_> {
             ensure!(
                 migration <= sqlite::SENTRY4_LAST_MIGRATION,
                 "the target is already at Sentry migration {migration:04} (Sentry 6): the Sentry 4 state this step checks is gone; \
-                 to redo the load and its check, resume with `--from buildout-tag1`"
+                 to redo the load and its check, resume with `{}`",
+                self.resume.from(StepId::BuildoutTag1)
             );
         }
         let counts = pg::table_counts(&mut client)?;
@@ -733,12 +806,13 @@ impl StepRunner<'_> {
         self.finish_check(
             "postgres-vs-sqlite",
             checks,
-            "redo with `--from pg-clear-generated-rows`",
+            self.resume.redo(StepId::PgClearGeneratedRows),
         )?;
         ensure!(
             behind.is_empty(),
-            "id sequences behind their tables: {}; redo with `--from pg-load`",
-            behind.join(", ")
+            "id sequences behind their tables: {}; {}",
+            behind.join(", "),
+            self.resume.redo(StepId::PgLoad)
         );
         Ok(())
     }
@@ -774,13 +848,10 @@ impl StepRunner<'_> {
         self.finish_check(
             "sentry6-vs-postgres",
             checks,
-            "inspect dumps/report.md; the Sentry 4 data is still in the backup and the dumps",
+            "inspect dumps/report.md; the Sentry 4 data is still in the backup and the dumps"
+                .into(),
         )
     }
-}
-
-fn opt(value: Option<u64>) -> String {
-    value.map(|it| it.to_string()).unwrap_or_else(|| "-".into())
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -791,6 +862,11 @@ fn tail(path: &Path, lines: usize) -> String {
         .map(|line| format!("    | {line}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The cause first, then what to do about it.
+fn with_remedy<T>(result: Result<T>, remedy: String) -> Result<T> {
+    result.map_err(|cause| anyhow!("{cause:#}; {remedy}"))
 }
 
 fn free_bytes(sh: &Shell, dir: &Path) -> Result<u64> {
@@ -811,37 +887,40 @@ fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
         "check", "tables", "equal", "intended", "different", ""
     );
     for (name, checks) in &journal.checks {
-        let count = |v| checks.iter().filter(|c| c.verdict == v).count();
+        let tally = verify::tally(checks);
         println!(
             "  {:<22} {:>7} {:>7} {:>9} {:>10}",
             name,
-            checks.len(),
-            count(verify::Verdict::Equal),
-            count(verify::Verdict::Intended) + count(verify::Verdict::NotCarriedOver),
-            count(verify::Verdict::Differs)
+            tally.tables,
+            tally.equal,
+            tally.intended + tally.not_carried_over,
+            tally.differs
         );
     }
     for phase in [Phase::Sqlite, Phase::Postgres, Phase::Sentry6] {
         let secs: f64 = steps
             .iter()
             .filter(|s| s.phase == phase)
-            .filter_map(|s| journal.steps.iter().find(|r| r.name == s.name))
+            .filter_map(|s| journal.record_of(s.id))
             .map(|r| r.elapsed_secs)
             .sum();
         println!("  {:<40} {:>8.1}s", phase.title(), secs);
     }
     if !journal.leftover_tables.is_empty() {
+        let tables: Vec<String> = journal
+            .leftover_tables
+            .iter()
+            .map(|(table, rows)| format!("{table} ({rows} rows)"))
+            .collect();
         println!(
-            "  not carried over (SQLite-only tables): {:?}",
-            journal.leftover_tables
+            "  not carried over (SQLite-only tables): {}",
+            tables.join(", ")
         );
     }
     if let Some(backup) = &journal.backup {
-        println!(
-            "  backup: {} (sha256 {})",
-            backup.path,
-            &backup.sha256[..16]
-        );
+        // The journal is a file a user can edit: never slice what it says.
+        let short: String = backup.sha256.chars().take(16).collect();
+        println!("  backup: {} (sha256 {short}…)", backup.path);
     }
     println!(
         "\nreport: {}",

@@ -63,6 +63,15 @@ pub enum DbKind {
     Postgres,
 }
 
+impl std::fmt::Display for DbKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DbKind::Sqlite => "SQLite",
+            DbKind::Postgres => "PostgreSQL",
+        })
+    }
+}
+
 impl FromStr for DbKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

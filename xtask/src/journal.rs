@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{pg::SequenceState, util, verify::TableCheck};
+use crate::{pg::SequenceState, plan::StepId, util, verify::TableCheck};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepRecord {
@@ -90,8 +90,12 @@ impl Journal {
         util::write_atomic(path, text.as_bytes(), 0o644)
     }
 
-    pub fn is_done(&self, step: &str) -> bool {
-        self.steps.iter().any(|it| it.name == step)
+    pub fn is_done(&self, step: StepId) -> bool {
+        self.record_of(step).is_some()
+    }
+
+    pub fn record_of(&self, step: StepId) -> Option<&StepRecord> {
+        self.steps.iter().find(|it| it.name == step.name())
     }
 
     pub fn record(&mut self, record: StepRecord) {
@@ -100,8 +104,9 @@ impl Journal {
     }
 
     /// Forgets `names` (a `--from` redo).
-    pub fn forget(&mut self, names: &[&str]) {
-        self.steps.retain(|it| !names.contains(&it.name.as_str()));
+    pub fn forget(&mut self, steps: &[StepId]) {
+        self.steps
+            .retain(|it| !steps.iter().any(|step| step.name() == it.name));
     }
 
     /// A journal belongs to one source and one target.

@@ -66,10 +66,74 @@ pub enum Action {
     VerifySentry6,
 }
 
+/// Every step's name, defined once: the plan, the journal, `--from`/`--until` and every hint
+/// that tells a user which step to redo use these, so a renamed step cannot leave a hint behind.
+macro_rules! step_ids {
+    ($($variant:ident = $name:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum StepId { $($variant,)* }
+
+        impl StepId {
+            /// Every step, in plan order.
+            pub const ALL: &'static [StepId] = &[$(StepId::$variant,)*];
+
+            /// The stable kebab-case name (journal, `--from`, docs, tests).
+            pub fn name(self) -> &'static str {
+                match self { $(StepId::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+step_ids! {
+    Preflight = "preflight",
+    BackupSqlite = "backup-sqlite",
+    BuildoutTag1 = "buildout-tag1",
+    SettingsSqlite = "settings-sqlite",
+    SqliteUpgrade = "sqlite-upgrade",
+    SqliteRepair = "sqlite-repair",
+    InspectModels = "inspect-models",
+    DumpAuth = "dump-auth",
+    DumpRest = "dump-rest",
+    VerifyDumps = "verify-dumps",
+    PgCreateDatabase = "pg-create-database",
+    SettingsPostgres = "settings-postgres",
+    PgUpgrade = "pg-upgrade",
+    PgClearGeneratedRows = "pg-clear-generated-rows",
+    PgAbstimeShim = "pg-abstime-shim",
+    PgLoad = "pg-load",
+    VerifyPostgres = "verify-postgres",
+    BuildoutTag2 = "buildout-tag2",
+    Sentry6Upgrade = "sentry6-upgrade",
+    VerifySentry6 = "verify-sentry6",
+}
+
+impl std::fmt::Display for StepId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for StepId {
+    type Err = anyhow::Error;
+    fn from_str(name: &str) -> anyhow::Result<StepId> {
+        StepId::ALL
+            .iter()
+            .copied()
+            .find(|id| id.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = StepId::ALL.iter().map(|it| it.name()).collect();
+                anyhow::anyhow!(
+                    "unknown step `{name}`: expected one of {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Stable kebab-case name: used in the journal, `--from`, the docs and the tests.
-    pub name: &'static str,
+    pub id: StepId,
     pub phase: Phase,
     /// One line for humans.
     pub summary: &'static str,
@@ -113,68 +177,82 @@ fn buildout(config: &Config, cfg: &std::path::Path) -> Command {
     }
 }
 
+/// `word` as one POSIX shell word: unchanged when it holds only characters no shell treats
+/// specially, else in single quotes (a `'` inside becomes `'\''`).
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// The whole runbook for `config`, in order.
 pub fn plan(config: &Config) -> Vec<Step> {
     use Action::*;
     use Phase::*;
     let rel = |path: PathBuf| PathBuf::from(config.display_path(&path));
-    let step = |name, phase, summary, action| Step {
-        name,
+    let step = |id, phase, summary, action| Step {
+        id,
         phase,
         summary,
         action,
     };
     vec![
         step(
-            "preflight",
+            StepId::Preflight,
             Sqlite,
             "check the repo, the SQLite db, disk space and PostgreSQL before touching anything",
             Preflight,
         ),
         step(
-            "backup-sqlite",
+            StepId::BackupSqlite,
             Sqlite,
             "copy the SQLite db next to itself, check the copy, record its sha256",
             BackupSqlite,
         ),
         step(
-            "buildout-tag1",
+            StepId::BuildoutTag1,
             Sqlite,
             "install tag 1: Sentry 4.10 and the psycopg2 egg",
             Buildout(buildout(config, &config.tag1_cfg)),
         ),
         step(
-            "settings-sqlite",
+            StepId::SettingsSqlite,
             Sqlite,
             "point settings_local.py at the SQLite db",
             WriteSettings(DbKind::Sqlite),
         ),
         step(
-            "sqlite-upgrade",
+            StepId::SqliteUpgrade,
             Sqlite,
             "bring the SQLite schema to Sentry 4.10's latest migration",
             Run(sentry(&["upgrade", "--noinput"], None)),
         ),
         step(
-            "sqlite-repair",
+            StepId::SqliteRepair,
             Sqlite,
             "let Sentry repair what it knows to repair",
             Run(sentry(&["repair"], None)),
         ),
         step(
-            "inspect-models",
+            StepId::InspectModels,
             Sqlite,
             "list every model's table (and m2m tables) as Sentry 4 sees them",
             Run(helper(&["models"], Some(rel(config.models_json())))),
         ),
         step(
-            "dump-auth",
+            StepId::DumpAuth,
             Sqlite,
             "dump the auth app first (users, groups, permissions)",
             Run(sentry(&["dumpdata", "auth"], Some(rel(config.dump_auth())))),
         ),
         step(
-            "dump-rest",
+            StepId::DumpRest,
             Sqlite,
             "dump everything else",
             Run(sentry(
@@ -183,43 +261,43 @@ pub fn plan(config: &Config) -> Vec<Step> {
             )),
         ),
         step(
-            "verify-dumps",
+            StepId::VerifyDumps,
             Sqlite,
             "parse both dumps; objects per model must equal SQLite's rows per table",
             VerifyDumps,
         ),
         step(
-            "pg-create-database",
+            StepId::PgCreateDatabase,
             Postgres,
             "create the target database, or accept an empty one",
             PgCreateDatabase,
         ),
         step(
-            "settings-postgres",
+            StepId::SettingsPostgres,
             Postgres,
             "point settings_local.py at PostgreSQL (mode 0600)",
             WriteSettings(DbKind::Postgres),
         ),
         step(
-            "pg-upgrade",
+            StepId::PgUpgrade,
             Postgres,
             "build Sentry 4.10's schema on PostgreSQL, no superuser prompt",
             Run(sentry(&["upgrade", "--noinput"], None)),
         ),
         step(
-            "pg-clear-generated-rows",
+            StepId::PgClearGeneratedRows,
             Postgres,
             "remove the demo project and every row upgrade generated, in one transaction",
             PgClearGeneratedRows,
         ),
         step(
-            "pg-abstime-shim",
+            StepId::PgAbstimeShim,
             Postgres,
             "install the abstime compatibility shim (PostgreSQL 12+ removed abstime)",
             PgAbstimeShim,
         ),
         step(
-            "pg-load",
+            StepId::PgLoad,
             Postgres,
             "load auth then the rest in one transaction, side-effect handlers disconnected",
             PgLoad(helper(
@@ -232,25 +310,25 @@ pub fn plan(config: &Config) -> Vec<Step> {
             )),
         ),
         step(
-            "verify-postgres",
+            StepId::VerifyPostgres,
             Postgres,
             "every table's rows equal SQLite's; every id sequence past max(id)",
             VerifyPostgres,
         ),
         step(
-            "buildout-tag2",
+            StepId::BuildoutTag2,
             Sentry6,
             "install tag 2: Sentry 6.4",
             Buildout(buildout(config, &config.tag2_cfg)),
         ),
         step(
-            "sentry6-upgrade",
+            StepId::Sentry6Upgrade,
             Sentry6,
             "apply Sentry 6's migrations",
             Run(sentry(&["upgrade", "--noinput"], None)),
         ),
         step(
-            "verify-sentry6",
+            StepId::VerifySentry6,
             Sentry6,
             "compare with the loaded counts: only Sentry 6's intended changes",
             VerifySentry6,
@@ -259,18 +337,14 @@ pub fn plan(config: &Config) -> Vec<Step> {
 }
 
 impl Command {
-    /// The command as a human would type it.
+    /// The command as a human would type it into a POSIX shell (quoted where needed).
     pub fn render(&self) -> String {
-        let mut out = self.program.display().to_string();
+        let mut out = shell_quote(&self.program.display().to_string());
         for arg in &self.args {
-            if arg.contains(char::is_whitespace) {
-                let _ = write!(out, " {arg:?}");
-            } else {
-                let _ = write!(out, " {arg}");
-            }
+            let _ = write!(out, " {}", shell_quote(arg));
         }
         if let Some(path) = &self.stdout_to {
-            let _ = write!(out, " > {}", path.display());
+            let _ = write!(out, " > {}", shell_quote(&path.display().to_string()));
         }
         out
     }
@@ -341,7 +415,7 @@ pub fn render(steps: &[Step], config: &Config) -> String {
             "[{}/{}] {}: {}",
             index + 1,
             steps.len(),
-            step.name,
+            step.id,
             step.summary
         );
         for line in describe(step, config) {
@@ -353,16 +427,11 @@ pub fn render(steps: &[Step], config: &Config) -> String {
 
 /// The index of the step called `name`, or an error listing the valid names.
 pub fn find(steps: &[Step], name: &str) -> anyhow::Result<usize> {
+    let id: StepId = name.parse()?;
     steps
         .iter()
-        .position(|step| step.name == name)
-        .ok_or_else(|| {
-            let names: Vec<_> = steps.iter().map(|it| it.name).collect();
-            anyhow::anyhow!(
-                "unknown step `{name}`: expected one of {}",
-                names.join(", ")
-            )
-        })
+        .position(|step| step.id == id)
+        .ok_or_else(|| anyhow::anyhow!("step `{name}` is not part of this plan"))
 }
 
 #[cfg(test)]
@@ -472,8 +541,13 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line}\n{text}");
         }
-        let names: Vec<_> = plan(&config).iter().map(|s| s.name).collect();
-        assert_eq!(names.len(), 20);
+        let ids: Vec<StepId> = plan(&config).iter().map(|s| s.id).collect();
+        assert_eq!(
+            ids,
+            StepId::ALL,
+            "the plan runs every step name, each once, in the order they are declared"
+        );
+        let names: Vec<&str> = ids.iter().map(|id| id.name()).collect();
         assert_eq!(
             names
                 .iter()
@@ -504,7 +578,27 @@ mod tests {
         );
         assert_eq!(
             cmd.render(),
-            "bin/buildout -c buildout/tag1-sentry4.cfg \"buildout:directory=/srv/my sentry\""
+            "bin/buildout -c buildout/tag1-sentry4.cfg 'buildout:directory=/srv/my sentry'"
+        );
+        for word in [
+            "plain/path-1.db",
+            "my db",
+            "it's",
+            "a\\b",
+            "$HOME",
+            "",
+            "ünï",
+        ] {
+            let quoted = shell_quote(word);
+            assert_eq!(
+                shlex::split(&quoted),
+                Some(vec![word.to_string()]),
+                "{word:?} quoted as {quoted}"
+            );
+        }
+        assert_eq!(
+            shell_quote("--config=settings/settings.py"),
+            "--config=settings/settings.py"
         );
         let err = find(&steps, "dump-everything").unwrap_err().to_string();
         assert!(

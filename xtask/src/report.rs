@@ -5,7 +5,11 @@ use std::{collections::BTreeSet, fmt::Write, path::Path};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{journal::Journal, util, verify::Verdict};
+use crate::{
+    journal::Journal,
+    util,
+    verify::{self, cell, Verdict},
+};
 
 #[derive(Serialize)]
 struct ReportJson<'a> {
@@ -29,10 +33,6 @@ pub fn write(journal: &Journal, dumps_dir: &Path) -> Result<()> {
         markdown(journal).as_bytes(),
         0o644,
     )
-}
-
-fn cell(value: Option<u64>) -> String {
-    value.map(|it| it.to_string()).unwrap_or_else(|| "-".into())
 }
 
 pub fn markdown(journal: &Journal) -> String {
@@ -92,10 +92,7 @@ pub fn markdown(journal: &Journal) -> String {
         }
     }
     for (phase, checks) in &journal.checks {
-        let equal = checks
-            .iter()
-            .filter(|c| c.verdict == Verdict::Equal)
-            .count();
+        let equal = verify::tally(checks).equal;
         let _ = writeln!(
             out,
             "\n## Check `{phase}`: {equal} of {} equal\n",
@@ -116,7 +113,7 @@ pub fn markdown(journal: &Journal) -> String {
         for c in notable {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {:?} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 c.table,
                 cell(c.expected),
                 cell(c.actual),

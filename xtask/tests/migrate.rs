@@ -649,3 +649,101 @@ fn wrong_password_is_named_without_printing_it() {
         "no backup was made"
     );
 }
+
+/// The `resume:` line of a failure, and every `redo with` hint, are commands that work when
+/// pasted into a shell, with a db path that holds spaces and the flags the run was given.
+#[test]
+fn resume_hints_are_pasteable_with_spaces_in_paths() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("paste");
+    let db = "var/my data/sentry db.sqlite";
+    fs::create_dir_all(repo.root.join("var/my data")).unwrap();
+    fs::rename(repo.root.join("var/sentry.db"), repo.root.join(db)).unwrap();
+    let out = repo.xtask(
+        &[
+            "migrate",
+            "--sqlite",
+            db,
+            "--tag1",
+            "buildout/tag1-sentry4.cfg",
+        ],
+        Some("dump-rest"),
+    );
+    assert!(!out.ok, "{out:#?}");
+    let line = out
+        .stderr
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("resume: "))
+        .expect("a resume line");
+    let command = line.split(" (starts again").next().unwrap();
+    let argv = shlex::split(command).expect("the resume command parses as shell words");
+    assert_eq!(
+        argv[..5],
+        ["cargo", "xtask", "migrate", "--sqlite", db],
+        "{command}"
+    );
+    assert!(
+        argv.windows(2)
+            .any(|w| w == ["--tag1", "buildout/tag1-sentry4.cfg"]),
+        "{command}"
+    );
+    // Paste it (without `cargo xtask`, which runs this same binary).
+    let mut args: Vec<&str> = argv[2..].iter().map(String::as_str).collect();
+    args.extend(["--until", "verify-dumps"]);
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stdout.contains("[9/20] dump-rest … ok"),
+        "{}",
+        out.stdout
+    );
+
+    // A changed dump: the hint names the step to redo from, with the same flags.
+    fs::write(repo.root.join("dumps/dumpdata-auth.json"), "[]").unwrap();
+    let out = repo.xtask(&args, None);
+    assert!(!out.ok);
+    let hint = out
+        .stderr
+        .split("redo with `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("a redo hint: {}", out.stderr));
+    let argv = shlex::split(hint).expect("the hint parses as shell words");
+    assert!(
+        argv.ends_with(&["--from".into(), "dump-auth".into()]),
+        "{hint}"
+    );
+    let mut args: Vec<&str> = argv[2..].iter().map(String::as_str).collect();
+    args.extend(["--until", "verify-dumps"]);
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+}
+
+/// When a step fails and the report cannot be saved either, the step's cause still leads.
+#[test]
+fn a_failed_step_keeps_its_cause_when_saving_the_report_fails_too() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("cause");
+    let out = repo.xtask(&["migrate"], Some("dump-rest-and-report"));
+    assert!(!out.ok);
+    assert!(
+        out.stderr.starts_with("error: step `dump-rest` failed: "),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("OperationalError: disk I/O error"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("also:   the journal or report could not be saved"),
+        "{}",
+        out.stderr
+    );
+}

@@ -4,7 +4,7 @@
 It appends its argv to $FAKE_CALLS, then behaves like a tiny Sentry: dumpdata writes the
 SQLite rows as a Django fixture, upgrade builds a small schema on PostgreSQL (with the demo
 project), the helper's `models`/`load` work on that schema through psql. FAKE_FAIL=<what>
-makes one call fail: dump-rest, load-silently (a Django 1.4 style failure that exits 0),
+makes one call fail: dump-rest (dump-rest-and-report: and the report can't be saved), load-silently (a Django 1.4 style failure that exits 0),
 truncate-dump, load-extra (adds a row, like Sentry's handlers), upgrade6.
 """
 import json, os, sqlite3, subprocess, sys
@@ -165,7 +165,13 @@ def main():
         else:
             psql(SCHEMA, db)
     elif command == 'dumpdata':
-        if FAIL == 'dump-rest' and '--exclude' in ARGS:
+        if FAIL in ('dump-rest', 'dump-rest-and-report') and '--exclude' in ARGS:
+            if FAIL == 'dump-rest-and-report':
+                # The report cannot be rewritten after this step: a folder sits in its place.
+                report = os.path.join(ROOT, 'dumps', 'report.md')
+                if os.path.isfile(report):
+                    os.remove(report)
+                os.makedirs(os.path.join(report, 'in-the-way'), exist_ok=True)
             sys.stderr.write('Traceback (most recent call last):\nOperationalError: disk I/O error\n')
             sys.exit(1)
         dumpdata('--exclude' not in ARGS)
