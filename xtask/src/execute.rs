@@ -18,7 +18,7 @@ use crate::{
     dumps,
     flags::{self, DbKind},
     journal::{Backup, Journal, StepRecord},
-    pg,
+    merge, pg,
     plan::{self, Action, Command, Phase, Step, StepId},
     report, sentry, settings, sqlite, util,
     verify::{self, TableCheck},
@@ -802,7 +802,7 @@ impl StepRunner<'_> {
             .collect();
         self.journal.sequences = sequences;
         // Before Sentry 6 touches it: the duplicate groups its migration 0083 may merge.
-        self.journal.merge_candidates = pg::merge_candidates(&mut client)?;
+        self.journal.merge_candidates = merge::candidates(&mut client)?;
         self.finish_check(
             "postgres-vs-sqlite",
             checks,
@@ -821,26 +821,11 @@ impl StepRunner<'_> {
         let mut client = self.target_client()?;
         let counts = pg::table_counts(&mut client)?;
         let candidates = &self.journal.merge_candidates;
-        let outcome = pg::merge_outcome(&mut client, candidates)?;
-        let merged_rows = candidates
-            .rows
-            .iter()
-            .map(|(table, per_group)| {
-                let rows = outcome
-                    .merged
-                    .iter()
-                    .filter_map(|id| per_group.get(id))
-                    .sum();
-                (table.clone(), rows)
-            })
-            .collect();
+        let outcome = merge::outcome(&mut client, candidates)?;
         let facts = verify::Sentry6Facts {
             projects: counts.get("sentry_project").copied().unwrap_or(0),
             orphan_events: pg::orphan_events(&mut client)?,
-            merged_groups: outcome.merged.clone(),
-            merged_rows,
-            group_times_seen: (candidates.group_times_seen, outcome.group_times_seen),
-            minute_times_seen: (candidates.minute_times_seen, outcome.minute_times_seen),
+            merge: merge::Merge::new(candidates, &outcome),
         };
         let checks = verify::sentry6_vs_loaded(&self.journal.postgres_counts, &counts, &facts);
         self.journal.merged_groups = outcome.merged;

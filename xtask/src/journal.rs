@@ -58,7 +58,7 @@ pub struct Journal {
     pub sequences: Vec<SequenceState>,
     /// Duplicate groups (and their rows) before Sentry 6's upgrade, which may merge them.
     #[serde(default)]
-    pub merge_candidates: crate::pg::MergeCandidates,
+    pub merge_candidates: crate::merge::MergeCandidates,
     /// The candidates that Sentry 6's upgrade merged away.
     #[serde(default)]
     pub merged_groups: Vec<i64>,

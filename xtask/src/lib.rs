@@ -6,6 +6,7 @@ pub mod dumps;
 pub mod execute;
 pub mod flags;
 pub mod journal;
+pub mod merge;
 pub mod pg;
 pub mod pgcluster;
 pub mod plan;

@@ -121,7 +121,7 @@ pub fn public_tables(client: &mut Client) -> Result<Vec<String>> {
 }
 
 /// Table names from the catalog go into SQL quoted; we also refuse odd ones outright.
-fn checked_table_name(name: String) -> Result<String> {
+pub(crate) fn checked_table_name(name: String) -> Result<String> {
     if name.is_empty()
         || !name
             .chars()
@@ -597,113 +597,4 @@ mod tests {
             "{err}"
         );
     }
-}
-
-/// Groups that Sentry 6's migration 0083 may merge (same project and checksum), with the rows
-/// that belong to them in every table that points at groups, and totals the merge preserves.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MergeCandidates {
-    pub groups: Vec<i64>,
-    /// table -> group id -> rows of that group.
-    pub rows: BTreeMap<String, BTreeMap<i64, u64>>,
-    /// Preserved by a merge: sum of sentry_groupedmessage.times_seen and of
-    /// sentry_messagecountbyminute.times_seen.
-    pub group_times_seen: i64,
-    pub minute_times_seen: i64,
-}
-
-/// Tables with a `group_id` column (besides the events, which a merge repoints, never drops).
-fn tables_pointing_at_groups(client: &mut Client) -> Result<Vec<String>> {
-    let rows = client.query(
-        "SELECT table_name::text FROM information_schema.columns \
-         WHERE table_schema = 'public' AND column_name = 'group_id' AND table_name <> 'sentry_message' ORDER BY 1",
-        &[],
-    )?;
-    rows.iter()
-        .map(|row| checked_table_name(row.get(0)))
-        .collect()
-}
-
-fn sum_times_seen(client: &mut Client, table: &str) -> Result<i64> {
-    let sql = format!(
-        "SELECT COALESCE(SUM(times_seen), 0)::bigint FROM {}",
-        quote_identifier(table)
-    );
-    Ok(client.query_one(&sql, &[])?.get(0))
-}
-
-pub fn merge_candidates(client: &mut Client) -> Result<MergeCandidates> {
-    let groups: Vec<i64> = client
-        .query(
-            "SELECT g.id::bigint FROM sentry_groupedmessage g WHERE EXISTS (SELECT 1 FROM sentry_groupedmessage o \
-             WHERE o.project_id = g.project_id AND o.checksum = g.checksum AND o.id <> g.id) ORDER BY 1",
-            &[],
-        )?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut rows = BTreeMap::new();
-    for table in tables_pointing_at_groups(client)? {
-        let sql = format!(
-            "SELECT group_id::bigint, count(*) FROM {} WHERE group_id = ANY($1::bigint[]) GROUP BY 1",
-            quote_identifier(&table)
-        );
-        let counts: BTreeMap<i64, u64> = client
-            .query(&sql, &[&groups])?
-            .iter()
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
-            .collect();
-        rows.insert(table, counts);
-    }
-    if public_tables(client)?
-        .iter()
-        .any(|t| t == "sentry_searchtoken")
-    {
-        let counts: BTreeMap<i64, u64> = client
-            .query(
-                "SELECT d.group_id::bigint, count(*) FROM sentry_searchtoken t JOIN sentry_searchdocument d ON d.id = t.document_id \
-                 WHERE d.group_id = ANY($1::bigint[]) GROUP BY 1",
-                &[&groups],
-            )?
-            .iter()
-            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
-            .collect();
-        rows.insert("sentry_searchtoken".to_string(), counts);
-    }
-    Ok(MergeCandidates {
-        group_times_seen: sum_times_seen(client, "sentry_groupedmessage")?,
-        minute_times_seen: sum_times_seen(client, "sentry_messagecountbyminute")?,
-        groups,
-        rows,
-    })
-}
-
-/// What happened to the candidates after Sentry 6's upgrade.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct MergeOutcome {
-    /// Candidates that no longer exist: merged into a duplicate.
-    pub merged: Vec<i64>,
-    pub group_times_seen: i64,
-    pub minute_times_seen: i64,
-}
-
-pub fn merge_outcome(client: &mut Client, before: &MergeCandidates) -> Result<MergeOutcome> {
-    let remaining: std::collections::BTreeSet<i64> = client
-        .query(
-            "SELECT id::bigint FROM sentry_groupedmessage WHERE id = ANY($1::bigint[])",
-            &[&before.groups],
-        )?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    Ok(MergeOutcome {
-        merged: before
-            .groups
-            .iter()
-            .copied()
-            .filter(|id| !remaining.contains(id))
-            .collect(),
-        group_times_seen: sum_times_seen(client, "sentry_groupedmessage")?,
-        minute_times_seen: sum_times_seen(client, "sentry_messagecountbyminute")?,
-    })
 }

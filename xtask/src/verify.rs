@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::merge::Merge;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
@@ -204,14 +206,8 @@ pub struct Sentry6Facts {
     pub projects: u64,
     /// Events whose group does not exist (must be 0).
     pub orphan_events: u64,
-    /// Duplicate groups migration 0083 merged away.
-    pub merged_groups: Vec<i64>,
-    /// Per table: rows that belonged to the merged groups before the upgrade (the most a
-    /// merge may remove from it).
-    pub merged_rows: BTreeMap<String, u64>,
-    /// (before, after) of totals a merge preserves.
-    pub group_times_seen: (i64, i64),
-    pub minute_times_seen: (i64, i64),
+    /// What migration 0083's merge of duplicate groups did.
+    pub merge: Merge,
 }
 
 /// How Sentry 6's `upgrade` may change a table on purpose.
@@ -238,56 +234,39 @@ fn rule(table: &str) -> Rule {
     }
 }
 
-fn ids(list: &[i64]) -> String {
-    let shown: Vec<String> = list.iter().take(8).map(|id| id.to_string()).collect();
-    let more = if list.len() > 8 {
-        format!(" and {} more", list.len() - 8)
-    } else {
-        String::new()
-    };
-    format!("{}{more}", shown.join(", "))
-}
-
 /// PostgreSQL after Sentry 6's upgrade against the loaded counts: intended deltas only.
 pub fn sentry6_vs_loaded(
     loaded: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
     facts: &Sentry6Facts,
 ) -> Vec<TableCheck> {
-    let merged = facts.merged_groups.len() as u64;
     let mut out = Vec::new();
     for (table, &before) in loaded {
         let now = after.get(table).copied();
         let c = |verdict, note: String| check(table, Some(before), now, verdict, note);
-        let may_lose = facts.merged_rows.get(table).copied();
         out.push(match (rule(table), now) {
             (_, Some(rows)) if rows == before => c(Verdict::Equal, String::new()),
             (Rule::Dropped(why), None) => c(Verdict::Intended, format!("table dropped: {why}")),
             (_, None) => c(Verdict::Differs, "table gone after the upgrade".into()),
-            (Rule::GrowPerProject(why), Some(rows)) if rows > before && rows - before <= facts.projects => {
-                c(Verdict::Intended, format!("+{}: {why} ({} project(s))", rows - before, facts.projects))
+            (Rule::GrowPerProject(why), Some(rows))
+                if rows > before && rows - before <= facts.projects =>
+            {
+                c(
+                    Verdict::Intended,
+                    format!("+{}: {why} ({} project(s))", rows - before, facts.projects),
+                )
             }
-            (Rule::Grow(why), Some(rows)) if rows > before => c(Verdict::Intended, format!("+{}: {why}", rows - before)),
-            (_, Some(rows)) if table == "sentry_groupedmessage" && before - rows.min(before) == merged && rows < before => c(
-                Verdict::Intended,
-                format!("-{merged}: migration 0083 merged {merged} duplicate group(s) (same project and checksum) into their twins: {}", ids(&facts.merged_groups)),
-            ),
-            (_, Some(rows)) if rows < before && may_lose.is_some_and(|most| before - rows <= most) => c(
-                Verdict::Intended,
-                format!(
-                    "-{}: rows of the {merged} merged group(s), folded into their twins or deleted with them by migration 0083 ({} belonged to them)",
-                    before - rows,
-                    may_lose.unwrap_or(0)
-                ),
-            ),
-            (_, Some(rows)) if rows > before => c(Verdict::Differs, format!("+{} rows Sentry 6 is not known to add", rows - before)),
-            (_, Some(rows)) => c(
+            (Rule::Grow(why), Some(rows)) if rows > before => {
+                c(Verdict::Intended, format!("+{}: {why}", rows - before))
+            }
+            (_, Some(rows)) if rows > before => c(
                 Verdict::Differs,
-                match may_lose {
-                    Some(most) => format!("-{} rows lost: only {most} belonged to merged groups", before - rows),
-                    None => format!("-{} rows lost", before - rows),
-                },
+                format!("+{} rows Sentry 6 is not known to add", rows - before),
             ),
+            (_, Some(rows)) => match facts.merge.explains(table, before, rows) {
+                Some(why) => c(Verdict::Intended, why),
+                None => c(Verdict::Differs, facts.merge.loss(table, before - rows)),
+            },
         });
     }
     for (table, &rows) in after {
@@ -317,35 +296,7 @@ pub fn sentry6_vs_loaded(
             format!("{orphans} events point at a missing group")
         },
     ));
-    for (name, (before, now), what) in [
-        (
-            "(sum of groups' times_seen)",
-            facts.group_times_seen,
-            "a merge adds the duplicate's times_seen to its twin",
-        ),
-        (
-            "(sum of per-minute times_seen)",
-            facts.minute_times_seen,
-            "a merge adds the duplicate's per-minute counts to its twin's",
-        ),
-    ] {
-        let equal = before == now;
-        out.push(TableCheck {
-            table: name.to_string(),
-            expected: Some(before.max(0) as u64),
-            actual: Some(now.max(0) as u64),
-            verdict: if equal {
-                Verdict::Equal
-            } else {
-                Verdict::Differs
-            },
-            note: if equal {
-                format!("unchanged: {what}")
-            } else {
-                format!("changed from {before} to {now}: counts were lost")
-            },
-        });
-    }
+    out.extend(facts.merge.invariants());
     out
 }
 
@@ -435,13 +386,15 @@ mod tests {
         let facts = Sentry6Facts {
             projects: 3,
             orphan_events: 0,
-            merged_groups: vec![7, 9],
-            merged_rows: counts(&[
-                ("sentry_groupbookmark", 1),
-                ("sentry_messagecountbyminute", 3),
-            ]),
-            group_times_seen: (250, 250),
-            minute_times_seen: (120, 120),
+            merge: Merge {
+                merged_groups: vec![7, 9],
+                merged_rows: counts(&[
+                    ("sentry_groupbookmark", 1),
+                    ("sentry_messagecountbyminute", 3),
+                ]),
+                group_times_seen: (250, 250),
+                minute_times_seen: (120, 120),
+            },
         };
         let after = counts(&[
             ("sentry_projectkey", 7),
@@ -471,7 +424,10 @@ mod tests {
         bad.insert("sentry_groupedmessage".into(), 17);
         let bad_facts = Sentry6Facts {
             orphan_events: 2,
-            minute_times_seen: (120, 110),
+            merge: Merge {
+                minute_times_seen: (120, 110),
+                ..facts.merge.clone()
+            },
             ..facts.clone()
         };
         let checks = sentry6_vs_loaded(&loaded, &bad, &bad_facts);
@@ -499,8 +455,7 @@ mod tests {
 
         // Without any merge, a group table that shrinks is loss.
         let none = Sentry6Facts {
-            merged_groups: vec![],
-            merged_rows: BTreeMap::new(),
+            merge: Merge::default(),
             ..facts
         };
         let checks = sentry6_vs_loaded(&loaded, &after, &none);

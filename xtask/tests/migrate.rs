@@ -350,7 +350,7 @@ fn full_migration_verifies_every_phase_and_reports() {
     let out = repo.xtask(&["migrate", "--from", "pg-upgrade"], None);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("bin/sentry runs Sentry 6.4.4, but this step needs Sentry 4.x: resume with `--from buildout-tag1`"),
+        out.stderr.contains("bin/sentry runs Sentry 6.4.4, but this step needs Sentry 4.x: resume with `cargo xtask migrate --from buildout-tag1`"),
         "{}",
         out.stderr
     );
