@@ -5,7 +5,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use postgres::config::Host;
 
 /// Where the PostgreSQL target is. The password is kept out of `Debug`/`Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -80,48 +81,174 @@ impl PgTarget {
         Ok(target)
     }
 
+    /// Applies `--database-url`, parsed by `postgres::Config`: a `postgres://` or `postgresql://`
+    /// URL, or a libpq key=value string. Its user, host (a name, an address or a Unix socket
+    /// folder) and port override the PG* values, its dbname too; what it leaves out keeps them.
+    /// A password in it is refused, and no message here repeats any of it (it may hold one).
     fn apply_url(&mut self, url: &str) -> Result<()> {
-        let rest = url
+        let url_rest = url
             .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
-            .with_context(|| format!("--database-url `{url}` must start with postgres://"))?;
-        let (authority, dbname) = match rest.split_once('/') {
-            Some((authority, dbname)) => (authority, Some(dbname)),
-            None => (rest, None),
-        };
-        let host_port = match authority.rsplit_once('@') {
-            Some((userinfo, host_port)) => {
-                ensure!(
-                    !userinfo.contains(':'),
-                    "--database-url must not contain a password (it would be visible in the \
-                     process list): remove it and set PGPASSWORD instead"
-                );
-                if !userinfo.is_empty() {
-                    self.user = userinfo.to_string();
-                }
-                host_port
+            .or_else(|| url.strip_prefix("postgresql://"));
+        if url_rest.is_none() {
+            if let Some((scheme, _)) = url.split_once("://").filter(|(it, _)| is_scheme(it)) {
+                bail!("--database-url must start with postgres:// or postgresql://, not {scheme}://: write it as {URL_FORMS}");
             }
-            None => authority,
-        };
-        match host_port.rsplit_once(':') {
-            Some((host, port)) => {
-                self.host = host.to_string();
-                self.port = port
-                    .parse()
-                    .with_context(|| format!("--database-url: `{port}` is not a port number"))?;
-            }
-            None if !host_port.is_empty() => self.host = host_port.to_string(),
-            None => {}
         }
-        if let Some(dbname) = dbname.filter(|it| !it.is_empty()) {
-            ensure!(
-                !dbname.contains('?'),
-                "--database-url: query parameters are not supported"
-            );
+        ensure!(!passes_password(url, url_rest), PASSWORD_IN_URL);
+        let parsed: postgres::Config = url.parse().map_err(|err| {
+            anyhow!(
+                "--database-url cannot be read ({}): write it as {URL_FORMS}",
+                parse_error_reason(&err)
+            )
+        })?;
+        ensure!(parsed.get_password().is_none(), PASSWORD_IN_URL);
+        let unsupported = unsupported_settings(&parsed);
+        ensure!(
+            unsupported.is_empty(),
+            "--database-url sets {}: not supported yet (only user, host, port and dbname are): remove it",
+            unsupported.join(", ")
+        );
+        match parsed.get_hosts() {
+            [] => {}
+            [Host::Tcp(host)] if host.is_empty() => {}
+            [Host::Tcp(host)] => self.host = host.clone(),
+            [Host::Unix(path)] => {
+                self.host = path
+                    .to_str()
+                    .context("--database-url: the socket folder's path is not UTF-8: rename it")?
+                    .to_string()
+            }
+            hosts => bail!(
+                "--database-url names {} hosts: only one host is supported",
+                hosts.len()
+            ),
+        }
+        let mut ports = parsed.get_ports();
+        if url_rest.is_some_and(url_host_without_port) {
+            // postgres::Config adds 5432 for a host without a port; left out, PGPORT applies.
+            ports = ports.get(1..).unwrap_or_default();
+        }
+        match ports {
+            [] => {}
+            [port] => self.port = *port,
+            _ => bail!("--database-url names more than one port: only one is supported"),
+        }
+        if let Some(user) = parsed.get_user().filter(|it| !it.is_empty()) {
+            self.user = user.to_string();
+        }
+        if let Some(dbname) = parsed.get_dbname().filter(|it| !it.is_empty()) {
             self.dbname = dbname.to_string();
         }
         Ok(())
     }
+}
+
+const PASSWORD_IN_URL: &str = "--database-url must not contain a password (it would be visible \
+                               in the process list): remove it and set PGPASSWORD instead";
+
+const URL_FORMS: &str = "postgres://USER@HOST:PORT/DBNAME, or as key=value pairs like \
+                         `host=HOST port=PORT user=USER dbname=DBNAME`";
+
+/// A URL scheme as RFC 3986 spells it (so it holds no user info to hide).
+fn is_scheme(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Whether the text passes a password: in a URL's user info (`user:pw@`, everything before the
+/// first `@` as postgres::Config reads it) or as a `password` parameter. Checked before parsing,
+/// so that a parse error cannot leave a password unnoticed; percent-encoded parameter names
+/// are caught after parsing (`get_password`).
+fn passes_password(text: &str, url_rest: Option<&str>) -> bool {
+    let in_user_info = url_rest
+        .and_then(|rest| rest.split_once('@'))
+        .is_some_and(|(user_info, _)| user_info.contains(':'));
+    let lower = text.to_ascii_lowercase();
+    let as_parameter = lower
+        .match_indices("password")
+        .any(|(at, word)| lower[at + word.len()..].trim_start().starts_with('='));
+    in_user_info || as_parameter
+}
+
+/// Whether a URL (after `postgres://`) names a host in its authority without a port.
+fn url_host_without_port(url_rest: &str) -> bool {
+    let after_user = url_rest.split_once('@').map_or(url_rest, |(_, it)| it);
+    let authority = after_user.split(['/', '?']).next().unwrap_or("");
+    let after_address = authority.rsplit_once(']').map_or(authority, |(_, it)| it);
+    !authority.is_empty() && !after_address.contains(':')
+}
+
+/// Why postgres::Config refused the text, in words that never quote it: the library's own
+/// messages can quote an unknown parameter's name or a stray character, which may be part of a
+/// password typed in the wrong place.
+fn parse_error_reason(err: &postgres::Error) -> String {
+    let cause = std::error::Error::source(err)
+        .map(|it| it.to_string())
+        .unwrap_or_default();
+    // `invalid value for option `port``: the name is the library's, not the input's.
+    let option = cause
+        .strip_prefix("invalid value for option `")
+        .and_then(|it| it.strip_suffix('`'))
+        .filter(|it| it.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    match option {
+        Some(option) => format!("invalid {option}"),
+        None if cause.starts_with("unknown option") => {
+            "it has a parameter PostgreSQL does not know".to_string()
+        }
+        None => "it is neither a postgres:// URL nor key=value pairs".to_string(),
+    }
+}
+
+/// The connection settings postgres::Config read that this tool would drop (it keeps only user,
+/// host, port and dbname). A setting given with its default value goes unnoticed: it changes
+/// nothing.
+fn unsupported_settings(parsed: &postgres::Config) -> Vec<&'static str> {
+    let default = postgres::Config::new();
+    [
+        ("options", parsed.get_options().is_some()),
+        ("application_name", parsed.get_application_name().is_some()),
+        ("sslmode", parsed.get_ssl_mode() != default.get_ssl_mode()),
+        (
+            "sslnegotiation",
+            parsed.get_ssl_negotiation() != default.get_ssl_negotiation(),
+        ),
+        ("hostaddr", !parsed.get_hostaddrs().is_empty()),
+        ("connect_timeout", parsed.get_connect_timeout().is_some()),
+        ("tcp_user_timeout", parsed.get_tcp_user_timeout().is_some()),
+        (
+            "keepalives",
+            parsed.get_keepalives() != default.get_keepalives(),
+        ),
+        (
+            "keepalives_idle",
+            parsed.get_keepalives_idle() != default.get_keepalives_idle(),
+        ),
+        (
+            "keepalives_interval",
+            parsed.get_keepalives_interval() != default.get_keepalives_interval(),
+        ),
+        (
+            "keepalives_retries",
+            parsed.get_keepalives_retries() != default.get_keepalives_retries(),
+        ),
+        (
+            "target_session_attrs",
+            parsed.get_target_session_attrs() != default.get_target_session_attrs(),
+        ),
+        (
+            "channel_binding",
+            parsed.get_channel_binding() != default.get_channel_binding(),
+        ),
+        (
+            "load_balance_hosts",
+            parsed.get_load_balance_hosts() != default.get_load_balance_hosts(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect()
 }
 
 /// Database and role names go into SQL as quoted identifiers; we accept only the plain ones.
@@ -256,6 +383,145 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains("secret"));
+    }
+
+    fn refusal(url: &str) -> String {
+        let env = env_of(&[("PGHOST", "envhost"), ("PGUSER", "envuser")]);
+        match PgTarget::from_env_or_url(Some(url), env) {
+            Ok(target) => panic!("{url} accepted as {target}"),
+            Err(err) => format!("{err:#}"),
+        }
+    }
+
+    #[test]
+    fn wrong_scheme_is_refused_without_the_password() {
+        for url in [
+            "mysql://user:secret@host/db",
+            "mysql://user@host/db?password=secret",
+            "http://user:secret@host:xyz/db",
+        ] {
+            let err = refusal(url);
+            assert!(err.contains("must start with postgres://"), "{err}");
+            assert!(!err.contains("secret"), "password echoed: {err}");
+        }
+        assert!(refusal("mysql://user:secret@host/db").contains("not mysql://"));
+        // Not even a scheme: nothing of it is repeated.
+        let err = refusal("user:secret@host://db");
+        assert!(!err.contains("secret"), "password echoed: {err}");
+    }
+
+    #[test]
+    fn passwords_are_refused_in_every_form_without_echo() {
+        for url in [
+            "postgres://bob:secret@h/db",
+            "postgres://bob:se@cret@h/db",
+            "postgres://bob@h/db?password=secret",
+            "postgresql://h/db?sslmode=disable&password=secret",
+            "postgres://bob@h/db?pass%77ord=secret",
+            "host=h user=bob password=secret",
+            "host=h password = 'se cret' dbname=db",
+            // A bad port after the password: parsing fails after the password was read.
+            "postgres://bob:secret@h:xyz/db",
+            "postgres://bob@h:xyz/db?password=secret",
+        ] {
+            let err = refusal(url);
+            assert!(err.contains("must not contain a password"), "{url}: {err}");
+            assert!(
+                !err.contains("secret") && !err.contains("cret"),
+                "{url}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_input() {
+        let err = refusal("postgres://bob@h:xyz/db");
+        assert!(err.contains("invalid port"), "{err}");
+        assert!(!err.contains("xyz"), "{err}");
+        // A password typed where a parameter name goes is not repeated either.
+        for url in [
+            "host=h hunter2=x",
+            "postgres://h/db?hunter2=x",
+            "host=h hunter2 dbname=db",
+        ] {
+            let err = refusal(url);
+            assert!(err.contains("cannot be read"), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn unsupported_settings_and_hosts_are_refused() {
+        let err = refusal("postgres://bob@h/db?sslmode=require");
+        assert!(err.contains("sets sslmode: not supported yet"), "{err}");
+        let err = refusal("host=h application_name=x connect_timeout=3");
+        assert!(
+            err.contains("sets application_name, connect_timeout"),
+            "{err}"
+        );
+        for url in [
+            "postgres://bob@h1,h2/db",
+            "host=h1,h2",
+            "postgres://h1/db?host=h2",
+        ] {
+            let err = refusal(url);
+            assert!(err.contains("only one host is supported"), "{url}: {err}");
+        }
+        let err = refusal("postgres://h:5433/db?port=5434");
+        assert!(err.contains("more than one port"), "{err}");
+    }
+
+    #[test]
+    fn url_parts_override_env_and_parts_left_out_keep_it() {
+        let env = env_of(&[
+            ("PGHOST", "envhost"),
+            ("PGPORT", "6543"),
+            ("PGUSER", "envuser"),
+            ("PGDATABASE", "envdb"),
+        ]);
+        let target = |url: &str| {
+            PgTarget::from_env_or_url(Some(url), &env)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(target("postgres://h"), "postgres://envuser@h:6543/envdb");
+        assert_eq!(target("postgres://h/"), "postgres://envuser@h:6543/envdb");
+        assert_eq!(
+            target("postgresql://bob@h:5433"),
+            "postgres://bob@h:5433/envdb"
+        );
+        assert_eq!(
+            target("postgres:///db2"),
+            "postgres://envuser@envhost:6543/db2"
+        );
+        assert_eq!(
+            target("postgres://bob@[::1]/db2"),
+            "postgres://bob@::1:6543/db2"
+        );
+        assert_eq!(
+            target("postgres://[::1]:5433/db2"),
+            "postgres://envuser@::1:5433/db2"
+        );
+        assert_eq!(target("dbname=db2"), "postgres://envuser@envhost:6543/db2");
+        assert_eq!(
+            target("host=h port=5433 user=bob dbname=db2"),
+            "postgres://bob@h:5433/db2"
+        );
+        assert_eq!(
+            target("postgres://h/db2?port=5433"),
+            "postgres://envuser@h:5433/db2"
+        );
+        assert_eq!(
+            target("postgres://h/db2?user=bob"),
+            "postgres://bob@h:6543/db2"
+        );
+        // Unix socket folders, as a query parameter or percent-encoded in the authority.
+        let socket = |url: &str| PgTarget::from_env_or_url(Some(url), &env).unwrap();
+        let it = socket("postgres:///db2?host=/var/run/postgresql");
+        assert_eq!((it.host.as_str(), it.port), ("/var/run/postgresql", 6543));
+        let it = socket("postgres://bob@%2Fvar%2Frun%2Fpostgresql:5433/db2");
+        assert_eq!((it.host.as_str(), it.port), ("/var/run/postgresql", 5433));
+        assert_eq!(it.user, "bob");
     }
 
     #[test]
