@@ -43,14 +43,16 @@ xflags::xflags! {
             /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).
             optional --cache dir: PathBuf
         }
-        /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically,
-        /// keeping the previous file as settings_local.py.bak).
+        /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically).
+        /// The first file replaced is kept as settings_local.py.orig, the last as .bak, every
+        /// other as .bak-<UTC time>; a SECRET_KEY it cannot read is refused, never replaced.
         cmd switch-settings {
             /// `sqlite` or `postgres`.
             required db: DbKind
             /// The SQLite database, for `sqlite` (default: var/sentry.db).
             optional --sqlite path: PathBuf
-            /// Target as postgres://USER@HOST:PORT/DBNAME (no password here: use PGPASSWORD).
+            /// Target as postgres://USER@HOST:PORT/DBNAME or `host=… dbname=…` (a socket folder
+            /// as host works); no password here: use PGPASSWORD.
             optional --database-url url: String
         }
     }

@@ -624,7 +624,7 @@ impl flags::SwitchSettings {
         let changes = switch(self.db, &config)?;
         let path = config.display_path(&config.settings_local());
         if changes.is_empty() {
-            println!("{path} already points at {:?}: unchanged", self.db);
+            println!("{path} already points at {}: unchanged", self.db);
         } else {
             println!(
                 "{path} now points at {} (mode 0600; previous kept as {path}.bak):",
