@@ -238,26 +238,35 @@ pub fn reset_sequences(client: &mut Client) -> Result<Vec<SequenceState>> {
     let tables = serial_tables(client)?;
     for (table, _) in &tables {
         let quoted = quote_identifier(table);
-        client.query_one(
-            &format!("SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {quoted}"),
-            &[&quoted],
-        )?;
+        client
+            .query_one(
+                &format!("SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {quoted}"),
+                &[&quoted],
+            )
+            .with_context(|| format!("cannot reset the id sequence of table {table}: check the connection and that the role owns the table"))?;
     }
     sequence_states(client, tables)
 }
 
+/// Tables of schema `public` with an `id` column backed by a sequence, with that sequence.
+/// Tables without an `id` column are left out by the catalog query itself, so any error here is
+/// a real one (connection, privileges) and is reported.
 fn serial_tables(client: &mut Client) -> Result<Vec<(String, String)>> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text, pg_get_serial_sequence(format('public.%I', c.relname), 'id') \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'id' AND NOT a.attisdropped \
+             WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+            &[],
+        )
+        .context("cannot list the id sequences of the tables in schema public: check the connection and that the role may call pg_get_serial_sequence")?;
     let mut out = Vec::new();
-    for table in public_tables(client)? {
-        let row = client.query_one(
-            "SELECT pg_get_serial_sequence($1, 'id')",
-            &[&quote_identifier(&table)],
-        );
-        // Tables without an `id` column raise an error; they have no sequence to check.
-        if let Ok(row) = row {
-            if let Some(seq) = row.get::<_, Option<String>>(0) {
-                out.push((table, seq));
-            }
+    for row in rows {
+        // NULL: an `id` column without a sequence (nothing to check or reset).
+        if let Some(seq) = row.get::<_, Option<String>>(1) {
+            out.push((checked_table_name(row.get(0))?, seq));
         }
     }
     Ok(out)
@@ -330,11 +339,21 @@ pub fn orphan_events(client: &mut Client) -> Result<u64> {
 pub fn connect_admin(target: &PgTarget, wait: Duration) -> Result<Client> {
     match connect(target, "postgres", wait) {
         Ok(client) => Ok(client),
-        Err(err) if format!("{err:#}").contains("does not exist") => {
-            connect(target, "template1", wait)
+        Err(err) if is_missing_database(&err) => {
+            connect(target, "template1", wait).with_context(|| {
+                format!("there is no database `postgres` on {target}, and template1 failed too")
+            })
         }
         Err(err) => Err(err),
     }
+}
+
+/// Whether `err` (from [`connect`]) is the server saying the database does not exist
+/// (SQLSTATE 3D000), not a missing role or anything else whose message reads alike.
+fn is_missing_database(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<postgres::Error>()
+        .and_then(|err| err.code())
+        == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME)
 }
 
 #[cfg(test)]
@@ -532,6 +551,114 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(id, 18);
+    }
+
+    #[test]
+    fn tables_without_an_id_are_skipped_and_other_errors_are_reported() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("seqerr");
+        let mut client = db.client();
+        client.batch_execute(FRESH_UPGRADE).unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE sentry_noid (key text); CREATE TABLE sentry_idnoseq (id integer)",
+            )
+            .unwrap();
+        let tables: Vec<_> = sequences(&mut client)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.table)
+            .collect();
+        assert_eq!(tables.len(), 7, "{tables:?}");
+        assert!(
+            !tables
+                .iter()
+                .any(|t| t == "sentry_noid" || t == "sentry_idnoseq"),
+            "{tables:?}"
+        );
+
+        // A role that may not look up sequences: an error, not an empty (passing) check.
+        let role = format!("{}_r", db.name);
+        client
+            .batch_execute(&format!(
+                "REVOKE EXECUTE ON FUNCTION pg_get_serial_sequence(text, text) FROM PUBLIC; \
+                 CREATE ROLE \"{role}\"; SET ROLE \"{role}\""
+            ))
+            .unwrap();
+        for result in [sequences(&mut client), reset_sequences(&mut client)] {
+            let err = format!(
+                "{:#}",
+                result.expect_err("a permission error must be reported")
+            );
+            assert!(
+                err.contains("cannot list the id sequences")
+                    && err.contains("permission denied for function pg_get_serial_sequence"),
+                "{err}"
+            );
+        }
+        client
+            .batch_execute(&format!("RESET ROLE; DROP ROLE \"{role}\""))
+            .unwrap();
+    }
+
+    #[test]
+    fn only_a_missing_database_means_try_template1() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("missing");
+        let fails = |target: &PgTarget, dbname: &str| {
+            connect(target, dbname, Duration::from_millis(300))
+                .err()
+                .expect("must fail")
+        };
+        assert!(is_missing_database(&fails(&superuser(&db), "no_such_db")));
+        // Over the unix socket (trust): "role \"no_such_role\" does not exist", SQLSTATE 28000.
+        let mut no_role = superuser(&db);
+        no_role.host = db.cluster.dir.display().to_string();
+        no_role.user = "no_such_role".into();
+        let err = fails(&no_role, &db.name);
+        assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+        assert!(!is_missing_database(&err), "{err:#}");
+        let wrong_password = target(&db, "postgres", "not-the-password");
+        assert!(!is_missing_database(&fails(&wrong_password, &db.name)));
+        let mut down = superuser(&db);
+        down.port = crate::util::free_port().unwrap();
+        assert!(!is_missing_database(&fails(&down, &db.name)));
+    }
+
+    #[test]
+    fn without_a_postgres_database_admin_connects_to_template1() {
+        if skip() {
+            return;
+        }
+        // A cluster of its own: the shared one keeps its `postgres` database.
+        let scratch = tempfile::tempdir().unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let cluster = crate::pgcluster::PgCluster::start(&sh, scratch.path()).unwrap();
+        let env = cluster.env(&cluster.superuser, &cluster.password, "postgres");
+        let target = PgTarget::from_env_or_url(None, |key| {
+            env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let current = |client: &mut Client| -> String {
+            client
+                .query_one("SELECT current_database()::text", &[])
+                .unwrap()
+                .get(0)
+        };
+        let mut admin = connect_admin(&target, Duration::from_secs(5)).unwrap();
+        assert_eq!(current(&mut admin), "postgres");
+        drop(admin);
+        cluster
+            .client("template1")
+            .unwrap()
+            .batch_execute("DROP DATABASE postgres")
+            .unwrap();
+        let mut admin = connect_admin(&target, Duration::from_secs(5)).unwrap();
+        assert_eq!(current(&mut admin), "template1");
     }
 
     #[test]

@@ -3,13 +3,14 @@
 
 use std::{
     fs,
-    net::TcpListener,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
+
+use crate::util::{free_port, log_tail, text_tail};
 
 /// A running cluster. Superuser `postgres` with `password`, scram over TCP on 127.0.0.1.
 pub struct PgCluster {
@@ -43,22 +44,24 @@ fn find_bindir() -> Result<PathBuf> {
     )
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl PgCluster {
     /// initdb + start in `dir` (created; must be traversable by the `postgres` user when root).
     pub fn start(sh: &Shell, dir: &Path) -> Result<PgCluster> {
+        PgCluster::start_with_options(sh, dir, "")
+    }
+
+    /// [`PgCluster::start`] with extra server options (`-c name=value …`) for `pg_ctl -o`.
+    fn start_with_options(sh: &Shell, dir: &Path, extra_options: &str) -> Result<PgCluster> {
         let bindir = find_bindir()?;
         let run_as_postgres = fs::metadata("/proc/self")?.uid() == 0;
-        fs::create_dir_all(dir)?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the cluster folder {}", dir.display()))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
         let password = format!("pw{}", std::process::id());
         let pwfile = dir.join("pwfile");
         fs::write(&pwfile, &password)?;
         if run_as_postgres {
-            let user = nix_user("postgres")?;
+            let user = server_user("postgres")?;
             std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
             std::os::unix::fs::chown(&pwfile, Some(user.0), Some(user.1))?;
         }
@@ -74,31 +77,54 @@ impl PgCluster {
             run_as_postgres,
             _on_interrupt: None,
         };
-        cluster
+        // The folder (and any log in it) is removed when `cluster` drops on an error, so errors
+        // quote what the programs said instead of naming files.
+        let initdb_out = cluster
             .as_server_user(sh, cmd!(sh, "{initdb} -D {data} -U postgres --auth-local=trust --auth-host=scram-sha-256 --pwfile={pwfile} -E UTF8 --no-sync"))
             .quiet()
-            .ignore_stdout()
-            .run()
-            .context("initdb failed")?;
+            .ignore_status()
+            .output()
+            .context("cannot run initdb")?;
+        if !initdb_out.status.success() {
+            bail!(
+                "initdb failed ({}):\n{}",
+                initdb_out.status,
+                text_tail(&String::from_utf8_lossy(&initdb_out.stderr), 20)
+            );
+        }
         fs::remove_file(&pwfile)?;
         cluster.port = free_port()?;
         let pg_ctl = cluster.bindir.join("pg_ctl");
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off {extra_options}",
             cluster.port,
             dir.display()
         );
-        let log = dir.join("server.log");
-        cluster
+        let log = cluster.log();
+        let started = cluster
             .as_server_user(
                 sh,
                 cmd!(sh, "{pg_ctl} -D {data} -l {log} -o {opts} -w start"),
             )
             .quiet()
-            .ignore_stdout()
-            .run()
-            .with_context(|| format!("pg_ctl start failed: see {}", log.display()))?;
+            .ignore_status()
+            .output()
+            .context("cannot run pg_ctl start")?;
+        if !started.status.success() {
+            bail!(
+                "PostgreSQL did not start on port {} (pg_ctl start: {}):\n{}\nlast lines of its log:\n{}",
+                cluster.port,
+                started.status,
+                text_tail(&String::from_utf8_lossy(&started.stderr), 10),
+                log_tail(&log, 20)
+            );
+        }
         Ok(cluster)
+    }
+
+    /// The server's log (inside `dir`: gone once the cluster is dropped).
+    fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
     }
 
     fn as_server_user<'a>(&self, sh: &'a Shell, inner: xshell::Cmd<'a>) -> xshell::Cmd<'a> {
@@ -148,6 +174,8 @@ impl PgCluster {
     }
 
     /// A superuser connection over TCP with the password.
+    /// If the server is gone, the error quotes the end of its log (the folder with the log is
+    /// removed when the cluster is dropped).
     pub fn client(&self, dbname: &str) -> Result<postgres::Client> {
         postgres::Config::new()
             .host("127.0.0.1")
@@ -157,10 +185,18 @@ impl PgCluster {
             .dbname(dbname)
             .connect(postgres::NoTls)
             .with_context(|| {
-                format!(
-                    "cannot connect to the throwaway cluster on port {}",
-                    self.port
-                )
+                if self.is_running() {
+                    format!(
+                        "cannot connect to the throwaway cluster on port {}",
+                        self.port
+                    )
+                } else {
+                    format!(
+                        "the throwaway cluster's server on port {} is not running; last lines of its log:\n{}\ncannot connect to it",
+                        self.port,
+                        log_tail(&self.log(), 20)
+                    )
+                }
             })
     }
 
@@ -177,7 +213,8 @@ impl PgCluster {
     }
 
     pub fn stop(&self) -> Result<()> {
-        if self.postmaster_pid().is_none() {
+        // A server that died leaves its postmaster.pid behind: nothing to stop then.
+        if !self.is_running() {
             return Ok(());
         }
         let sh = Shell::new()?;
@@ -210,16 +247,12 @@ impl Drop for PgCluster {
     }
 }
 
-/// uid and gid of a system user, from /etc/passwd.
-fn nix_user(name: &str) -> Result<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd")?;
-    for line in passwd.lines() {
-        let fields: Vec<_> = line.split(':').collect();
-        if fields.len() > 3 && fields[0] == name {
-            return Ok((fields[2].parse()?, fields[3].parse()?));
-        }
-    }
-    bail!("no `{name}` user on this machine: PostgreSQL refuses to run as root; create the user (apt-get install postgresql does)")
+/// uid and gid of the system user the server runs as (the user database: /etc/passwd, NSS).
+fn server_user(name: &str) -> Result<(u32, u32)> {
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("cannot look up the system user `{name}`: check /etc/nsswitch.conf and /etc/passwd"))?
+        .with_context(|| format!("no `{name}` user on this machine: PostgreSQL refuses to run as root; create the user (apt-get install postgresql does)"))?;
+    Ok((user.uid.as_raw(), user.gid.as_raw()))
 }
 
 /// Test support: one cluster per test process while any test uses it, one database per test
@@ -305,16 +338,74 @@ pub mod testing {
             *pid = cluster.postmaster_pid().unwrap();
             anyhow::bail!("a later step failed")
         }
-        let dir =
-            std::env::temp_dir().join(format!("sentry-migrate-pg-fail-{}", std::process::id()));
+        // `start` opens the folder to the `postgres` user (tempdir makes it 0700).
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let mut pid = 0;
-        assert!(failing_step(&dir, &mut pid).is_err());
+        assert!(failing_step(dir, &mut pid).is_err());
         assert!(pid > 0);
         assert!(
             !crate::util::process_alive(pid),
             "postmaster {pid} still running after a failure"
         );
         assert!(!dir.exists(), "the cluster folder is removed");
+    }
+
+    #[test]
+    fn a_server_that_cannot_start_is_reported_with_its_log() {
+        if skip() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let err = PgCluster::start_with_options(&sh, scratch.path(), "-c shared_buffers=bogus")
+            .err()
+            .expect("a bad server option must fail the start");
+        let message = format!("{err:#}");
+        assert!(
+            message.contains("PostgreSQL did not start")
+                && message.contains("| ")
+                && message.contains("shared_buffers"),
+            "the error quotes the server's log: {message}"
+        );
+        assert!(
+            !scratch.path().exists(),
+            "the folder (with the log) is removed, so the error must not just name it"
+        );
+    }
+
+    #[test]
+    fn a_server_that_died_is_reported_with_its_log() {
+        if skip() {
+            return;
+        }
+        let scratch = tempfile::tempdir().unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let cluster = PgCluster::start(&sh, scratch.path()).unwrap();
+        let pid = cluster.postmaster_pid().unwrap();
+        // SIGQUIT: the postmaster's immediate shutdown, as if someone pulled the plug.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGQUIT,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while cluster.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!cluster.is_running(), "postmaster {pid} ignored SIGQUIT");
+        let message = format!("{:#}", cluster.client("postgres").err().unwrap());
+        assert!(
+            message.contains("is not running; last lines of its log")
+                && message.contains("| ")
+                && message.contains("immediate shutdown request"),
+            "the error quotes the server's log: {message}"
+        );
+        drop(cluster);
+        assert!(
+            !scratch.path().exists(),
+            "a dead cluster's folder is removed"
+        );
     }
 
     impl PgCluster {

@@ -126,9 +126,8 @@ mod version_tests {
 
     #[test]
     fn reads_the_sentry_egg_from_the_script() {
-        let dir = std::env::temp_dir().join(format!("sentry-version-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let script = dir.join("sentry");
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("sentry");
         fs::write(&script, "#!/x/bin/python\nimport sys\nsys.path[0:0] = [\n  '/srv/eggs/sentry-4.10.0-py2.7.egg',\n  '/srv/eggs/Django-1.4.22-py2.7.egg',\n]\n").unwrap();
         assert_eq!(installed_version(&script).as_deref(), Some("4.10.0"));
         fs::write(
@@ -139,6 +138,5 @@ mod version_tests {
         assert_eq!(installed_version(&script).as_deref(), Some("6.4.4"));
         fs::write(&script, "sys.path[0:0] = ['/srv/src/sentry']").unwrap();
         assert_eq!(installed_version(&script), None);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -32,14 +32,10 @@ pub fn check_integrity(path: &Path, full: bool) -> Result<()> {
     } else {
         "PRAGMA quick_check"
     };
-    let mut stmt = conn
+    let lines: Vec<String> = conn
         .prepare(pragma)
-        .map_err(|err| not_a_database(path, err))?;
-    let lines: Vec<String> = stmt
-        .query_map([], |row| row.get(0))
-        .map_err(|err| not_a_database(path, err))?
-        .collect::<Result<_, _>>()
-        .map_err(|err| not_a_database(path, err))?;
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .with_context(|| not_a_database(path))?;
     if lines != ["ok"] {
         bail!(
             "{} is corrupt ({pragma} says: {}): restore it from a backup before migrating",
@@ -50,9 +46,9 @@ pub fn check_integrity(path: &Path, full: bool) -> Result<()> {
     Ok(())
 }
 
-fn not_a_database(path: &Path, err: rusqlite::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{} is not a readable SQLite database ({err}): check --sqlite",
+fn not_a_database(path: &Path) -> String {
+    format!(
+        "{} is not a readable SQLite database: check --sqlite",
         path.display()
     )
 }
@@ -67,7 +63,7 @@ pub struct SentryDb {
 /// Refuses anything but a Sentry 4 database: sentry tables and South history up to 0062.
 pub fn check_sentry4(path: &Path) -> Result<SentryDb> {
     let conn = open_read_only(path)?;
-    let tables = table_names(&conn).map_err(|err| not_a_database(path, err))?;
+    let tables = table_names(&conn).with_context(|| not_a_database(path))?;
     for required in [
         "sentry_project",
         "sentry_groupedmessage",
@@ -83,9 +79,14 @@ pub fn check_sentry4(path: &Path) -> Result<SentryDb> {
         }
     }
     let migrations: Vec<String> = conn
-        .prepare("SELECT migration FROM south_migrationhistory WHERE app_name = 'sentry'")?
-        .query_map([], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
+        .prepare("SELECT migration FROM south_migrationhistory WHERE app_name = 'sentry'")
+        .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+        .with_context(|| {
+            format!(
+                "cannot read table south_migrationhistory of {}: is it a Sentry 4 database? check --sqlite",
+                path.display()
+            )
+        })?;
     let latest = migrations
         .iter()
         .filter_map(|name| name.get(..4).and_then(|num| num.parse::<u32>().ok()))
@@ -114,12 +115,60 @@ fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 pub fn table_counts(path: &Path) -> Result<BTreeMap<String, u64>> {
     let conn = open_read_only(path)?;
     let mut counts = BTreeMap::new();
-    for table in table_names(&conn)? {
+    for table in table_names(&conn).with_context(|| not_a_database(path))? {
         let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-        let rows: i64 = conn.query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| {
-            row.get(0)
-        })?;
+        let rows: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| {
+                row.get(0)
+            })
+            .with_context(|| {
+                format!(
+                    "cannot count the rows of table {table} in {}: check the database with `PRAGMA integrity_check` (sqlite3)",
+                    path.display()
+                )
+            })?;
         counts.insert(table, rows as u64);
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_database_and_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
+        for err in [
+            table_counts(&garbage).unwrap_err(),
+            check_sentry4(&garbage).unwrap_err(),
+            check_integrity(&garbage, false).unwrap_err(),
+        ] {
+            let err = format!("{err:#}");
+            assert!(
+                err.contains(&garbage.display().to_string()) && err.contains("not a database"),
+                "{err}"
+            );
+        }
+
+        // A table SQLite lists but cannot read: a virtual table of a module this build lacks.
+        let broken = dir.path().join("broken.db");
+        let conn = Connection::open(&broken).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sentry_project (id integer PRIMARY KEY);
+             PRAGMA writable_schema = ON;
+             INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql)
+             VALUES ('table', 'sentry_lost', 'sentry_lost', 0,
+                     'CREATE VIRTUAL TABLE sentry_lost USING no_such_module(x)');",
+        )
+        .unwrap();
+        drop(conn);
+        let err = format!("{:#}", table_counts(&broken).unwrap_err());
+        assert!(
+            err.contains("table sentry_lost") && err.contains(&broken.display().to_string()),
+            "{err}"
+        );
+    }
 }

@@ -1,8 +1,10 @@
-//! Small helpers shared by the tasks: hashing, atomic writes, timestamps, durations.
+//! Small helpers shared by the tasks: hashing, atomic writes, timestamps, durations, log tails,
+//! free ports and free disk space.
 
 use std::{
     fs,
     io::{Read, Write},
+    net::TcpListener,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -57,26 +59,56 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `2026-11-25T18:03:09Z` for a unix time.
+/// `2026-11-25T18:03:09Z` for a unix time (`unix time N` past year 9999, which jiff does not
+/// represent).
 pub fn utc_timestamp(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    i64::try_from(secs)
+        .ok()
+        .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| format!("unix time {secs}"))
+}
+
+/// The last `lines` lines of the file at `path`, each prefixed `    | ` (empty if unreadable),
+/// for quoting a log in an error message.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    text_tail(&fs::read_to_string(path).unwrap_or_default(), lines)
+}
+
+/// The last `lines` lines of `text`, each prefixed `    | ` (a program's captured output).
+pub fn text_tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| format!("    | {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .context("cannot bind a free port on 127.0.0.1: is the loopback interface up?")?;
+    Ok(listener
+        .local_addr()
+        .context("cannot read the address of a bound port on 127.0.0.1")?
+        .port())
+}
+
+/// Bytes an unprivileged user may still write on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).with_context(|| {
+        format!(
+            "cannot read the free space of {} (statvfs): check that the folder exists",
+            dir.display()
+        )
+    })?;
+    #[allow(clippy::useless_conversion)] // the libc types differ between platforms
+    let (blocks, fragment) = (
+        u64::from(stat.blocks_available()),
+        u64::from(stat.fragment_size()),
+    );
+    Ok(blocks.saturating_mul(fragment))
 }
 
 pub fn human_duration(duration: Duration) -> String {
@@ -225,5 +257,52 @@ mod tests {
         assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc_timestamp(1_795_629_789), "2026-11-25T18:03:09Z");
         assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(u64::MAX), format!("unix time {}", u64::MAX));
+    }
+
+    #[test]
+    fn log_tail_quotes_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        fs::write(&log, "one\ntwo\nthree\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "    | two\n    | three");
+        assert_eq!(log_tail(&log, 10), "    | one\n    | two\n    | three");
+        assert_eq!(log_tail(&dir.path().join("missing.log"), 5), "");
+    }
+
+    #[test]
+    fn a_free_port_can_be_bound() {
+        let port = free_port().unwrap();
+        assert_ne!(port, 0);
+        TcpListener::bind(("127.0.0.1", port)).unwrap();
+    }
+
+    #[test]
+    fn free_bytes_of_a_folder_and_an_error_naming_a_missing_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        // What df reports for the same folder, in KiB (POSIX format).
+        let df = std::process::Command::new("df")
+            .arg("-Pk")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let df = String::from_utf8(df.stdout).unwrap();
+        let available_kib: u64 = df
+            .lines()
+            .nth(1)
+            .and_then(|line| line.split_whitespace().nth(3))
+            .and_then(|it| it.parse().ok())
+            .unwrap();
+        let df_bytes = available_kib * 1024;
+        // Other writers may change the number between the two readings.
+        assert!(
+            free.abs_diff(df_bytes) < 256 << 20,
+            "statvfs {free} vs df {df_bytes}"
+        );
+
+        let missing = dir.path().join("no-such-folder");
+        let err = format!("{:#}", free_bytes(&missing).unwrap_err());
+        assert!(err.contains(&missing.display().to_string()), "{err}");
     }
 }

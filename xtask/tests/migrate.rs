@@ -7,12 +7,10 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::{AtomicUsize, Ordering},
 };
 
 use xtask::pgcluster::testing::{skip, TestDb};
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// Processes a test started to hold the SQLite db open; killed and reaped by the test.
 static HOLDERS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
 
@@ -21,16 +19,17 @@ struct Repo {
     root: PathBuf,
     db: TestDb,
     target: String,
+    /// Removes `root` when the test ends.
+    _scratch: tempfile::TempDir,
 }
 
 impl Repo {
     fn new(tag: &str) -> Repo {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let root = std::env::temp_dir().join(format!(
-            "sentry-migrate-repo-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&root);
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("sentry-migrate-repo-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let root = scratch.path().to_path_buf();
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         for dir in [
             "bin",
@@ -61,7 +60,12 @@ impl Repo {
         let db = TestDb::new(tag);
         // The database the migration creates: unique per test, dropped with `db`.
         let target = format!("{}_target", db.name);
-        Repo { root, db, target }
+        Repo {
+            root,
+            db,
+            target,
+            _scratch: scratch,
+        }
     }
 
     fn xtask(&self, args: &[&str], fail: Option<&str>) -> Output {
@@ -120,7 +124,6 @@ impl Drop for Repo {
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.target
         ));
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 

@@ -34,13 +34,7 @@ pub(crate) fn log_run(cmd: Cmd<'_>, log: &Path) -> Result<String> {
     file.write_all(&output.stdout)?;
     file.write_all(&output.stderr)?;
     if !output.status.success() {
-        let text = fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(15)..]
-            .iter()
-            .map(|l| format!("    | {l}"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tail = util::log_tail(log, 15);
         bail!(
             "`{shown}` failed ({}); log {}:\n{tail}",
             output.status,
@@ -58,12 +52,6 @@ fn default_cache() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     home.join(".cache/sentry-migrate")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// The scratch folder: removed at the end unless `--keep`, kept after a failure for its logs.
@@ -408,16 +396,25 @@ fn send_events(
 
 /// Events per project in the Sentry 4 SQLite db.
 fn stored_events(root: &Path) -> Result<BTreeMap<i64, u64>> {
-    let conn = rusqlite::Connection::open_with_flags(
-        root.join("var/sentry.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )?;
-    let mut stmt =
-        conn.prepare("SELECT project_id, count(*) FROM sentry_message GROUP BY project_id")?;
-    let rows = stmt.query_map([], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64))
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let path = root.join("var/sentry.db");
+    let count = || -> rusqlite::Result<BTreeMap<i64, u64>> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        let mut stmt =
+            conn.prepare("SELECT project_id, count(*) FROM sentry_message GROUP BY project_id")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)? as u64))
+        })?;
+        rows.collect()
+    };
+    count().with_context(|| {
+        format!(
+            "cannot count the events per project in table sentry_message of {}: did the Sentry 4 install (bin/sentry upgrade) complete?",
+            path.display()
+        )
+    })
 }
 
 fn dsn_list(value: &serde_json::Value) -> Result<Vec<(i64, String)>> {
@@ -460,7 +457,7 @@ fn seed_sentry4(
         ),
         &log,
     )?;
-    let port = free_port()?;
+    let port = util::free_port()?;
     let accounts = seed(sh, &log, "accounts", port)?;
     let dsns = dsn_list(&accounts)?;
     let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
@@ -539,7 +536,7 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
     )
     .context("the in-place upgrade to Sentry 4.10 failed")?;
     let before: u64 = stored_events(root)?.values().sum();
-    let port = free_port()?;
+    let port = util::free_port()?;
     let more = seed(sh, &log, "more", port)?;
     let urls: Vec<String> = dsn_list(&more)?.into_iter().map(|(_, dsn)| dsn).collect();
     let stored = send_events(
@@ -598,7 +595,7 @@ fn prove_sentry6(
     let max_project = max_id(&mut client, "sentry_project")?;
     let state_path = root.join("prove-state.json");
     fs::write(&state_path, serde_json::to_string(&seeded.state)?)?;
-    let port = free_port()?;
+    let port = util::free_port()?;
     let facts = {
         let _server = sentry6_server(sh, port, &logs.join("sentry6-web.log"))?;
         let base = format!("http://127.0.0.1:{port}");

@@ -11,6 +11,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use nix::{
+    sys::signal::{killpg, Signal},
+    unistd::Pid,
+};
+
+use crate::util::log_tail;
 
 pub struct Server {
     name: String,
@@ -40,7 +46,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         let pgid = child.id();
-        let on_interrupt = crate::util::on_interrupt(move || signal_group(pgid, "KILL"));
+        let on_interrupt = crate::util::on_interrupt(move || signal_group(pgid, Signal::SIGKILL));
         let mut server = Server {
             name: name.to_string(),
             child: Some(child),
@@ -61,7 +67,7 @@ impl Server {
                 bail!(
                     "{name} exited ({status}) before listening on {addr}; last lines of {}:\n{}",
                     log.display(),
-                    tail(log)
+                    log_tail(log, 15)
                 );
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -70,7 +76,7 @@ impl Server {
             "{name} did not listen on {addr} within {}s; see {}:\n{}",
             wait.as_secs(),
             log.display(),
-            tail(log)
+            log_tail(log, 15)
         )
     }
 
@@ -79,13 +85,13 @@ impl Server {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        signal_group(self.pgid, "TERM");
+        signal_group(self.pgid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline && (child.try_wait()?.is_none() || group_alive(self.pgid)) {
             std::thread::sleep(Duration::from_millis(100));
         }
         if group_alive(self.pgid) || child.try_wait()?.is_none() {
-            signal_group(self.pgid, "KILL");
+            signal_group(self.pgid, Signal::SIGKILL);
             let _ = child.wait();
         }
         if group_alive(self.pgid) {
@@ -112,12 +118,12 @@ impl Drop for Server {
     }
 }
 
-fn signal_group(pgid: u32, signal: &str) {
-    // `kill -SIG -- -PGID` signals every process of the group; no shell involved.
-    let _ = std::process::Command::new("kill")
-        .args([format!("-{signal}"), "--".to_string(), format!("-{pgid}")])
-        .stderr(Stdio::null())
-        .status();
+/// Signals every process of group `pgid`. A group that is already gone (ESRCH) is what
+/// stopping wants; `stop` checks the outcome with `group_alive` either way.
+fn signal_group(pgid: u32, signal: Signal) {
+    if let Ok(pgid) = i32::try_from(pgid) {
+        let _ = killpg(Pid::from_raw(pgid), signal);
+    }
 }
 
 /// Whether any live (non-zombie) process is in process group `pgid`.
@@ -127,27 +133,9 @@ pub fn group_alive(pgid: u32) -> bool {
         .any(|process| process.pgrp == pgid)
 }
 
-fn tail(log: &Path) -> String {
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..]
-        .iter()
-        .map(|l| format!("    | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
 
     /// A server with a child process of its own, like gunicorn's master and workers.
     fn forking_server(port: u16) -> std::process::Command {
@@ -181,13 +169,13 @@ mod tests {
 
     #[test]
     fn a_failure_stops_the_server_and_its_children() {
-        let dir = std::env::temp_dir().join(format!("server-test-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let log = dir.join("server.log");
-        let port = free_port();
+        let port = crate::util::free_port().unwrap();
         let mut command = forking_server(port);
         // Start once directly to prove it listens and stops cleanly.
-        command.current_dir(&dir);
+        command.current_dir(dir);
         let mut server =
             Server::start("test server", command, port, &log, Duration::from_secs(20)).unwrap();
         assert!(group_alive(server.pgid()));
@@ -196,7 +184,7 @@ mod tests {
         assert!(!group_alive(pgid), "server and child gone after stop");
 
         // Now inside a step that fails: the error path drops the server, which stops the group.
-        let err = failing_step_with_a_server(&log, free_port()).unwrap_err();
+        let err = failing_step_with_a_server(&log, crate::util::free_port().unwrap()).unwrap_err();
         assert!(err.to_string().contains("a later step failed"));
         let pgid = PGID.with(|cell| cell.get());
         assert!(pgid > 0);
@@ -204,15 +192,13 @@ mod tests {
             !group_alive(pgid),
             "process group {pgid} left running after a failure"
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn an_interrupt_stops_running_servers() {
-        let dir =
-            std::env::temp_dir().join(format!("server-test-interrupt-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let port = free_port();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
+        let port = crate::util::free_port().unwrap();
         let server = Server::start(
             "test server",
             forking_server(port),
@@ -235,13 +221,12 @@ mod tests {
             "server and its child gone after the interrupt hooks ran"
         );
         drop(server);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_server_that_dies_is_reported_with_its_log() {
-        let dir = std::env::temp_dir().join(format!("server-test-dies-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let log = dir.join("server.log");
         let mut command = std::process::Command::new("python3");
         command.args([
@@ -251,7 +236,7 @@ mod tests {
         let err = Server::start(
             "Sentry 4",
             command,
-            free_port(),
+            crate::util::free_port().unwrap(),
             &log,
             Duration::from_secs(20),
         )
@@ -266,6 +251,5 @@ mod tests {
             message.contains("ImportError: no module named sentry"),
             "{message}"
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
