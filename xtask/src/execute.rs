@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use crate::{
     config::Config,
@@ -285,7 +285,7 @@ type Outputs = BTreeMap<String, String>;
 impl StepRunner<'_> {
     fn run(&mut self, step: &Step) -> Result<Outputs> {
         match &step.action {
-            Action::Preflight => self.preflight().map(|()| Outputs::new()),
+            Action::Preflight(limits) => self.preflight(limits).map(|()| Outputs::new()),
             Action::BackupSqlite => self.backup(),
             Action::Buildout(command) => {
                 self.ensure_sentry_stopped()?;
@@ -299,15 +299,21 @@ impl StepRunner<'_> {
                 self.run_command(command)
             }
             Action::VerifyDumps => self.verify_dumps().map(|()| Outputs::new()),
-            Action::PgCreateDatabase => self.create_database().map(|()| Outputs::new()),
-            Action::PgClearGeneratedRows => {
+            Action::PgCreateDatabase { create_sql } => {
+                self.create_database(create_sql).map(|()| Outputs::new())
+            }
+            Action::PgClearGeneratedRows {
+                demo_project,
+                truncate_sql,
+            } => {
                 let mut client = self.target_client()?;
-                self.journal.cleared_rows = pg::clear_generated_rows(&mut client)?;
+                self.journal.cleared_rows =
+                    pg::clear_generated_rows(&mut client, demo_project, truncate_sql)?;
                 Ok(Outputs::new())
             }
-            Action::PgAbstimeShim => {
+            Action::PgAbstimeShim { sql } => {
                 let mut client = self.target_client()?;
-                let outcome = pg::install_abstime_shim(&mut client)?;
+                let outcome = pg::install_abstime_shim(&mut client, sql)?;
                 self.journal.shim = Some(match outcome {
                     pg::ShimOutcome::NotNeeded { version } => {
                         format!("not needed (server_version_num {version} < 120000)")
@@ -317,7 +323,12 @@ impl StepRunner<'_> {
                 });
                 Ok(Outputs::new())
             }
-            Action::PgLoad(command) => self.load(step, command).map(|()| Outputs::new()),
+            Action::PgLoad {
+                command,
+                reset_sequence_sql,
+            } => self
+                .load(step, command, reset_sequence_sql)
+                .map(|()| Outputs::new()),
             Action::VerifyPostgres => self.verify_postgres().map(|()| Outputs::new()),
             Action::VerifySentry6 => self.verify_sentry6().map(|()| Outputs::new()),
         }
@@ -331,7 +342,7 @@ impl StepRunner<'_> {
         )
     }
 
-    fn preflight(&mut self) -> Result<()> {
+    fn preflight(&mut self, limits: &plan::Limits) -> Result<()> {
         let config = self.config;
         let mut problems: Vec<String> = Vec::new();
         if !config.bin("buildout").exists() {
@@ -354,7 +365,9 @@ impl StepRunner<'_> {
             }
         }
         let db = &config.sqlite_path;
-        match sqlite::check_integrity(db, false).and_then(|()| sqlite::check_sentry4(db)) {
+        match sqlite::check_integrity(db, false)
+            .and_then(|()| sqlite::check_sentry4(db, limits.last_sentry4_migration))
+        {
             Ok(info) => {
                 let _ = writeln!(
                     self.log()?,
@@ -383,14 +396,18 @@ impl StepRunner<'_> {
         if let Ok(meta) = fs::metadata(db) {
             let size = meta.len();
             for (dir, need, what) in [
-                (config.dumps_dir(), size * 3, "the dumps"),
+                (
+                    config.dumps_dir(),
+                    size * limits.dump_space_factor,
+                    "the dumps",
+                ),
                 (
                     db.parent().unwrap_or(Path::new(".")).to_path_buf(),
                     size,
                     "the backup",
                 ),
             ] {
-                match free_bytes(self.sh, &dir) {
+                match util::free_bytes(&dir) {
                     Ok(free) if free < need => problems.push(format!(
                         "{} has {} free, {what} need about {}: free some space",
                         dir.display(),
@@ -587,7 +604,7 @@ impl StepRunner<'_> {
             bail!(
                 "`{}` exited with {status}; last lines of its log:\n{}",
                 command.render(),
-                tail(self.log_path, 15)
+                util::log_tail(self.log_path, 15)
             );
         }
         let mut outputs = Outputs::new();
@@ -705,12 +722,12 @@ impl StepRunner<'_> {
         Ok(())
     }
 
-    fn create_database(&mut self) -> Result<()> {
+    fn create_database(&mut self, create_sql: &str) -> Result<()> {
         let target = &self.config.pg;
         let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
         let mut log = self.log()?;
         if !pg::database_exists(&mut admin, &target.dbname)? {
-            pg::create_database(&mut admin, &target.dbname)?;
+            pg::create_database(&mut admin, create_sql, &target.dbname)?;
             self.journal.created_database = true;
             writeln!(log, "created database {}", target.dbname)?;
             return Ok(());
@@ -727,7 +744,7 @@ impl StepRunner<'_> {
         if self.journal.created_database {
             writeln!(log, "database {} was created by an earlier run of this migration and is not empty: recreating it", target.dbname)?;
             pg::drop_database(&mut admin, &target.dbname)?;
-            pg::create_database(&mut admin, &target.dbname)?;
+            pg::create_database(&mut admin, create_sql, &target.dbname)?;
             return Ok(());
         }
         bail!(
@@ -741,7 +758,7 @@ impl StepRunner<'_> {
         )
     }
 
-    fn load(&mut self, step: &Step, command: &Command) -> Result<()> {
+    fn load(&mut self, step: &Step, command: &Command, reset_sequence_sql: &str) -> Result<()> {
         let expected = self.journal.dump_objects;
         ensure!(
             self.journal.is_done(StepId::VerifyDumps),
@@ -775,7 +792,7 @@ impl StepRunner<'_> {
         log.read_to_string(&mut output)?;
         let summary = sentry::check_loaddata_output(&output, expected, 2)?;
         self.journal.loaddata_summary = Some(summary);
-        let sequences = pg::reset_sequences(&mut client)?;
+        let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
         let _ = writeln!(self.log()?, "sequences reset: {}", sequences.len());
         Ok(())
     }
@@ -797,7 +814,7 @@ impl StepRunner<'_> {
         let sequences = pg::sequences(&mut client)?;
         let behind: Vec<String> = sequences
             .iter()
-            .filter(|s| s.next_value <= s.max_id)
+            .filter(|s| s.is_behind())
             .map(|s| format!("{} (next {}, max(id) {})", s.table, s.next_value, s.max_id))
             .collect();
         self.journal.sequences = sequences;
@@ -839,30 +856,9 @@ impl StepRunner<'_> {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..]
-        .iter()
-        .map(|line| format!("    | {line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// The cause first, then what to do about it.
 fn with_remedy<T>(result: Result<T>, remedy: String) -> Result<T> {
     result.map_err(|cause| anyhow!("{cause:#}; {remedy}"))
-}
-
-fn free_bytes(sh: &Shell, dir: &Path) -> Result<u64> {
-    let out = cmd!(sh, "df -Pk {dir}").quiet().read()?;
-    let available = out
-        .lines()
-        .nth(1)
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .ok_or_else(|| anyhow!("cannot read `df -Pk` output: {out}"))?;
-    Ok(available * 1024)
 }
 
 fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {

@@ -13,11 +13,17 @@ use crate::config::{quote_identifier, PgTarget};
 
 pub const DEMO_PROJECT_NAME: &str = "Sentry (Internal)";
 
-pub const CLEAR_SQL_TEMPLATE: &str =
-    "BEGIN; TRUNCATE TABLE <every table in schema public> RESTART IDENTITY CASCADE; COMMIT";
+/// What `pg-clear-generated-rows` runs, in one transaction; `{tables}` is every table in
+/// schema public, quoted.
+pub const TRUNCATE_SQL: &str = "TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE";
 
+/// What `pg-load` runs after the load for every table with an `id` sequence; `{table}` and `$1`
+/// are the table's quoted name.
 pub const RESET_SEQUENCE_SQL: &str =
-    "SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM <table> (every table with a serial id)";
+    "SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}";
+
+/// Asked in the maintenance database before creating the target.
+pub const DATABASE_EXISTS_SQL: &str = "SELECT 1 FROM pg_database WHERE datname = $1";
 
 /// PostgreSQL 12 removed `abstime`; Sentry 4.10 and 6.4 compute a group's score with
 /// `last_seen::abstime::int`. These make that expression work again (epoch seconds).
@@ -90,13 +96,14 @@ pub fn server_version_num(client: &mut Client) -> Result<i32> {
 }
 
 pub fn database_exists(admin: &mut Client, dbname: &str) -> Result<bool> {
-    let rows = admin.query("SELECT 1 FROM pg_database WHERE datname = $1", &[&dbname])?;
+    let rows = admin.query(DATABASE_EXISTS_SQL, &[&dbname])?;
     Ok(!rows.is_empty())
 }
 
-pub fn create_database(admin: &mut Client, dbname: &str) -> Result<()> {
+/// Runs `create_sql` (from [`create_database_sql`], carried by the plan) for `dbname`.
+pub fn create_database(admin: &mut Client, create_sql: &str, dbname: &str) -> Result<()> {
     admin
-        .batch_execute(&create_database_sql(dbname))
+        .batch_execute(create_sql)
         .with_context(|| format!("cannot create database `{dbname}`: the role needs CREATEDB, or create it as a DBA and re-run"))
 }
 
@@ -154,7 +161,11 @@ pub fn is_superuser(client: &mut Client) -> Result<bool> {
 }
 
 /// Rows `sentry upgrade` put into a fresh database; refuses anything that looks like real data.
-pub fn clear_generated_rows(client: &mut Client) -> Result<BTreeMap<String, u64>> {
+pub fn clear_generated_rows(
+    client: &mut Client,
+    demo_project: &str,
+    truncate_sql: &str,
+) -> Result<BTreeMap<String, u64>> {
     let before = table_counts(client)?;
     let projects: Vec<String> = client
         .query("SELECT name::text FROM sentry_project ORDER BY id", &[])
@@ -164,7 +175,7 @@ pub fn clear_generated_rows(client: &mut Client) -> Result<BTreeMap<String, u64>
         .collect();
     let others: Vec<_> = projects
         .iter()
-        .filter(|name| *name != DEMO_PROJECT_NAME)
+        .filter(|name| *name != demo_project)
         .collect();
     if !others.is_empty() {
         bail!(
@@ -179,10 +190,7 @@ pub fn clear_generated_rows(client: &mut Client) -> Result<BTreeMap<String, u64>
     }
     let tables: Vec<String> = before.keys().map(|it| quote_identifier(it)).collect();
     let mut tx = client.transaction()?;
-    tx.batch_execute(&format!(
-        "TRUNCATE TABLE {} RESTART IDENTITY CASCADE",
-        tables.join(", ")
-    ))?;
+    tx.batch_execute(&truncate_sql.replace("{tables}", &tables.join(", ")))?;
     tx.commit()?;
     Ok(before.into_iter().filter(|(_, rows)| *rows > 0).collect())
 }
@@ -195,7 +203,8 @@ pub enum ShimOutcome {
     Installed,
 }
 
-pub fn install_abstime_shim(client: &mut Client) -> Result<ShimOutcome> {
+/// Runs `shim_sql` (the plan carries [`ABSTIME_SHIM_SQL`]) in one transaction as a superuser.
+pub fn install_abstime_shim(client: &mut Client, shim_sql: &[&str]) -> Result<ShimOutcome> {
     let version = server_version_num(client)?;
     if version < 120000 {
         return Ok(ShimOutcome::NotNeeded { version });
@@ -211,13 +220,13 @@ pub fn install_abstime_shim(client: &mut Client) -> Result<ShimOutcome> {
         bail!(
             "PostgreSQL {} removed the type `abstime`, which Sentry 4 and 6 use to score every new \
              event (without it new events are silently dropped). Creating a cast needs a superuser: \
-             ask a DBA to run, in database `{dbname}`:\n  {};\nthen re-run `cargo xtask migrate`",
+             ask a DBA to run, in database `{dbname}`:\n  {};\nthen resume",
             version / 10000,
-            ABSTIME_SHIM_SQL.join(";\n  ")
+            shim_sql.join(";\n  ")
         );
     }
     let mut tx = client.transaction()?;
-    for sql in ABSTIME_SHIM_SQL {
+    for sql in shim_sql {
         tx.batch_execute(sql)
             .with_context(|| format!("abstime shim: `{sql}` failed"))?;
     }
@@ -233,14 +242,21 @@ pub struct SequenceState {
     pub next_value: i64,
 }
 
+impl SequenceState {
+    /// The next id it hands out would collide with a loaded row.
+    pub fn is_behind(&self) -> bool {
+        self.next_value <= self.max_id
+    }
+}
+
 /// Sets every `id` sequence past its table's max(id), then reads them back.
-pub fn reset_sequences(client: &mut Client) -> Result<Vec<SequenceState>> {
+pub fn reset_sequences(client: &mut Client, reset_sql: &str) -> Result<Vec<SequenceState>> {
     let tables = serial_tables(client)?;
     for (table, _) in &tables {
         let quoted = quote_identifier(table);
         client
             .query_one(
-                &format!("SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {quoted}"),
+                &reset_sql.replace("{table}", &quoted),
                 &[&quoted],
             )
             .with_context(|| format!("cannot reset the id sequence of table {table}: check the connection and that the role owns the table"))?;
@@ -400,9 +416,9 @@ mod tests {
         let mut admin = connect_admin(&target, Duration::from_secs(5)).unwrap();
         let name = format!("{}_new", db.name);
         assert!(!database_exists(&mut admin, &name).unwrap());
-        create_database(&mut admin, &name).unwrap();
+        create_database(&mut admin, &create_database_sql(&name), &name).unwrap();
         assert!(database_exists(&mut admin, &name).unwrap());
-        let err = create_database(&mut admin, &name).unwrap_err();
+        let err = create_database(&mut admin, &create_database_sql(&name), &name).unwrap_err();
         assert!(format!("{err:#}").contains("already exists"), "{err:#}");
         drop_database(&mut admin, &name).unwrap();
         assert!(!database_exists(&mut admin, &name).unwrap());
@@ -424,7 +440,7 @@ mod tests {
         let db = TestDb::new("clear");
         let mut client = db.client();
         client.batch_execute(FRESH_UPGRADE).unwrap();
-        let cleared = clear_generated_rows(&mut client).unwrap();
+        let cleared = clear_generated_rows(&mut client, DEMO_PROJECT_NAME, TRUNCATE_SQL).unwrap();
         assert_eq!(
             cleared.keys().collect::<Vec<_>>(),
             [
@@ -450,7 +466,7 @@ mod tests {
         client
             .batch_execute("INSERT INTO sentry_project (name) VALUES ('Sentry (Internal)')")
             .unwrap();
-        let err = clear_generated_rows(&mut client).unwrap_err();
+        let err = clear_generated_rows(&mut client, DEMO_PROJECT_NAME, TRUNCATE_SQL).unwrap_err();
         assert!(err.to_string().contains("has data of its own"), "{err}");
         assert_eq!(
             table_counts(&mut client).unwrap()["sentry_project"],
@@ -494,7 +510,9 @@ mod tests {
             Duration::from_secs(5),
         )
         .unwrap();
-        let err = install_abstime_shim(&mut plain).unwrap_err().to_string();
+        let err = install_abstime_shim(&mut plain, ABSTIME_SHIM_SQL)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("needs a superuser")
                 && err.contains("CREATE CAST (timestamptz AS integer)"),
@@ -503,11 +521,11 @@ mod tests {
         assert!(err.contains(&format!("in database `{}`", db.name)), "{err}");
 
         assert_eq!(
-            install_abstime_shim(&mut client).unwrap(),
+            install_abstime_shim(&mut client, ABSTIME_SHIM_SQL).unwrap(),
             ShimOutcome::Installed
         );
         assert_eq!(
-            install_abstime_shim(&mut client).unwrap(),
+            install_abstime_shim(&mut client, ABSTIME_SHIM_SQL).unwrap(),
             ShimOutcome::AlreadyInstalled
         );
         // Sentry's score expression now works, for the plain role too.
@@ -527,17 +545,17 @@ mod tests {
         let db = TestDb::new("seq");
         let mut client = db.client();
         client.batch_execute(FRESH_UPGRADE).unwrap();
-        clear_generated_rows(&mut client).unwrap();
+        clear_generated_rows(&mut client, DEMO_PROJECT_NAME, TRUNCATE_SQL).unwrap();
         // loaddata inserts explicit ids; the sequence does not move.
         client.batch_execute("INSERT INTO sentry_project (id, name) VALUES (3, 'a'), (17, 'b'); INSERT INTO sentry_team (id) VALUES (4)").unwrap();
         let behind: Vec<_> = sequences(&mut client)
             .unwrap()
             .into_iter()
-            .filter(|s| s.next_value <= s.max_id)
+            .filter(|s| s.is_behind())
             .map(|s| s.table)
             .collect();
         assert_eq!(behind, ["sentry_project", "sentry_team"]);
-        let after = reset_sequences(&mut client).unwrap();
+        let after = reset_sequences(&mut client, RESET_SEQUENCE_SQL).unwrap();
         assert!(after.iter().all(|s| s.next_value > s.max_id), "{after:?}");
         let project = after.iter().find(|s| s.table == "sentry_project").unwrap();
         assert_eq!((project.max_id, project.next_value), (17, 18));
@@ -587,7 +605,10 @@ mod tests {
                  CREATE ROLE \"{role}\"; SET ROLE \"{role}\""
             ))
             .unwrap();
-        for result in [sequences(&mut client), reset_sequences(&mut client)] {
+        for result in [
+            sequences(&mut client),
+            reset_sequences(&mut client, RESET_SEQUENCE_SQL),
+        ] {
             let err = format!(
                 "{:#}",
                 result.expect_err("a permission error must be reported")

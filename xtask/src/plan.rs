@@ -40,7 +40,7 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Checks everything knowable before anything is touched.
-    Preflight,
+    Preflight(Limits),
     /// Copies the SQLite db next to itself, checks the copy, records its hash.
     BackupSqlite,
     /// `bin/buildout` with a tag's config.
@@ -51,20 +51,41 @@ pub enum Action {
     Run(Command),
     /// Parses both dumps and compares objects per model with the SQLite row counts.
     VerifyDumps,
-    /// Creates the target database, or accepts an empty one.
-    PgCreateDatabase,
-    /// Removes the demo project and every row `sentry upgrade` generated, so the load is exact.
-    PgClearGeneratedRows,
+    /// Creates the target database (`create_sql`), or accepts an empty one.
+    PgCreateDatabase { create_sql: String },
+    /// Removes the demo project and every row `sentry upgrade` generated, so the load is exact:
+    /// `truncate_sql` with `{tables}` = every table in schema public, in one transaction.
+    PgClearGeneratedRows {
+        demo_project: &'static str,
+        truncate_sql: &'static str,
+    },
     /// Makes `abstime` work again on PostgreSQL 12+ (Sentry computes scores with it).
-    PgAbstimeShim,
+    PgAbstimeShim { sql: &'static [&'static str] },
     /// Loads both dumps in one transaction with the side-effect handlers disconnected; the
-    /// output is parsed, never trusted by exit code.
-    PgLoad(Command),
+    /// output is parsed, never trusted by exit code. Then `reset_sequence_sql` per id sequence.
+    PgLoad {
+        command: Command,
+        reset_sequence_sql: &'static str,
+    },
     /// Compares every table with SQLite, checks every id sequence.
     VerifyPostgres,
     /// Compares every table with the post-load counts, allowing Sentry 6's intended changes only.
     VerifySentry6,
 }
+
+/// The numbers preflight holds the source and the machine to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Free space needed in dumps/, as a multiple of the db's size.
+    pub dump_space_factor: u64,
+    /// The newest South migration of the `sentry` app a Sentry 4 db may have.
+    pub last_sentry4_migration: u32,
+}
+
+pub const LIMITS: Limits = Limits {
+    dump_space_factor: 3,
+    last_sentry4_migration: crate::sqlite::SENTRY4_LAST_MIGRATION,
+};
 
 /// Every step's name, defined once: the plan, the journal, `--from`/`--until` and every hint
 /// that tells a user which step to redo use these, so a renamed step cannot leave a hint behind.
@@ -207,7 +228,7 @@ pub fn plan(config: &Config) -> Vec<Step> {
             StepId::Preflight,
             Sqlite,
             "check the repo, the SQLite db, disk space and PostgreSQL before touching anything",
-            Preflight,
+            Preflight(LIMITS),
         ),
         step(
             StepId::BackupSqlite,
@@ -270,7 +291,9 @@ pub fn plan(config: &Config) -> Vec<Step> {
             StepId::PgCreateDatabase,
             Postgres,
             "create the target database, or accept an empty one",
-            PgCreateDatabase,
+            PgCreateDatabase {
+                create_sql: pg::create_database_sql(&config.pg.dbname),
+            },
         ),
         step(
             StepId::SettingsPostgres,
@@ -288,26 +311,34 @@ pub fn plan(config: &Config) -> Vec<Step> {
             StepId::PgClearGeneratedRows,
             Postgres,
             "remove the demo project and every row upgrade generated, in one transaction",
-            PgClearGeneratedRows,
+            PgClearGeneratedRows {
+                demo_project: pg::DEMO_PROJECT_NAME,
+                truncate_sql: pg::TRUNCATE_SQL,
+            },
         ),
         step(
             StepId::PgAbstimeShim,
             Postgres,
             "install the abstime compatibility shim (PostgreSQL 12+ removed abstime)",
-            PgAbstimeShim,
+            PgAbstimeShim {
+                sql: pg::ABSTIME_SHIM_SQL,
+            },
         ),
         step(
             StepId::PgLoad,
             Postgres,
             "load auth then the rest in one transaction, side-effect handlers disconnected",
-            PgLoad(helper(
-                &[
-                    "load",
-                    &config.display_path(&config.dump_auth()),
-                    &config.display_path(&config.dump_rest()),
-                ],
-                None,
-            )),
+            PgLoad {
+                command: helper(
+                    &[
+                        "load",
+                        &config.display_path(&config.dump_auth()),
+                        &config.display_path(&config.dump_rest()),
+                    ],
+                    None,
+                ),
+                reset_sequence_sql: pg::RESET_SEQUENCE_SQL,
+            },
         ),
         step(
             StepId::VerifyPostgres,
@@ -355,11 +386,11 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
     let db = config.display_path(&config.sqlite_path);
     let target = &config.pg;
     match &step.action {
-        Action::Preflight => vec![
+        Action::Preflight(limits) => vec![
             "check: bin/buildout, both buildout configs, settings/settings.py and the load helper exist".into(),
-            format!("check: {db} exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= 0062)"),
+            format!("check: {db} exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= {:04})", limits.last_sentry4_migration),
             format!("check: no process has {db} open, no bin/sentry process is running"),
-            "check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup".into(),
+            format!("check: free disk in dumps/ for the dumps ({}x the db) and next to the db for the backup", limits.dump_space_factor),
             format!("check: PostgreSQL {target} answers with the given credentials (PGPASSWORD)"),
         ],
         Action::BackupSqlite => vec![
@@ -368,27 +399,29 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
         ],
         Action::Buildout(cmd) | Action::Run(cmd) => vec![format!("run: {}", cmd.render())],
         Action::WriteSettings(kind) => vec![match kind {
-            DbKind::Sqlite => format!("write settings/settings_local.py (0600, atomically; previous kept as .bak): sqlite3 {db}"),
-            DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; previous kept as .bak): postgresql_psycopg2 {target}, password from PGPASSWORD"),
+            DbKind::Sqlite => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): sqlite3 {db}"),
+            DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 {target}, password from PGPASSWORD"),
         }],
         Action::VerifyDumps => vec![
             "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
             "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
         ],
-        Action::PgCreateDatabase => vec![
-            "sql (maintenance db `postgres`): SELECT 1 FROM pg_database WHERE datname = $1".into(),
-            format!("sql: {}", pg::create_database_sql(&target.dbname)),
+        Action::PgCreateDatabase { create_sql } => vec![
+            format!("sql (maintenance db `postgres`): {}", pg::DATABASE_EXISTS_SQL),
+            format!("sql: {create_sql}"),
             "check: an existing database must have no tables in schema public (unless this tool created it, per the journal)".into(),
         ],
-        Action::PgClearGeneratedRows => vec![
-            format!("check: sentry_project holds only the demo project upgrade made ({:?})", pg::DEMO_PROJECT_NAME),
-            format!("sql: {}", pg::CLEAR_SQL_TEMPLATE),
+        Action::PgClearGeneratedRows { demo_project, truncate_sql } => vec![
+            format!("check: sentry_project holds only the demo project upgrade made ({demo_project:?})"),
+            format!("sql (one transaction): {truncate_sql}"),
+            "      where {tables} = every table in schema public, quoted".into(),
         ],
-        Action::PgAbstimeShim => pg::ABSTIME_SHIM_SQL.iter().map(|sql| format!("sql (PostgreSQL >= 12, as superuser): {sql}")).collect(),
-        Action::PgLoad(cmd) => vec![
-            format!("run: {}", cmd.render()),
+        Action::PgAbstimeShim { sql } => sql.iter().map(|sql| format!("sql (PostgreSQL >= 12, as superuser, one transaction): {sql}")).collect(),
+        Action::PgLoad { command, reset_sequence_sql } => vec![
+            format!("run: {}", command.render()),
             "check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`".into(),
-            format!("sql: {}", pg::RESET_SEQUENCE_SQL),
+            format!("sql (each table with an id sequence): {reset_sequence_sql}"),
+            "      where {table} and $1 = the table's quoted name".into(),
         ],
         Action::VerifyPostgres => vec![
             "check: rows of every table equal SQLite's (report: dumps/report.md)".into(),
@@ -473,7 +506,7 @@ mod tests {
 [3/20] buildout-tag1: install tag 1: Sentry 4.10 and the psycopg2 egg
       run: bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory=/srv/central_sentry
 [4/20] settings-sqlite: point settings_local.py at the SQLite db
-      write settings/settings_local.py (0600, atomically; previous kept as .bak): sqlite3 var/sentry.db
+      write settings/settings_local.py (0600, atomically; the file it replaces is kept): sqlite3 var/sentry.db
 [5/20] sqlite-upgrade: bring the SQLite schema to Sentry 4.10's latest migration
       run: bin/sentry --config=settings/settings.py upgrade --noinput
 [6/20] sqlite-repair: let Sentry repair what it knows to repair
@@ -493,20 +526,22 @@ mod tests {
       sql: CREATE DATABASE "sentry" ENCODING 'UTF8' TEMPLATE template0
       check: an existing database must have no tables in schema public (unless this tool created it, per the journal)
 [12/20] settings-postgres: point settings_local.py at PostgreSQL (mode 0600)
-      write settings/settings_local.py (0600, atomically; previous kept as .bak): postgresql_psycopg2 postgres://sentry@db.internal:5432/sentry, password from PGPASSWORD
+      write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 postgres://sentry@db.internal:5432/sentry, password from PGPASSWORD
 [13/20] pg-upgrade: build Sentry 4.10's schema on PostgreSQL, no superuser prompt
       run: bin/sentry --config=settings/settings.py upgrade --noinput
 [14/20] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
       check: sentry_project holds only the demo project upgrade made ("Sentry (Internal)")
-      sql: BEGIN; TRUNCATE TABLE <every table in schema public> RESTART IDENTITY CASCADE; COMMIT
+      sql (one transaction): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
+            where {tables} = every table in schema public, quoted
 [15/20] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
-      sql (PostgreSQL >= 12, as superuser): CREATE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
-      sql (PostgreSQL >= 12, as superuser): CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz)
-      sql (PostgreSQL >= 12, as superuser): CREATE DOMAIN abstime AS integer
+      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
+      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz)
+      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE DOMAIN abstime AS integer
 [16/20] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
       run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json
       check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`
-      sql: SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM <table> (every table with a serial id)
+      sql (each table with an id sequence): SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}
+            where {table} and $1 = the table's quoted name
 [17/20] verify-postgres: every table's rows equal SQLite's; every id sequence past max(id)
       check: rows of every table equal SQLite's (report: dumps/report.md)
       check: every id sequence's next value is past max(id)

@@ -123,11 +123,7 @@ pub fn markdown(journal: &Journal) -> String {
         }
     }
     if !journal.sequences.is_empty() {
-        let behind: Vec<_> = journal
-            .sequences
-            .iter()
-            .filter(|s| s.next_value <= s.max_id)
-            .collect();
+        let behind: Vec<_> = journal.sequences.iter().filter(|s| s.is_behind()).collect();
         let _ = writeln!(
             out,
             "\n## Sequences\n\n{} id sequences checked, {} behind max(id).",

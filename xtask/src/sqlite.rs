@@ -61,7 +61,8 @@ pub struct SentryDb {
 }
 
 /// Refuses anything but a Sentry 4 database: sentry tables and South history up to 0062.
-pub fn check_sentry4(path: &Path) -> Result<SentryDb> {
+/// A Sentry 4 db: its sentry tables exist and its South history is at most `last_migration`.
+pub fn check_sentry4(path: &Path, last_migration: u32) -> Result<SentryDb> {
     let conn = open_read_only(path)?;
     let tables = table_names(&conn).with_context(|| not_a_database(path))?;
     for required in [
@@ -92,9 +93,9 @@ pub fn check_sentry4(path: &Path) -> Result<SentryDb> {
         .filter_map(|name| name.get(..4).and_then(|num| num.parse::<u32>().ok()))
         .max()
         .with_context(|| format!("{} has no South history for the sentry app: was it ever upgraded with `sentry upgrade`?", path.display()))?;
-    if latest > SENTRY4_LAST_MIGRATION {
+    if latest > last_migration {
         bail!(
-            "{} is at Sentry migration {latest:04}, newer than Sentry 4.10 ({SENTRY4_LAST_MIGRATION:04}): \
+            "{} is at Sentry migration {latest:04}, newer than Sentry 4.10 ({last_migration:04}): \
              this is not a Sentry 4 database, and this tool migrates only from Sentry 4",
             path.display()
         );
@@ -143,7 +144,7 @@ mod tests {
         std::fs::write(&garbage, vec![7u8; 8192]).unwrap();
         for err in [
             table_counts(&garbage).unwrap_err(),
-            check_sentry4(&garbage).unwrap_err(),
+            check_sentry4(&garbage, SENTRY4_LAST_MIGRATION).unwrap_err(),
             check_integrity(&garbage, false).unwrap_err(),
         ] {
             let err = format!("{err:#}");

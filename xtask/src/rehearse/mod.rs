@@ -17,7 +17,9 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Cmd, Shell};
 
-use crate::{config::Config, flags, pgcluster::PgCluster, settings, util};
+use crate::{
+    config::Config, flags, journal::Journal, pgcluster::PgCluster, settings, util, verify,
+};
 use server::Server;
 
 /// Runs `cmd` with stdin closed, appending its stdout and stderr to `log`; returns stdout.
@@ -651,26 +653,22 @@ fn print_summary(
     facts: &serde_json::Value,
     total: Duration,
 ) -> Result<()> {
-    let report: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join("dumps/report.json"))?)?;
+    let report_path = root.join("dumps/report.json");
+    // The report is the journal with a header: read it back as one.
+    let report: Journal = serde_json::from_str(&fs::read_to_string(&report_path)?)
+        .with_context(|| format!("{} is not a report of this tool", report_path.display()))?;
     println!("\nRehearsal summary");
-    if let Some(checks) = report["checks"].as_object() {
-        for (name, rows) in checks {
-            let rows = rows.as_array().cloned().unwrap_or_default();
-            let count = |v: &str| rows.iter().filter(|r| r["verdict"] == v).count();
-            println!(
-                "  {name:<22} {:>3} tables: {:>3} equal, {:>3} intended/not carried over, {} different",
-                rows.len(),
-                count("equal"),
-                count("intended") + count("not-carried-over"),
-                count("differs")
-            );
-        }
+    for (name, checks) in &report.checks {
+        let tally = verify::tally(checks);
+        println!(
+            "  {name:<22} {:>3} tables: {:>3} equal, {:>3} intended/not carried over, {} different",
+            tally.tables,
+            tally.equal,
+            tally.intended + tally.not_carried_over,
+            tally.differs
+        );
     }
-    let rows: u64 = report["postgres_counts"]
-        .as_object()
-        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
-        .unwrap_or(0);
+    let rows: u64 = report.postgres_counts.values().sum();
     println!("  rows compared after the load: {rows}; proof: {facts}");
     for (name, elapsed) in &phases.done {
         println!("  {name:<40} {:>8}", util::human_duration(*elapsed));
