@@ -750,3 +750,42 @@ fn a_failed_step_keeps_its_cause_when_saving_the_report_fails_too() {
         out.stderr
     );
 }
+
+/// Messages built from outside data (settings switched by hand, a journal edited by hand) say
+/// what they mean in words and never panic.
+#[test]
+fn hand_switched_settings_and_an_edited_journal_get_plain_messages() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("plain");
+    let out = repo.xtask(&["migrate", "--until", "settings-sqlite"], None);
+    assert!(out.ok, "{out:#?}");
+    let out = repo.xtask(&["switch-settings", "postgres"], None);
+    assert!(out.ok, "{out:#?}");
+    let out = repo.xtask(&["migrate"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "settings/settings_local.py points at PostgreSQL, but this step needs SQLite: was it switched by hand? \
+             resume with `cargo xtask migrate --from settings-sqlite`"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("Some("), "{}", out.stderr);
+
+    let out = repo.xtask(&["migrate", "--from", "settings-sqlite"], None);
+    assert!(out.ok, "{out:#?}");
+    let journal_path = repo.root.join("dumps/journal.json");
+    let mut journal: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&journal_path).unwrap()).unwrap();
+    journal["backup"]["sha256"] = "ab".into();
+    fs::write(&journal_path, journal.to_string()).unwrap();
+    let out = repo.xtask(&["migrate"], None);
+    assert!(
+        out.ok,
+        "a short hash in the journal must not panic: {out:#?}"
+    );
+    assert!(out.stdout.contains("(sha256 ab…)"), "{}", out.stdout);
+}
