@@ -112,6 +112,11 @@ impl flags::Rehearse {
             std::env::temp_dir().join(format!("sentry-migrate-rehearsal-{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(path.join("logs"))?;
+        // `migrate` runs as this very binary, copied: a `cargo build` while the rehearsal runs
+        // replaces target/debug/xtask, and the running one's path then names a deleted file.
+        let exe = path.join(".rehearsal-xtask");
+        fs::copy(std::env::current_exe()?, &exe)
+            .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
         let mut scratch = Scratch {
             path: path.clone(),
             keep: self.keep,
@@ -127,7 +132,15 @@ impl flags::Rehearse {
             total: if self.long_lived { 6 } else { 5 },
             done: Vec::new(),
         };
-        let result = rehearse(&repo, &cache, &path, events, self.long_lived, &mut phases);
+        let result = rehearse(
+            &repo,
+            &cache,
+            &path,
+            &exe,
+            events,
+            self.long_lived,
+            &mut phases,
+        );
         // Every server is stopped by now (guards dropped, on success and on failure alike).
         let leftovers = processes_inside(&path);
         let result = match result {
@@ -163,6 +176,7 @@ fn rehearse(
     repo: &Path,
     cache: &Path,
     root: &Path,
+    exe: &Path,
     events: u64,
     long_lived: bool,
     phases: &mut Phases,
@@ -218,7 +232,6 @@ fn rehearse(
     };
 
     phases.run("migrate", || {
-        let exe = std::env::current_exe()?;
         // The same binary and code path a user runs: `cargo xtask migrate` on this checkout.
         cmd!(sh, "{exe} migrate")
             .env("SENTRY_MIGRATE_ROOT", root)
