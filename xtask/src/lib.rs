@@ -16,4 +16,5 @@ pub mod sentry;
 pub mod settings;
 pub mod sqlite;
 pub mod util;
+pub mod values;
 pub mod verify;
