@@ -785,11 +785,18 @@ impl StepRunner<'_> {
         self.ensure_sentry_version_for(step.phase)?;
         self.ensure_sentry_stopped()?;
         let start = fs::metadata(self.log_path).map(|m| m.len()).unwrap_or(0);
-        self.run_command(command)?;
+        let ran = self.run_command(command);
         let mut output = String::new();
         let mut log = fs::File::open(self.log_path)?;
         log.seek(SeekFrom::Start(start))?;
         log.read_to_string(&mut output)?;
+        if let Err(err) = ran {
+            // The cause (with the model and pk Django names) first, then the rest.
+            return Err(match sentry::python_cause(&output) {
+                Some(cause) => anyhow!("{cause}\n  (the load rolled back; {err:#})"),
+                None => err,
+            });
+        }
         let summary = sentry::check_loaddata_output(&output, expected, 2)?;
         self.journal.loaddata_summary = Some(summary);
         let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;

@@ -37,6 +37,26 @@ pub fn running_sentry(root: &Path, sqlite: &Path) -> Vec<(u32, String)> {
 }
 
 /// Checks what `loaddata` printed: `Installed N object(s) from M fixture(s)` with N == expected.
+/// The last Python exception line of `output` (`DataError: value too long for type character
+/// varying(128)`, `django.db.utils.DatabaseError: Could not load sentry.Event(pk=5): …`): the
+/// cause, which a traceback prints last.
+pub fn python_cause(output: &str) -> Option<String> {
+    output
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| {
+            line.split_once(": ").is_some_and(|(name, rest)| {
+                !rest.is_empty()
+                    && (name.ends_with("Error") || name.ends_with("Exception"))
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            })
+        })
+        .map(str::to_string)
+}
+
 pub fn check_loaddata_output(
     output: &str,
     expected_objects: u64,
@@ -50,7 +70,12 @@ pub fn check_loaddata_output(
     ] {
         if let Some(at) = output.find(marker) {
             let excerpt: String = output[at..].lines().take(12).collect::<Vec<_>>().join("\n");
-            bail!("loaddata failed and rolled back (it still exits 0): {excerpt}");
+            match python_cause(output) {
+                Some(cause) => bail!(
+                    "{cause}\n  (loaddata failed and rolled back, though it exits 0; its output begins: {excerpt})"
+                ),
+                None => bail!("loaddata failed and rolled back (it still exits 0): {excerpt}"),
+            }
         }
     }
     let Some(line) = output
@@ -104,6 +129,26 @@ mod tests {
                 .to_string();
             assert!(err.contains(expected), "{output:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_failed_load_leads_with_the_cause() {
+        let output = "Problem installing fixture 'dumps/dumpdata.json': Traceback (most recent call last):\n  File \"/eggs/django/core/management/commands/loaddata.py\", line 196, in handle\n    obj.save(using=using)\nDatabaseError: Could not load sentry.Event(pk=17): value too long for type character varying(128)\n\n";
+        let err = check_loaddata_output(output, 10, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("DatabaseError: Could not load sentry.Event(pk=17): value too long for type character varying(128)"),
+            "{err}"
+        );
+        assert_eq!(
+            python_cause("Traceback (most recent call last):\n  x\nValueError: A string literal cannot contain NUL (0x00) characters.\n").as_deref(),
+            Some("ValueError: A string literal cannot contain NUL (0x00) characters.")
+        );
+        assert_eq!(
+            python_cause("Installed 3 object(s) from 2 fixture(s)\nnote: fine\n"),
+            None
+        );
     }
 }
 
