@@ -279,6 +279,8 @@ pub struct Config {
     pub pg: PgTarget,
     pub tag1_cfg: PathBuf,
     pub tag2_cfg: PathBuf,
+    /// `--fit-values`: fit what PostgreSQL rejects in a working copy the dumps read.
+    pub fit_values: bool,
 }
 
 pub const DEFAULT_SQLITE: &str = "var/sentry.db";
@@ -297,6 +299,7 @@ impl Config {
             pg: PgTarget::from_env_or_url(database_url, env)?,
             tag1_cfg: root.join("buildout/tag1-sentry4.cfg"),
             tag2_cfg: root.join("buildout/tag2-sentry6.cfg"),
+            fit_values: false,
             root,
         })
     }
@@ -321,6 +324,10 @@ impl Config {
     }
     pub fn dump_rest(&self) -> PathBuf {
         self.dumps_dir().join("dumpdata.json")
+    }
+    /// The working copy `--fit-values` fits and the dumps then read (never the source).
+    pub fn fitted_db(&self) -> PathBuf {
+        self.dumps_dir().join("sentry-fitted.db")
     }
     pub fn models_json(&self) -> PathBuf {
         self.dumps_dir().join("models.json")

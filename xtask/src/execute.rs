@@ -5,6 +5,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{IsTerminal, Read, Seek, SeekFrom, Write},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -20,7 +21,7 @@ use crate::{
     journal::{Backup, Journal, StepRecord},
     merge, pg,
     plan::{self, Action, Command, Phase, Step, StepId},
-    report, sentry, settings, sqlite, util,
+    report, sentry, settings, sqlite, util, values,
     verify::{self, TableCheck},
 };
 
@@ -48,6 +49,14 @@ impl Resume {
             })
             .collect();
         Resume { flags }
+    }
+
+    /// Adds a flag without a value when `on`.
+    pub fn switch(mut self, flag: &str, on: bool) -> Resume {
+        if on {
+            self.flags.push(flag.to_string());
+        }
+        self
     }
 
     /// The command that continues where the journal left off.
@@ -85,13 +94,15 @@ impl flags::Migrate {
         if let Some(tag2) = &self.tag2 {
             config.tag2_cfg = config.root.join(tag2);
         }
+        config.fit_values = self.fit_values;
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
             ("--database-url", self.database_url.clone()),
             ("--tag1", path(&self.tag1)),
             ("--tag2", path(&self.tag2)),
-        ]);
+        ])
+        .switch("--fit-values", self.fit_values);
         let options = Options {
             dry_run: self.dry_run,
             from: self.from,
@@ -297,6 +308,11 @@ impl StepRunner<'_> {
                 self.ensure_settings_for(step.phase)?;
                 self.ensure_sentry_version_for(step.phase)?;
                 self.run_command(command)
+            }
+            Action::ScanValues { fit } => self.scan_values(*fit).map(|()| Outputs::new()),
+            Action::FitValues { working_copy } => {
+                self.ensure_sentry_stopped()?;
+                self.fit_values(working_copy)
             }
             Action::VerifyDumps => self.verify_dumps().map(|()| Outputs::new()),
             Action::PgCreateDatabase { create_sql } => {
@@ -643,6 +659,115 @@ impl StepRunner<'_> {
         }
     }
 
+    /// Every table the dumps (or a load engine) carry over: the models' and their m2m tables.
+    fn model_tables(&self) -> Result<Vec<String>> {
+        let models = with_remedy(
+            dumps::read_models(&self.config.models_json()),
+            self.resume.redo(StepId::InspectModels),
+        )?;
+        let mut tables: Vec<String> = models
+            .iter()
+            .flat_map(|m| std::iter::once(m.table.clone()).chain(m.m2m.values().cloned()))
+            .collect();
+        tables.sort();
+        tables.dedup();
+        Ok(tables)
+    }
+
+    fn scan_values(&mut self, fit: bool) -> Result<()> {
+        let tables = self.model_tables()?;
+        let scan = values::scan(&self.config.sqlite_path, &tables)?;
+        let summary = values::summary(&scan);
+        let mut log = self.log()?;
+        writeln!(log, "scanned {}", values::rate(&scan))?;
+        writeln!(log, "{summary}")?;
+        self.journal.value_scan = Some(values::Scan {
+            // The report shows a few ids; the fit scans the working copy again for all of them.
+            findings: scan
+                .findings
+                .iter()
+                .map(|f| values::Finding {
+                    ids: f.ids.iter().take(20).copied().collect(),
+                    ..f.clone()
+                })
+                .collect(),
+            ..scan.clone()
+        });
+        if scan.findings.is_empty() || fit {
+            return Ok(());
+        }
+        let unfittable = scan.findings.iter().any(|f| !f.kind.fittable());
+        bail!(
+            "{} column(s) hold values PostgreSQL rejects; nothing was written to PostgreSQL:\n    {}\n  {}",
+            scan.findings.len(),
+            summary.replace('\n', "\n    "),
+            if unfittable {
+                "some cannot be fitted automatically (integers, dates): fix those rows in the db with Sentry 4 stopped; \
+                 `--fit-values` fits the rest (text) in a working copy"
+                    .to_string()
+            } else {
+                format!(
+                    "to fit them in a working copy (the source stays as it is; every change is reported), resume with `{} --fit-values`",
+                    self.resume.command()
+                )
+            }
+        )
+    }
+
+    fn fit_values(&mut self, working_copy: &Path) -> Result<Outputs> {
+        let config = self.config;
+        let working = config.root.join(working_copy);
+        let partial = util::sibling(&working, ".partial");
+        let _ = fs::remove_file(&partial);
+        {
+            let mut input = fs::File::open(&config.sqlite_path)
+                .with_context(|| format!("cannot read {}", config.sqlite_path.display()))?;
+            let mut output = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .with_context(|| format!("cannot create the working copy {}", partial.display()))?;
+            std::io::copy(&mut input, &mut output)
+                .with_context(|| format!("cannot copy the db to {}", partial.display()))?;
+            output.sync_all()?;
+        }
+        let tables = self.model_tables()?;
+        let scan = values::scan(&partial, &tables)?;
+        let fit = values::fit(&partial, &scan)?;
+        fs::rename(&partial, &working).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                partial.display(),
+                working.display()
+            )
+        })?;
+        let mut log = self.log()?;
+        writeln!(
+            log,
+            "fitted {} value(s), merged {} row(s) into their twins",
+            fit.changes.len(),
+            fit.merges.iter().map(|m| m.removed.len()).sum::<usize>()
+        )?;
+        for change in &fit.changes {
+            writeln!(
+                log,
+                "{}.{} id {}: {}",
+                change.table, change.column, change.id, change.detail
+            )?;
+        }
+        self.journal.fit = Some(fit);
+        // The dumps read the working copy from here on.
+        let mut fitted = config.clone();
+        fitted.sqlite_path = working.clone();
+        for line in settings::switch(DbKind::Sqlite, &fitted)? {
+            writeln!(log, "{line}")?;
+        }
+        let path = config.display_path(&working);
+        let hash = util::sha256_file(&working)?;
+        Ok(Outputs::from([(path, hash)]))
+    }
+
     fn verify_dumps(&mut self) -> Result<()> {
         let config = self.config;
         let redo = |step| self.resume.redo(step);
@@ -675,7 +800,13 @@ impl StepRunner<'_> {
         all.merge(&rest);
         let dump_rows = all.rows_per_table(&models)?;
         let sqlite_counts = sqlite::table_counts(&config.sqlite_path)?;
-        let checks = verify::dumps_vs_sqlite(&dump_rows, &sqlite_counts);
+        let merged = self
+            .journal
+            .fit
+            .as_ref()
+            .map(|fit| fit.merged.clone())
+            .unwrap_or_default();
+        let checks = verify::dumps_vs_sqlite(&dump_rows, &sqlite_counts, &merged);
         self.journal.leftover_tables = checks
             .iter()
             .filter(|c| c.verdict == verify::Verdict::NotCarriedOver)

@@ -28,6 +28,10 @@ xflags::xflags! {
             optional --tag1 path: PathBuf
             /// Buildout config of tag 2, Sentry 6 (default: buildout/tag2-sentry6.cfg).
             optional --tag2 path: PathBuf
+            /// Fit values PostgreSQL rejects (over-long text, NUL characters, invalid UTF-8) in a
+            /// working copy of the db, dumps/sentry-fitted.db, which the dumps then read; every
+            /// changed row is listed in the report. Without it, `scan-values` stops on them.
+            optional --fit-values
         }
         /// The whole migration on the real stack: provisions Python 2.7, buildout, Sentry 4.10
         /// and 6.4 (cached) and a throwaway PostgreSQL on loopback, fills a Sentry 4 SQLite db with

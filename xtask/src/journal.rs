@@ -46,6 +46,12 @@ pub struct Journal {
     /// SQLite tables no model maps to: not carried over.
     #[serde(default)]
     pub leftover_tables: BTreeMap<String, u64>,
+    /// What `scan-values` found in the source (a few ids per finding).
+    #[serde(default)]
+    pub value_scan: Option<crate::values::Scan>,
+    /// What `fit-values` changed in the working copy (every row).
+    #[serde(default)]
+    pub fit: Option<crate::values::Fit>,
     #[serde(default)]
     pub cleared_rows: BTreeMap<String, u64>,
     #[serde(default)]

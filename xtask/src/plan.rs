@@ -49,6 +49,12 @@ pub enum Action {
     WriteSettings(DbKind),
     /// `bin/sentry` or the helper under `bin/py`.
     Run(Command),
+    /// Scans every model table of the source for values PostgreSQL rejects; stops on them
+    /// unless `fit` (`--fit-values`) is on.
+    ScanValues { fit: bool },
+    /// Copies the source to `working_copy`, fits the values there (one transaction), and points
+    /// settings_local.py at it, so the dumps read the fitted copy; the source stays as it is.
+    FitValues { working_copy: PathBuf },
     /// Parses both dumps and compares objects per model with the SQLite row counts.
     VerifyDumps,
     /// Creates the target database (`create_sql`), or accepts an empty one.
@@ -82,10 +88,13 @@ pub struct Limits {
     pub last_sentry4_migration: u32,
 }
 
-pub const LIMITS: Limits = Limits {
-    dump_space_factor: 3,
-    last_sentry4_migration: crate::sqlite::SENTRY4_LAST_MIGRATION,
-};
+/// The limits for `config`: the working copy of `--fit-values` needs the db's size once more.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        dump_space_factor: if config.fit_values { 4 } else { 3 },
+        last_sentry4_migration: crate::sqlite::SENTRY4_LAST_MIGRATION,
+    }
+}
 
 /// Every step's name, defined once: the plan, the journal, `--from`/`--until` and every hint
 /// that tells a user which step to redo use these, so a renamed step cannot leave a hint behind.
@@ -114,6 +123,8 @@ step_ids! {
     SqliteUpgrade = "sqlite-upgrade",
     SqliteRepair = "sqlite-repair",
     InspectModels = "inspect-models",
+    ScanValues = "scan-values",
+    FitValues = "fit-values",
     DumpAuth = "dump-auth",
     DumpRest = "dump-rest",
     VerifyDumps = "verify-dumps",
@@ -223,12 +234,12 @@ pub fn plan(config: &Config) -> Vec<Step> {
         summary,
         action,
     };
-    vec![
+    let mut steps = vec![
         step(
             StepId::Preflight,
             Sqlite,
             "check the repo, the SQLite db, disk space and PostgreSQL before touching anything",
-            Preflight(LIMITS),
+            Preflight(limits(config)),
         ),
         step(
             StepId::BackupSqlite,
@@ -265,6 +276,14 @@ pub fn plan(config: &Config) -> Vec<Step> {
             Sqlite,
             "list every model's table (and m2m tables) as Sentry 4 sees them",
             Run(helper(&["models"], Some(rel(config.models_json())))),
+        ),
+        step(
+            StepId::ScanValues,
+            Sqlite,
+            "find values PostgreSQL rejects (too long, NUL, invalid UTF-8, integers, dates) before anything is dumped",
+            ScanValues {
+                fit: config.fit_values,
+            },
         ),
         step(
             StepId::DumpAuth,
@@ -364,7 +383,25 @@ pub fn plan(config: &Config) -> Vec<Step> {
             "compare with the loaded counts: only Sentry 6's intended changes",
             VerifySentry6,
         ),
-    ]
+    ];
+    if config.fit_values {
+        let at = steps
+            .iter()
+            .position(|step| step.id == StepId::ScanValues)
+            .map_or(steps.len(), |it| it + 1);
+        steps.insert(
+            at,
+            step(
+                StepId::FitValues,
+                Sqlite,
+                "fit those values in a working copy that the dumps read; the source stays as it is",
+                FitValues {
+                    working_copy: rel(config.fitted_db()),
+                },
+            ),
+        );
+    }
+    steps
 }
 
 impl Command {
@@ -402,6 +439,21 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             DbKind::Sqlite => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): sqlite3 {db}"),
             DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 {target}, password from PGPASSWORD"),
         }],
+        Action::ScanValues { fit } => vec![
+            format!("scan: every column of every model table of {db}, one pass per table: varchar(n) values over n characters, NUL characters, invalid UTF-8, integers outside the column's range, dates Django cannot parse"),
+            if *fit {
+                "then: fit-values fits what it found (--fit-values)".to_string()
+            } else {
+                "stop on any finding with a summary per table.column (nothing written to PostgreSQL); --fit-values fits them".to_string()
+            },
+        ],
+        Action::FitValues { working_copy } => vec![
+            format!("copy {db} -> {} (mode 0600)", working_copy.display()),
+            "fit, in one transaction: NUL characters removed, invalid UTF-8 replaced with U+FFFD, over-long text cut to its limit on a character boundary (first n-3 characters and `...`, as Sentry 6 truncates)".into(),
+            "merge tag values a cut made equal on PostgreSQL's unique key (times_seen summed, earliest first_seen, latest last_seen); any other collision stops".into(),
+            format!("write settings/settings_local.py (0600): sqlite3 {} (the dumps read the working copy)", working_copy.display()),
+            "report: every changed row (table, id, column, what was done) and every merge".into(),
+        ],
         Action::VerifyDumps => vec![
             "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
             "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
@@ -494,63 +546,66 @@ mod tests {
         let config = config(None, None);
         let text = render(&plan(&config), &config);
         let expected = r#"== tag 1 (Sentry 4), SQLite ==
-[1/20] preflight: check the repo, the SQLite db, disk space and PostgreSQL before touching anything
+[1/21] preflight: check the repo, the SQLite db, disk space and PostgreSQL before touching anything
       check: bin/buildout, both buildout configs, settings/settings.py and the load helper exist
       check: var/sentry.db exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= 0062)
       check: no process has var/sentry.db open, no bin/sentry process is running
       check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup
       check: PostgreSQL postgres://sentry@db.internal:5432/sentry answers with the given credentials (PGPASSWORD)
-[2/20] backup-sqlite: copy the SQLite db next to itself, check the copy, record its sha256
+[2/21] backup-sqlite: copy the SQLite db next to itself, check the copy, record its sha256
       copy var/sentry.db -> var/sentry.db.backup-<UTC time> (never overwrites an earlier backup)
       check: PRAGMA integrity_check on the copy; sha256 of the copy equals the source's; record it in the journal
-[3/20] buildout-tag1: install tag 1: Sentry 4.10 and the psycopg2 egg
+[3/21] buildout-tag1: install tag 1: Sentry 4.10 and the psycopg2 egg
       run: bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory=/srv/central_sentry
-[4/20] settings-sqlite: point settings_local.py at the SQLite db
+[4/21] settings-sqlite: point settings_local.py at the SQLite db
       write settings/settings_local.py (0600, atomically; the file it replaces is kept): sqlite3 var/sentry.db
-[5/20] sqlite-upgrade: bring the SQLite schema to Sentry 4.10's latest migration
+[5/21] sqlite-upgrade: bring the SQLite schema to Sentry 4.10's latest migration
       run: bin/sentry --config=settings/settings.py upgrade --noinput
-[6/20] sqlite-repair: let Sentry repair what it knows to repair
+[6/21] sqlite-repair: let Sentry repair what it knows to repair
       run: bin/sentry --config=settings/settings.py repair
-[7/20] inspect-models: list every model's table (and m2m tables) as Sentry 4 sees them
+[7/21] inspect-models: list every model's table (and m2m tables) as Sentry 4 sees them
       run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py models > dumps/models.json
-[8/20] dump-auth: dump the auth app first (users, groups, permissions)
+[8/21] scan-values: find values PostgreSQL rejects (too long, NUL, invalid UTF-8, integers, dates) before anything is dumped
+      scan: every column of every model table of var/sentry.db, one pass per table: varchar(n) values over n characters, NUL characters, invalid UTF-8, integers outside the column's range, dates Django cannot parse
+      stop on any finding with a summary per table.column (nothing written to PostgreSQL); --fit-values fits them
+[9/21] dump-auth: dump the auth app first (users, groups, permissions)
       run: bin/sentry --config=settings/settings.py dumpdata auth > dumps/dumpdata-auth.json
-[9/20] dump-rest: dump everything else
+[10/21] dump-rest: dump everything else
       run: bin/sentry --config=settings/settings.py dumpdata --exclude auth > dumps/dumpdata.json
-[10/20] verify-dumps: parse both dumps; objects per model must equal SQLite's rows per table
+[11/21] verify-dumps: parse both dumps; objects per model must equal SQLite's rows per table
       check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table
       report: SQLite-only tables (no model) with their rows, as not carried over
 == tag 1 (Sentry 4), PostgreSQL ==
-[11/20] pg-create-database: create the target database, or accept an empty one
+[12/21] pg-create-database: create the target database, or accept an empty one
       sql (maintenance db `postgres`): SELECT 1 FROM pg_database WHERE datname = $1
       sql: CREATE DATABASE "sentry" ENCODING 'UTF8' TEMPLATE template0
       check: an existing database must have no tables in schema public (unless this tool created it, per the journal)
-[12/20] settings-postgres: point settings_local.py at PostgreSQL (mode 0600)
+[13/21] settings-postgres: point settings_local.py at PostgreSQL (mode 0600)
       write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 postgres://sentry@db.internal:5432/sentry, password from PGPASSWORD
-[13/20] pg-upgrade: build Sentry 4.10's schema on PostgreSQL, no superuser prompt
+[14/21] pg-upgrade: build Sentry 4.10's schema on PostgreSQL, no superuser prompt
       run: bin/sentry --config=settings/settings.py upgrade --noinput
-[14/20] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
+[15/21] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
       check: sentry_project holds only the demo project upgrade made ("Sentry (Internal)")
       sql (one transaction): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
             where {tables} = every table in schema public, quoted
-[15/20] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
+[16/21] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
       sql (PostgreSQL >= 12, as superuser, one transaction): CREATE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
       sql (PostgreSQL >= 12, as superuser, one transaction): CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz)
       sql (PostgreSQL >= 12, as superuser, one transaction): CREATE DOMAIN abstime AS integer
-[16/20] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
+[17/21] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
       run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json
       check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`
       sql (each table with an id sequence): SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}
             where {table} and $1 = the table's quoted name
-[17/20] verify-postgres: every table's rows equal SQLite's; every id sequence past max(id)
+[18/21] verify-postgres: every table's rows equal SQLite's; every id sequence past max(id)
       check: rows of every table equal SQLite's (report: dumps/report.md)
       check: every id sequence's next value is past max(id)
 == tag 2 (Sentry 6), PostgreSQL ==
-[18/20] buildout-tag2: install tag 2: Sentry 6.4
+[19/21] buildout-tag2: install tag 2: Sentry 6.4
       run: bin/buildout -c buildout/tag2-sentry6.cfg buildout:directory=/srv/central_sentry
-[19/20] sentry6-upgrade: apply Sentry 6's migrations
+[20/21] sentry6-upgrade: apply Sentry 6's migrations
       run: bin/sentry --config=settings/settings.py upgrade --noinput
-[20/20] verify-sentry6: compare with the loaded counts: only Sentry 6's intended changes
+[21/21] verify-sentry6: compare with the loaded counts: only Sentry 6's intended changes
       check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere
       check: every event points at an existing group
 "#;
@@ -576,19 +631,30 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line}\n{text}");
         }
+        let mut fitting = config.clone();
+        fitting.fit_values = true;
+        let all: Vec<StepId> = plan(&fitting).iter().map(|s| s.id).collect();
+        assert_eq!(
+            all,
+            StepId::ALL,
+            "with --fit-values the plan runs every step name, each once, in the order they are declared"
+        );
         let ids: Vec<StepId> = plan(&config).iter().map(|s| s.id).collect();
         assert_eq!(
             ids,
-            StepId::ALL,
-            "the plan runs every step name, each once, in the order they are declared"
+            StepId::ALL
+                .iter()
+                .copied()
+                .filter(|id| *id != StepId::FitValues)
+                .collect::<Vec<_>>()
         );
-        let names: Vec<&str> = ids.iter().map(|id| id.name()).collect();
+        let names: Vec<&str> = all.iter().map(|id| id.name()).collect();
         assert_eq!(
             names
                 .iter()
                 .collect::<std::collections::BTreeSet<_>>()
                 .len(),
-            20,
+            names.len(),
             "step names are unique"
         );
         assert!(

@@ -122,6 +122,67 @@ pub fn markdown(journal: &Journal) -> String {
             );
         }
     }
+    if let Some(scan) = &journal.value_scan {
+        let _ = writeln!(
+            out,
+            "\n## Value scan\n\n{} in the source: {}.",
+            crate::values::rate(scan),
+            if scan.findings.is_empty() {
+                "nothing PostgreSQL rejects".to_string()
+            } else {
+                format!("{} finding(s)", scan.findings.len())
+            }
+        );
+        for line in crate::values::summary(scan).lines() {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
+    if let Some(fit) = &journal.fit {
+        let _ = writeln!(
+            out,
+            "\n## Fitted values\n\n{} value(s) changed in the working copy `dumps/sentry-fitted.db` (the source is as it was), {} row(s) merged into their twins.",
+            fit.changes.len(),
+            fit.merged.values().sum::<u64>()
+        );
+        const SHOWN: usize = 200;
+        if !fit.changes.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| table | id | column | what was done |\n|---|---|---|---|"
+            );
+            for c in fit.changes.iter().take(SHOWN) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    c.table, c.id, c.column, c.detail
+                );
+            }
+            if fit.changes.len() > SHOWN {
+                let _ = writeln!(
+                    out,
+                    "\n… and {} more: every change is in report.json (`fit.changes`).",
+                    fit.changes.len() - SHOWN
+                );
+            }
+        }
+        if !fit.merges.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n| table | kept id | merged ids | how |\n|---|---|---|---|"
+            );
+            for m in fit.merges.iter().take(SHOWN) {
+                let removed: Vec<String> = m.removed.iter().map(|it| it.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} |",
+                    m.table,
+                    m.kept,
+                    removed.join(", "),
+                    m.detail
+                );
+            }
+        }
+    }
     if !journal.sequences.is_empty() {
         let behind: Vec<_> = journal.sequences.iter().filter(|s| s.is_behind()).collect();
         let _ = writeln!(

@@ -217,7 +217,7 @@ fn full_migration_verifies_every_phase_and_reports() {
         );
     }
     assert!(
-        out.stdout.starts_with("[1/20] preflight … ok ("),
+        out.stdout.starts_with("[1/21] preflight … ok ("),
         "{}",
         out.stdout
     );
@@ -302,7 +302,12 @@ fn full_migration_verifies_every_phase_and_reports() {
     let json: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/report.json")).unwrap())
             .unwrap();
-    assert_eq!(json["steps"].as_array().unwrap().len(), 20);
+    assert_eq!(json["steps"].as_array().unwrap().len(), 21);
+    assert_eq!(
+        json["value_scan"]["findings"],
+        serde_json::json!([]),
+        "a clean db: nothing to fit"
+    );
     assert_eq!(json["postgres_counts"]["sentry_message"], 5);
 
     // The backup sits next to the db with the recorded hash; settings are private.
@@ -334,7 +339,7 @@ fn full_migration_verifies_every_phase_and_reports() {
     assert!(
         again
             .stdout
-            .contains("[9/20] dump-rest … done earlier (journal)"),
+            .contains("[10/21] dump-rest … done earlier (journal)"),
         "{}",
         again.stdout
     );
@@ -369,7 +374,7 @@ fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there()
     let out = repo.xtask(&["migrate"], Some("dump-rest"));
     assert!(!out.ok);
     assert!(
-        out.stdout.contains("[9/20] dump-rest … FAILED"),
+        out.stdout.contains("[10/21] dump-rest … FAILED"),
         "{}",
         out.stdout
     );
@@ -384,7 +389,7 @@ fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there()
         out.stderr
     );
     assert!(
-        out.stderr.contains("log:    dumps/logs/09-dump-rest.log"),
+        out.stderr.contains("log:    dumps/logs/10-dump-rest.log"),
         "{}",
         out.stderr
     );
@@ -404,12 +409,12 @@ fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there()
     assert!(out.ok, "{out:#?}");
     assert!(
         out.stdout
-            .contains("[8/20] dump-auth … done earlier (journal)"),
+            .contains("[9/21] dump-auth … done earlier (journal)"),
         "{}",
         out.stdout
     );
     assert!(
-        out.stdout.contains("[9/20] dump-rest … ok"),
+        out.stdout.contains("[10/21] dump-rest … ok"),
         "{}",
         out.stdout
     );
@@ -447,10 +452,10 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     assert!(repo.calls().is_empty(), "the dry run ran a program");
     assert!(!repo.target_exists(), "the dry run created the database");
     for line in [
-        "[1/20] preflight",
+        "[1/21] preflight",
         "run: bin/sentry --config=settings/settings.py dumpdata auth > dumps/dumpdata-auth.json",
         "CREATE CAST (timestamptz AS integer)",
-        "[20/20] verify-sentry6",
+        "[21/21] verify-sentry6",
     ] {
         assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
     }
@@ -600,7 +605,7 @@ fn bad_input_gets_a_clear_error() {
         "silentload",
         |_| {},
         Some("load-silently"),
-        "loaddata failed and rolled back (it still exits 0)",
+        "step `pg-load` failed: IntegrityError: duplicate key value violates unique constraint \"sentry_teammember_team_id_uniq\"\n  (loaddata failed and rolled back, though it exits 0",
     );
     expect_error(
         "sentry6loss",
@@ -698,7 +703,7 @@ fn resume_hints_are_pasteable_with_spaces_in_paths() {
     let out = repo.xtask(&args, None);
     assert!(out.ok, "{out:#?}");
     assert!(
-        out.stdout.contains("[9/20] dump-rest … ok"),
+        out.stdout.contains("[10/21] dump-rest … ok"),
         "{}",
         out.stdout
     );
