@@ -697,9 +697,14 @@ impl StepRunner<'_> {
             return Ok(());
         }
         let unfittable = scan.findings.iter().any(|f| !f.kind.fittable());
+        let columns: std::collections::BTreeSet<(&str, &str)> = scan
+            .findings
+            .iter()
+            .map(|f| (f.table.as_str(), f.column.as_str()))
+            .collect();
         bail!(
             "{} column(s) hold values PostgreSQL rejects; nothing was written to PostgreSQL:\n    {}\n  {}",
-            scan.findings.len(),
+            columns.len(),
             summary.replace('\n', "\n    "),
             if unfittable {
                 "some cannot be fitted automatically (integers, dates): fix those rows in the db with Sentry 4 stopped; \

@@ -46,11 +46,11 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::TooLong => "longer than the column allows",
-            Kind::Nul => "NUL characters",
-            Kind::InvalidUtf8 => "not valid UTF-8",
-            Kind::IntegerOutOfRange => "integer out of the column's range",
-            Kind::NotAnInteger => "not an integer",
-            Kind::BadDate => "a date Django cannot parse",
+            Kind::Nul => "with NUL characters",
+            Kind::InvalidUtf8 => "that are not valid UTF-8",
+            Kind::IntegerOutOfRange => "outside the column's integer range",
+            Kind::NotAnInteger => "that are not integers",
+            Kind::BadDate => "that Django cannot parse as dates",
         })
     }
 }
@@ -331,24 +331,25 @@ pub fn scan(db: &Path, tables: &[String]) -> Result<Scan> {
 /// One screen: per `table.column` and kind, how many, the longest against the limit, a few
 /// ids, and what to do.
 pub fn summary(scan: &Scan) -> String {
-    let mut lines = Vec::new();
-    for f in &scan.findings {
-        let sample: Vec<String> = f.ids.iter().take(5).map(|id| id.to_string()).collect();
-        let more = if f.ids.len() > 5 { ", …" } else { "" };
-        let length = match (f.longest, f.limit) {
-            (Some(longest), Some(limit)) => format!(", longest {longest} > {limit} characters"),
-            _ => String::new(),
-        };
-        lines.push(format!(
-            "{}.{}: {} value(s) {}{length} (ids {}{more})",
-            f.table,
-            f.column,
-            f.ids.len(),
-            f.kind,
-            sample.join(", ")
-        ));
-    }
+    let lines: Vec<String> = scan.findings.iter().map(finding_line).collect();
     lines.join("\n")
+}
+
+fn finding_line(f: &Finding) -> String {
+    let sample: Vec<String> = f.ids.iter().take(5).map(|id| id.to_string()).collect();
+    let more = if f.ids.len() > 5 { ", …" } else { "" };
+    let length = match (f.longest, f.limit) {
+        (Some(longest), Some(limit)) => format!(", longest {longest} > {limit} characters"),
+        _ => String::new(),
+    };
+    format!(
+        "{}.{}: {} value(s) {}{length} (ids {}{more})",
+        f.table,
+        f.column,
+        f.ids.len(),
+        f.kind,
+        sample.join(", ")
+    )
 }
 
 /// What `--fit-values` does to a text value, as Sentry 6 does it where it does: NUL characters
@@ -465,19 +466,7 @@ pub fn fit(working: &Path, scan: &Scan) -> Result<Fit> {
         .filter(|f| !f.kind.fittable())
         .collect();
     if !unfittable.is_empty() {
-        let lines: Vec<String> = unfittable
-            .iter()
-            .map(|f| {
-                let ids: Vec<String> = f.ids.iter().take(5).map(|it| it.to_string()).collect();
-                format!(
-                    "{}.{}: {} (ids {})",
-                    f.table,
-                    f.column,
-                    f.kind,
-                    ids.join(", ")
-                )
-            })
-            .collect();
+        let lines: Vec<String> = unfittable.iter().map(|f| finding_line(f)).collect();
         bail!(
             "these values cannot be fitted automatically (fix them in the source with Sentry 4 stopped, then redo):\n    {}",
             lines.join("\n    ")
@@ -942,7 +931,9 @@ mod tests {
         // Unfittable kinds stop the fit, naming them; nothing is written.
         let err = fit(&db, &scan).unwrap_err().to_string();
         assert!(
-            err.contains("sentry_message.level: integer out of the column's range (ids 3, 4)"),
+            err.contains(
+                "sentry_message.level: 2 value(s) outside the column's integer range (ids 3, 4)"
+            ),
             "{err}"
         );
     }

@@ -794,3 +794,118 @@ fn hand_switched_settings_and_an_edited_journal_get_plain_messages() {
     );
     assert!(out.stdout.contains("(sha256 ab…)"), "{}", out.stdout);
 }
+
+/// Values PostgreSQL rejects are found before any dump and before PostgreSQL is touched; with
+/// `--fit-values` they are fitted in a working copy (the source keeps them), reported, loaded.
+#[test]
+fn values_postgres_rejects_stop_the_run_early_and_are_fitted_on_request() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("values");
+    let db = repo.root.join("var/sentry.db");
+    let long_name = format!("{}😀", "n".repeat(249));
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        // Sentry's varchar(200) project name, as South creates it on SQLite.
+        conn.execute_batch(
+            "ALTER TABLE sentry_project RENAME TO old_project;
+             CREATE TABLE sentry_project (id integer PRIMARY KEY, name varchar(200));
+             INSERT INTO sentry_project SELECT * FROM old_project;
+             DROP TABLE old_project;
+             UPDATE sentry_project SET name = 'web' || char(0) || 'site' WHERE id = 3;",
+        )
+        .unwrap();
+        conn.execute(
+            "UPDATE sentry_project SET name = ?1 WHERE id = 4",
+            [&long_name],
+        )
+        .unwrap();
+    }
+    let out = repo.xtask(&["migrate"], None);
+    assert!(!out.ok, "{out:#?}");
+    for line in ["[8/21] scan-values … FAILED"] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    for line in [
+        "error: step `scan-values` failed: 1 column(s) hold values PostgreSQL rejects; nothing was written to PostgreSQL:",
+        "sentry_project.name: 1 value(s) longer than the column allows, longest 250 > 200 characters (ids 4)",
+        "sentry_project.name: 1 value(s) with NUL characters (ids 3)",
+        "resume with `cargo xtask migrate --fit-values`",
+    ] {
+        assert!(out.stderr.contains(line), "{line}: {}", out.stderr);
+    }
+    assert!(!repo.target_exists(), "PostgreSQL is untouched");
+    assert!(
+        !repo.calls().iter().any(|call| call.contains("dumpdata")),
+        "nothing was dumped: {:?}",
+        repo.calls()
+    );
+
+    let out = repo.xtask(&["migrate", "--fit-values"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stdout.contains("[9/22] fit-values … ok"),
+        "{}",
+        out.stdout
+    );
+    let names: BTreeMap<i32, String> = repo
+        .target_client()
+        .query("SELECT id, name FROM sentry_project", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(names[&3], "website");
+    assert_eq!(names[&4].chars().count(), 200);
+    assert_eq!(names[&4], format!("{}...", "n".repeat(197)));
+    // The source keeps its values; the dumps read the working copy.
+    let source_name: Vec<u8> = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT CAST(name AS BLOB) FROM sentry_project WHERE id = 3",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(source_name, b"web\0site");
+    let settings = fs::read_to_string(repo.root.join("settings/settings_local.py")).unwrap();
+    assert!(settings.contains("postgresql_psycopg2"), "{settings}");
+    let fitted = repo.root.join("dumps/sentry-fitted.db");
+    assert_eq!(
+        fs::metadata(&fitted).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/report.json")).unwrap())
+            .unwrap();
+    let changes: Vec<(String, i64, String)> = json["fit"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                format!(
+                    "{}.{}",
+                    c["table"].as_str().unwrap(),
+                    c["column"].as_str().unwrap()
+                ),
+                c["id"].as_i64().unwrap(),
+                c["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("sentry_project.name".to_string(), 3, "nul".to_string()),
+            ("sentry_project.name".to_string(), 4, "too-long".to_string()),
+        ]
+    );
+    let report = fs::read_to_string(repo.root.join("dumps/report.md")).unwrap();
+    assert!(report.contains("## Fitted values"), "{report}");
+    assert!(
+        report.contains("| sentry_project | 4 | name | cut from 250 to 200 characters"),
+        "{report}"
+    );
+}
