@@ -492,6 +492,29 @@ pub fn fit(working: &Path, scan: &Scan) -> Result<Fit> {
                 .push(f.kind);
         }
     }
+    // SQLite's own unique indexes are not the target's rules (long-lived dbs keep stale ones,
+    // such as `sentry_filtervalue (key, value)` without the project): in the working copy they
+    // go, and PostgreSQL's keys are checked below instead. The dumps carry no indexes.
+    let fitted_tables: std::collections::BTreeSet<&String> = rows.keys().map(|(t, _)| t).collect();
+    for table in fitted_tables {
+        let indexes: Vec<String> = tx
+            .prepare(&format!("PRAGMA index_list({})", quote(table)))?
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(1)?,
+                    row.get::<_, bool>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })?
+            .filter_map(|it| it.ok())
+            .filter(|(_, unique, origin)| *unique && origin == "c")
+            .map(|(name, _, _)| name)
+            .collect();
+        for index in indexes {
+            tx.execute_batch(&format!("DROP INDEX {}", quote(&index)))
+                .with_context(|| format!("cannot drop index {index} in the working copy"))?;
+        }
+    }
     let mut out = Fit::default();
     for ((table, column), ids) in &rows {
         let limit = limit_of(&tx, table, column)?.or(limits[&(table.clone(), column.clone())]);
@@ -1016,5 +1039,25 @@ mod tests {
         );
         // Fitted: a second scan finds nothing.
         assert!(scan(&db, &tables).unwrap().findings.is_empty());
+    }
+
+    #[test]
+    fn a_stale_sqlite_index_does_not_block_values_postgres_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("stale.db");
+        let conn = Connection::open(&db).unwrap();
+        // A long-lived db's SQLite-only UNIQUE (key, value), without the project.
+        conn.execute_batch(
+            "CREATE TABLE sentry_filtervalue (id integer PRIMARY KEY, project_id INTEGER, key varchar(32), value varchar(8));
+             CREATE UNIQUE INDEX stale ON sentry_filtervalue (key, value);
+             INSERT INTO sentry_filtervalue VALUES (1, 1, 'url', 'http://a/1'), (2, 2, 'url', 'http://a/2');",
+        )
+        .unwrap();
+        drop(conn);
+        let tables = ["sentry_filtervalue".to_string()];
+        let fitted = fit(&db, &scan(&db, &tables).unwrap()).unwrap();
+        // Two projects: equal values are fine on PostgreSQL's key, so nothing merges.
+        assert!(fitted.merges.is_empty(), "{fitted:?}");
+        assert_eq!(fitted.changes.len(), 2);
     }
 }
