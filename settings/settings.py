@@ -16,6 +16,15 @@ SENTRY_PUBLIC = False
 # Sentry 4 and 6 ask for this: no public sign-up on a migrated install.
 SOCIAL_AUTH_CREATE_USERS = False
 
+# Your Sentry 4 install's own settings: copy its config file (or at least TIME_ZONE, SECRET_KEY,
+# SENTRY_URL_PREFIX and the mail settings) to sentry_conf.py beside this file (git-ignored, keep
+# it 0600). This file sets no TIME_ZONE on your behalf: Sentry 4 stored every date as naive
+# text in the zone it ran with, and `cargo xtask migrate` stops until the settings say which.
+# Both buildout tags read it; settings_local.py, executed last, overrides only the database.
+_conf = os.path.join(CONF_ROOT, 'sentry_conf.py')
+if os.path.exists(_conf):
+    execfile(_conf)
+
 _local = os.path.join(CONF_ROOT, 'settings_local.py')
 if not os.path.exists(_local):
     raise RuntimeError(

@@ -23,6 +23,7 @@ use crate::{
     plan::{self, Action, Command, Phase, Step, StepId},
     report, sentry, settings, sqlite, util, values,
     verify::{self, TableCheck},
+    zone,
 };
 
 pub struct Options {
@@ -199,8 +200,10 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             log_path: &log_path,
             label: &label,
             started,
+            notes: Vec::new(),
         };
         let result = runner.run(step);
+        let notes = std::mem::take(&mut runner.notes);
         let elapsed = started.elapsed();
         match result {
             Ok(outputs) => {
@@ -214,6 +217,9 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
                 journal.save(&journal_path)?;
                 report::write(&journal, &config.dumps_dir())?;
                 println!("ok ({})", util::human_duration(elapsed));
+                for note in notes {
+                    println!("      {note}");
+                }
             }
             Err(err) => {
                 println!("FAILED ({})", util::human_duration(elapsed));
@@ -289,6 +295,8 @@ struct StepRunner<'a> {
     log_path: &'a Path,
     label: &'a str,
     started: Instant,
+    /// Lines to show under the step's `ok`.
+    notes: Vec<String>,
 }
 
 type Outputs = BTreeMap<String, String>;
@@ -440,6 +448,21 @@ impl StepRunner<'_> {
         }
         if let Err(err) = pg::connect_admin(&config.pg, Duration::from_secs(5)) {
             problems.push(format!("{err:#}"));
+        }
+        match config.time_zone.problem() {
+            Some(problem) => problems.push(problem),
+            None => {
+                let zone = config.time_zone.describe();
+                self.notes
+                    .push(format!("dates in SQLite are read as {zone}"));
+                self.journal.time_zone = Some(zone);
+            }
+        }
+        // Only a hint, never a reason to stop: an install may run long after its last event.
+        if let Ok(Some(hint)) = zone::hint(db) {
+            let said = zone::judge(&config.time_zone, &hint);
+            self.notes.push(format!("hint: {said}"));
+            self.journal.zone_hint = Some(said);
         }
         if !problems.is_empty() {
             bail!(

@@ -46,6 +46,12 @@ pub struct Journal {
     /// SQLite tables no model maps to: not carried over.
     #[serde(default)]
     pub leftover_tables: BTreeMap<String, u64>,
+    /// The zone the SQLite dates are read in (`TIME_ZONE`, from which file).
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// What the db's newest event and last write suggest about that zone.
+    #[serde(default)]
+    pub zone_hint: Option<String>,
     /// What `scan-values` found in the source (a few ids per finding).
     #[serde(default)]
     pub value_scan: Option<crate::values::Scan>,

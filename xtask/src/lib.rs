@@ -18,3 +18,4 @@ pub mod sqlite;
 pub mod util;
 pub mod values;
 pub mod verify;
+pub mod zone;

@@ -428,6 +428,7 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             format!("check: {db} exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= {:04})", limits.last_sentry4_migration),
             format!("check: no process has {db} open, no bin/sentry process is running"),
             format!("check: free disk in dumps/ for the dumps ({}x the db) and next to the db for the backup", limits.dump_space_factor),
+            format!("check: the settings say which zone Sentry 4 wrote its dates in: {}", config.time_zone.describe()),
             format!("check: PostgreSQL {target} answers with the given credentials (PGPASSWORD)"),
         ],
         Action::BackupSqlite => vec![
@@ -551,6 +552,7 @@ mod tests {
       check: var/sentry.db exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= 0062)
       check: no process has var/sentry.db open, no bin/sentry process is running
       check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup
+      check: the settings say which zone Sentry 4 wrote its dates in: TIME_ZONE is not set in the settings: migrate stops in preflight
       check: PostgreSQL postgres://sentry@db.internal:5432/sentry answers with the given credentials (PGPASSWORD)
 [2/21] backup-sqlite: copy the SQLite db next to itself, check the copy, record its sha256
       copy var/sentry.db -> var/sentry.db.backup-<UTC time> (never overwrites an earlier backup)

@@ -47,6 +47,12 @@ pub fn markdown(journal: &Journal) -> String {
             backup.path, backup.bytes, backup.sha256
         );
     }
+    if let Some(zone) = &journal.time_zone {
+        let _ = writeln!(out, "- time zone of the SQLite dates: {zone}");
+    }
+    if let Some(hint) = &journal.zone_hint {
+        let _ = writeln!(out, "- zone hint: {hint}");
+    }
     if let Some(shim) = &journal.shim {
         let _ = writeln!(out, "- abstime shim: {shim}");
     }

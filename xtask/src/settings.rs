@@ -222,43 +222,61 @@ fn statements(source: &str) -> Vec<Statement<'_>> {
     out
 }
 
-/// Whether `code` has `SECRET_KEY` as a whole word (so `SENTRY_SECRET_KEY` does not count).
-fn mentions_secret_key(code: &str) -> bool {
+/// Whether `code` has `name` as a whole word (so `SENTRY_SECRET_KEY` is not `SECRET_KEY`).
+fn mentions(code: &str, name: &str) -> bool {
     let word = |c: char| c.is_alphanumeric() || c == '_';
-    code.match_indices("SECRET_KEY")
-        .any(|(at, name)| !code[..at].ends_with(word) && !code[at + name.len()..].starts_with(word))
+    code.match_indices(name).any(|(at, found)| {
+        !code[..at].ends_with(word) && !code[at + found.len()..].starts_with(word)
+    })
 }
 
-/// The `SECRET_KEY` a settings file sets, if it sets one. Read from top-level statements of
-/// the form `SECRET_KEY = <string literal>` (the last one wins, as in Python), with either
-/// quote, any spacing around `=`, Python 2 escapes, a `u`, `b` or `r` prefix and a trailing
-/// comment. Any other statement that mentions `SECRET_KEY` outside a comment (an expression,
-/// a triple-quoted or continued string, `os.environ[...]`, an indented assignment) is refused:
-/// the key is never guessed and never replaced.
+/// The `SECRET_KEY` settings_local.py sets, if it sets one (see [`literal_assignment`]).
 fn existing_secret_key(source: &str) -> Result<Option<SecretKey>> {
-    let mut key = None;
+    literal_assignment(source, "SECRET_KEY", "settings_local.py")
+}
+
+/// The value `file` (its text: `source`) gives `name`, read from top-level statements of the
+/// form `NAME = <string literal>` (the last one wins, as in Python), with either quote, any
+/// spacing around `=`, Python 2 escapes, a `u`, `b` or `r` prefix and a trailing comment. Any
+/// other statement that mentions `name` outside a comment (an expression, a triple-quoted or
+/// continued string, `os.environ[...]`, an indented assignment) is refused: never guessed.
+fn literal_assignment(source: &str, name: &str, file: &str) -> Result<Option<SecretKey>> {
+    let mut value = None;
     for statement in statements(source) {
-        if !mentions_secret_key(&statement.code) {
+        if !mentions(&statement.code, name) {
             continue;
         }
-        match secret_key_assignment(statement.text) {
-            Some(value) => key = Some(value),
+        match assignment(statement.text, name) {
+            Some(found) => value = Some(found),
             None => bail!(
-                "settings_local.py sets SECRET_KEY in a form this tool cannot read (line {}), \
-                 and it will not guess it or replace it with a new one: write it on one line as \
-                 SECRET_KEY = '...' (a plain string literal) and switch again",
+                "{file} sets {name} in a form this tool cannot read (line {}), \
+                 and it will not guess it or replace it: write it on one line as \
+                 {name} = '...' (a plain string literal) and try again",
                 statement.line
             ),
         }
     }
-    Ok(key)
+    Ok(value)
 }
 
-/// The value of `SECRET_KEY = <literal>  # comment`, written from the first column.
-fn secret_key_assignment(text: &str) -> Option<SecretKey> {
+/// The text value of `name` in a settings file (see [`literal_assignment`]); `None` when the
+/// file does not set it.
+pub fn string_setting(source: &str, name: &str, file: &str) -> Result<Option<String>> {
+    Ok(match literal_assignment(source, name, file)? {
+        None => None,
+        Some(SecretKey::Unicode(text)) => Some(text),
+        Some(SecretKey::Bytes(bytes)) => Some(
+            String::from_utf8(bytes)
+                .map_err(|_| anyhow!("{file} sets {name} to bytes that are not UTF-8 text"))?,
+        ),
+    })
+}
+
+/// The value of `NAME = <literal>  # comment`, written from the first column.
+fn assignment(text: &str, name: &str) -> Option<SecretKey> {
     let blank = [' ', '\t', '\x0c', '\r'];
     let value = text
-        .strip_prefix("SECRET_KEY")?
+        .strip_prefix(name)?
         .trim_start_matches(blank)
         .strip_prefix('=')
         .filter(|it| !it.starts_with('='))?
@@ -554,6 +572,28 @@ pub fn switch(kind: DbKind, config: &Config) -> Result<Vec<String>> {
         }
         None => None,
     };
+    // The user's own settings set the key their install runs with: settings_local.py, executed
+    // last, repeats it, so it overrides nothing but the database.
+    let mut own = None;
+    for file in crate::zone::SETTINGS_FILES {
+        if let Some(source) = read_if_present(&config.root.join(file))? {
+            let source = String::from_utf8_lossy(&source);
+            if let Some(found) = literal_assignment(&source, "SECRET_KEY", file)? {
+                own = Some((found, file));
+            }
+        }
+    }
+    let key = match (own, key) {
+        (Some((own, file)), previous) => {
+            if previous.as_ref().is_some_and(|it| *it != own) {
+                notes.push(format!(
+                    "note: SECRET_KEY now repeats the one {file} sets (the previous settings_local.py had another; it is kept)"
+                ));
+            }
+            Some(own)
+        }
+        (None, previous) => previous,
+    };
     let key = match key {
         Some(key) => key,
         None => {
@@ -736,6 +776,34 @@ mod tests {
         assert!(
             switch(DbKind::Postgres, &config).unwrap().is_empty(),
             "same target: nothing to change"
+        );
+    }
+
+    #[test]
+    fn the_installs_own_secret_key_wins_and_is_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("settings")).unwrap();
+        fs::write(
+            dir.path().join("settings/sentry_conf.py"),
+            "TIME_ZONE = 'UTC'\nSECRET_KEY = \"the-live-key\"\n",
+        )
+        .unwrap();
+        let config = config(dir.path());
+        switch(DbKind::Sqlite, &config).unwrap();
+        let text = fs::read_to_string(config.settings_local()).unwrap();
+        assert_eq!(
+            existing_secret_key(&text).unwrap(),
+            Some(SecretKey::Bytes(b"the-live-key".to_vec()))
+        );
+        fs::write(
+            dir.path().join("settings/sentry_conf.py"),
+            "SECRET_KEY = get_key()\n",
+        )
+        .unwrap();
+        let err = switch(DbKind::Postgres, &config).unwrap_err().to_string();
+        assert!(
+            err.contains("settings/sentry_conf.py sets SECRET_KEY in a form"),
+            "{err}"
         );
     }
 

@@ -49,6 +49,8 @@ impl Repo {
         ] {
             fs::copy(source.join(file), root.join(file)).unwrap();
         }
+        // The install's own settings: the zone its Sentry 4 wrote dates in.
+        fs::write(root.join("settings/sentry_conf.py"), "TIME_ZONE = 'UTC'\n").unwrap();
         let fake = root.join("bin/buildout");
         fs::copy(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake/fake_sentry.py"),
@@ -908,6 +910,63 @@ fn values_postgres_rejects_stop_the_run_early_and_are_fitted_on_request() {
     assert!(report.contains("## Fitted values"), "{report}");
     assert!(
         report.contains("| sentry_project | 4 | name | cut from 250 to 200 characters"),
+        "{report}"
+    );
+}
+
+/// Without a TIME_ZONE in the settings the run stops before anything is touched, says why it
+/// matters and what to set; with one, the plan, the preflight output and the report show it.
+#[test]
+fn the_time_zone_is_never_guessed() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("zone");
+    fs::remove_file(repo.root.join("settings/sentry_conf.py")).unwrap();
+    let before = snapshot(&repo.root);
+    let out = repo.xtask(&["migrate"], None);
+    assert!(!out.ok);
+    for text in [
+        "no settings file says which time zone Sentry 4 wrote its dates in",
+        "every date shifts by the difference and no row count can see it",
+        "write TIME_ZONE = 'UTC'",
+    ] {
+        assert!(out.stderr.contains(text), "{text}: {}", out.stderr);
+    }
+    assert!(repo.calls().is_empty(), "nothing ran");
+    assert!(!repo.target_exists());
+    let after: Vec<_> = snapshot(&repo.root)
+        .into_keys()
+        .filter(|path| !before.contains_key(path))
+        .filter(|path| !path.starts_with(repo.root.join("dumps")))
+        .collect();
+    assert!(after.is_empty(), "files appeared outside dumps/: {after:?}");
+
+    fs::write(
+        repo.root.join("settings/sentry_conf.py"),
+        "from sentry.conf.server import *\nTIME_ZONE = 'America/Chicago'\n",
+    )
+    .unwrap();
+    let out = repo.xtask(&["migrate", "--dry-run"], None);
+    assert!(
+        out.stdout.contains(
+            "check: the settings say which zone Sentry 4 wrote its dates in: TIME_ZONE = 'America/Chicago' (from settings/sentry_conf.py)"
+        ),
+        "{}",
+        out.stdout
+    );
+    let out = repo.xtask(&["migrate", "--until", "preflight"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stdout.contains(
+            "dates in SQLite are read as TIME_ZONE = 'America/Chicago' (from settings/sentry_conf.py)"
+        ),
+        "{}",
+        out.stdout
+    );
+    let report = fs::read_to_string(repo.root.join("dumps/report.md")).unwrap();
+    assert!(
+        report.contains("- time zone of the SQLite dates: TIME_ZONE = 'America/Chicago'"),
         "{report}"
     );
 }
