@@ -1091,3 +1091,64 @@ fn print_summary(
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(table: &str, column: &str, kind: &str) -> serde_json::Value {
+        serde_json::json!({"table": table, "id": 1, "column": column, "kind": kind, "detail": ""})
+    }
+
+    fn fit(changes: Vec<serde_json::Value>, merged: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"changes": changes, "merged": merged})
+    }
+
+    fn complete() -> Vec<serde_json::Value> {
+        vec![
+            change("sentry_message", "server_name", "too-long"),
+            change("sentry_message", "site", "too-long"),
+            change("sentry_messagefiltervalue", "value", "too-long"),
+            change("sentry_message", "message", "nul"),
+            change("sentry_groupedmessage", "message", "nul"),
+        ]
+    }
+
+    #[test]
+    fn a_fit_covering_every_kind_sent_passes_and_is_summed_up() {
+        let fit = fit(
+            complete(),
+            serde_json::json!({"sentry_filtervalue": 8, "sentry_messagefiltervalue": 8}),
+        );
+        check_fit(&fit).unwrap();
+        assert_eq!(
+            fit_summary(&fit),
+            "fitted values: 5 (nul 2, too-long 3) in sentry_groupedmessage.message 1, \
+             sentry_message.message 1, sentry_message.server_name 1, sentry_message.site 1, \
+             sentry_messagefiltervalue.value 1; merged rows: sentry_filtervalue 8, \
+             sentry_messagefiltervalue 8"
+        );
+    }
+
+    #[test]
+    fn a_fit_missing_a_column_or_the_merge_fails() {
+        let merged = serde_json::json!({"sentry_filtervalue": 2});
+        let mut changes = complete();
+        changes.retain(|c| c["column"] != "site");
+        let err = check_fit(&fit(changes, merged.clone())).unwrap_err();
+        assert!(err.to_string().contains("sentry_message.site"), "{err}");
+        let mut changes = complete();
+        changes.retain(|c| c["kind"] != "nul" || c["table"] != "sentry_message");
+        let err = check_fit(&fit(changes, merged)).unwrap_err();
+        assert!(err.to_string().contains("`nul`"), "{err}");
+        let err = check_fit(&fit(complete(), serde_json::json!({}))).unwrap_err();
+        assert!(
+            err.to_string().contains("merged no sentry_filtervalue"),
+            "{err}"
+        );
+        assert!(check_fit(&serde_json::json!(null)).is_err());
+        assert_eq!(
+            fit_summary(&serde_json::json!(null)),
+            "fitted values: 0 () in ; merged rows: none"
+        );
+    }
+}
