@@ -2,6 +2,10 @@
 //! 2.7 + buildout (cached) and a throwaway PostgreSQL, makes a real Sentry 4 install with real
 //! events sent over HTTP, runs `cargo xtask migrate` on it exactly as a user would, and proves
 //! Sentry 6 works on the result. Nothing here is used by `migrate`.
+//!
+//! Among the events are a few with values Sentry 4 stores in SQLite but PostgreSQL refuses
+//! (too long for their varchar, a NUL character): `migrate` must stop at `scan-values` before
+//! touching PostgreSQL, and `migrate --fit-values` must fit them and migrate.
 
 mod provision;
 mod server;
@@ -97,6 +101,16 @@ impl Phases {
 struct Seeded {
     state: serde_json::Value,
     events: u64,
+    /// Sent only to Sentry 4.10 (not to the long-lived install's 4.0).
+    bad: Option<BadValues>,
+}
+
+/// The events with values PostgreSQL refuses (send_bad_values.py), as Sentry 4 stored them.
+struct BadValues {
+    events: u64,
+    /// Server names of exactly 128 characters, one of them 4 bytes long in UTF-8: they fit
+    /// PostgreSQL's varchar(128) (characters), so they must arrive unchanged.
+    server_names_128: Vec<String>,
 }
 
 impl flags::Rehearse {
@@ -203,7 +217,7 @@ fn rehearse(
     })?;
     let pg_env = cluster.env(&cluster.superuser, &cluster.password, "sentry");
 
-    let seeded = if long_lived {
+    let (seeded, bad) = if long_lived {
         let seeded = phases.run("sentry4.0-install-and-data", || {
             seed_sentry4(
                 &sh,
@@ -212,14 +226,15 @@ fn rehearse(
                 events,
                 "buildout/tag0-sentry4.0.cfg",
                 Strictness::SomeStored,
+                false,
             )
         })?;
-        phases.run("upgrade-in-place-to-4.10-and-more-data", || {
+        let bad = phases.run("upgrade-in-place-to-4.10-and-more-data", || {
             more_data_after_upgrade(&sh, root, &logs, events)
         })?;
-        seeded
+        (seeded, bad)
     } else {
-        phases.run("sentry4-install-and-data", || {
+        let mut seeded = phases.run("sentry4-install-and-data", || {
             seed_sentry4(
                 &sh,
                 root,
@@ -227,17 +242,18 @@ fn rehearse(
                 events,
                 "buildout/tag1-sentry4.cfg",
                 Strictness::AllStored,
+                true,
             )
-        })?
+        })?;
+        let bad = seeded
+            .bad
+            .take()
+            .context("Sentry 4.10 was sent no events with values PostgreSQL refuses")?;
+        (seeded, bad)
     };
 
     phases.run("migrate", || {
-        // The same binary and code path a user runs: `cargo xtask migrate` on this checkout.
-        cmd!(sh, "{exe} migrate")
-            .env("SENTRY_MIGRATE_ROOT", root)
-            .envs(pg_env.clone())
-            .run()
-            .context("`cargo xtask migrate` failed")
+        migrate_fitting_values(&sh, root, exe, &pg_env, &cluster, &logs, &bad)
     })?;
 
     let facts = phases.run("prove-sentry6", || {
@@ -301,6 +317,7 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
         "xtask/python/rehearse/sentry_setup.py",
         "xtask/python/rehearse/seed.py",
         "xtask/python/rehearse/send_events.py",
+        "xtask/python/rehearse/send_bad_values.py",
         "xtask/python/rehearse/serve.py",
         "xtask/python/rehearse/prove.py",
     ] {
@@ -432,6 +449,374 @@ fn stored_events(root: &Path) -> Result<BTreeMap<i64, u64>> {
     })
 }
 
+/// Runs Sentry 4's web server again on `port` (the DSNs name it) and sends send_bad_values.py's
+/// few events to every project: values PostgreSQL refuses, differing per project (see the
+/// script). Checks Sentry stored every one of them, and stored the values as sent.
+fn send_bad_values(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    dsns: &[(i64, String)],
+    port: u16,
+    tag: &str,
+) -> Result<BadValues> {
+    let before = stored_events(root)?;
+    let urls: Vec<&str> = dsns.iter().map(|(_, dsn)| dsn.as_str()).collect();
+    fs::write(root.join("dsns.json"), serde_json::to_string(&urls)?)?;
+    let web_log = logs.join("sentry4-web-bad-values.log");
+    let out = {
+        let _server = sentry4_server(sh, port, &web_log)?;
+        log_run(
+            cmd!(
+                sh,
+                "bin/py xtask/python/rehearse/send_bad_values.py dsns.json {tag}"
+            ),
+            &logs.join("sentry4.log"),
+        )?
+    };
+    let printed: serde_json::Value =
+        serde_json::from_str(out.trim()).context("send_bad_values.py printed no JSON")?;
+    let after = stored_events(root)?;
+    let mut events = 0;
+    for (project, dsn) in dsns {
+        let sent = printed["sent"][dsn.as_str()]
+            .as_u64()
+            .with_context(|| format!("send_bad_values.py sent nothing to project {project}"))?;
+        let count = |map: &BTreeMap<i64, u64>| map.get(project).copied().unwrap_or(0);
+        let got = count(&after).saturating_sub(count(&before));
+        ensure!(
+            got == sent,
+            "Sentry 4 stored {got} of the {sent} events with values PostgreSQL refuses sent to project {project}: see {}",
+            web_log.display()
+        );
+        events += sent;
+    }
+    let server_names_128: Vec<String> = printed["server_name_128"]
+        .as_array()
+        .context("send_bad_values.py printed no server_name_128")?
+        .iter()
+        .map(|name| name.as_str().map(str::to_string))
+        .collect::<Option<_>>()
+        .context("a server_name_128 that is no string")?;
+    let stored = stored_bad_values(root)?;
+    let projects = dsns.len() as i64;
+    // Per project: 3 events with a 150-character server name and a 300-character site; their
+    // 3 `url` tag values and the site tag value over 200 characters, the 3 urls sharing their
+    // first 200; one message with a NUL; one 128-character server name of 131 bytes.
+    for (what, got, least) in [
+        ("server_name over 128 characters", stored.server_names, 3),
+        ("site over 128 characters", stored.sites, 3),
+        (
+            "sentry_filtervalue.value over 200 characters",
+            stored.tag_values,
+            4,
+        ),
+        (
+            "sentry_messagefiltervalue.value over 200 characters",
+            stored.group_tag_values,
+            4,
+        ),
+        (
+            "tag values sharing their first 200 characters (groups)",
+            stored.shared_prefixes,
+            1,
+        ),
+        ("sentry_message.message with NUL", stored.nul_messages, 1),
+        (
+            "sentry_groupedmessage.message with NUL",
+            stored.nul_groups,
+            1,
+        ),
+        (
+            "server_name of 128 characters and 131 bytes",
+            stored.names_128,
+            1,
+        ),
+    ] {
+        ensure!(
+            got >= least * projects,
+            "Sentry 4 did not store the values sent as they were: {got} rows with {what}, expected at least {} (see {})",
+            least * projects,
+            web_log.display()
+        );
+    }
+    println!(
+        "    sent {events} events with values PostgreSQL refuses, all stored as sent: server_name/site over 128 characters in {}/{} events, tag values over 200 in {}+{} rows ({} groups share their first 200), NUL in {}+{} messages/groups, {} server names of 128 characters in 131 bytes",
+        stored.server_names,
+        stored.sites,
+        stored.tag_values,
+        stored.group_tag_values,
+        stored.shared_prefixes,
+        stored.nul_messages,
+        stored.nul_groups,
+        stored.names_128
+    );
+    Ok(BadValues {
+        events,
+        server_names_128,
+    })
+}
+
+/// Rows of the Sentry 4 SQLite db holding values PostgreSQL refuses (lengths in characters,
+/// as SQLite's length() and PostgreSQL's varchar(n) count them).
+struct StoredBadValues {
+    server_names: i64,
+    sites: i64,
+    tag_values: i64,
+    group_tag_values: i64,
+    shared_prefixes: i64,
+    nul_messages: i64,
+    nul_groups: i64,
+    names_128: i64,
+}
+
+fn stored_bad_values(root: &Path) -> Result<StoredBadValues> {
+    let path = root.join("var/sentry.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let count = |sql: &str| -> Result<i64> {
+        conn.query_row(sql, [], |row| row.get(0))
+            .with_context(|| format!("`{sql}` failed on {}", path.display()))
+    };
+    Ok(StoredBadValues {
+        server_names: count("SELECT count(*) FROM sentry_message WHERE length(server_name) > 128")?,
+        sites: count("SELECT count(*) FROM sentry_message WHERE length(site) > 128")?,
+        tag_values: count("SELECT count(*) FROM sentry_filtervalue WHERE length(value) > 200")?,
+        group_tag_values: count(
+            "SELECT count(*) FROM sentry_messagefiltervalue WHERE length(value) > 200",
+        )?,
+        shared_prefixes: count(
+            "SELECT count(*) FROM (SELECT 1 FROM sentry_filtervalue WHERE length(value) > 200 \
+             GROUP BY project_id, key, substr(value, 1, 200) HAVING count(*) > 1)",
+        )?,
+        // length() of a text stops at its first NUL: look in the bytes.
+        nul_messages: count(
+            "SELECT count(*) FROM sentry_message WHERE instr(CAST(message AS BLOB), X'00') > 0",
+        )?,
+        nul_groups: count(
+            "SELECT count(*) FROM sentry_groupedmessage \
+             WHERE instr(CAST(message AS BLOB), X'00') > 0",
+        )?,
+        names_128: count(
+            "SELECT count(*) FROM sentry_message \
+             WHERE length(server_name) = 128 AND length(CAST(server_name AS BLOB)) = 131",
+        )?,
+    })
+}
+
+/// Runs `cmd` with stdin closed, writing its stdout and stderr to `log`; returns whether it
+/// succeeded, and its stderr.
+fn run_logged(cmd: Cmd<'_>, log: &Path) -> Result<(bool, String)> {
+    let shown = cmd.to_string();
+    let mut command: std::process::Command = cmd.into();
+    command.stdin(std::process::Stdio::null());
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    let mut file = fs::File::create(log)?;
+    writeln!(file, "$ {shown}")?;
+    file.write_all(&output.stdout)?;
+    file.write_all(&output.stderr)?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// The migrate phase. The same binary and code path a user runs, `cargo xtask migrate` on this
+/// checkout: first without `--fit-values`, which must stop at `scan-values` naming the columns
+/// and leave PostgreSQL untouched; then with it, which must fit every refused value and migrate.
+fn migrate_fitting_values(
+    sh: &Shell,
+    root: &Path,
+    exe: &Path,
+    pg_env: &[(&'static str, String)],
+    cluster: &PgCluster,
+    logs: &Path,
+    bad: &BadValues,
+) -> Result<()> {
+    let log = logs.join("migrate-without-fit-values.log");
+    let (ok, stderr) = run_logged(
+        cmd!(sh, "{exe} migrate")
+            .env("SENTRY_MIGRATE_ROOT", root)
+            .envs(pg_env.iter().cloned()),
+        &log,
+    )?;
+    ensure!(
+        !ok,
+        "`migrate` without --fit-values succeeded on a db with values PostgreSQL refuses; log {}",
+        log.display()
+    );
+    let tail = util::log_tail(&log, 15);
+    ensure!(
+        stderr.contains("step `scan-values` failed"),
+        "`migrate` without --fit-values failed, but not at step `scan-values`; log {}:\n{tail}",
+        log.display()
+    );
+    for column in ["sentry_message.server_name", "sentry_message.site"] {
+        ensure!(
+            stderr.contains(column),
+            "`migrate` stopped at `scan-values` without naming {column}; log {}:\n{tail}",
+            log.display()
+        );
+    }
+    ensure!(
+        [
+            "sentry_filtervalue.value",
+            "sentry_messagefiltervalue.value"
+        ]
+        .iter()
+        .any(|column| stderr.contains(column)),
+        "`migrate` stopped at `scan-values` without naming a tag value column; log {}:\n{tail}",
+        log.display()
+    );
+    let dbname = pg_env
+        .iter()
+        .find(|(key, _)| *key == "PGDATABASE")
+        .map(|(_, value)| value.as_str())
+        .context("no PGDATABASE for migrate")?;
+    ensure_untouched(cluster, dbname)?;
+    println!(
+        "    without --fit-values: stopped at `scan-values` naming the columns; database `{dbname}` not created (log {})",
+        log.display()
+    );
+
+    cmd!(sh, "{exe} migrate --fit-values")
+        .env("SENTRY_MIGRATE_ROOT", root)
+        .envs(pg_env.iter().cloned())
+        .run()
+        .context("`cargo xtask migrate --fit-values` failed")?;
+
+    let report = read_report(root)?;
+    check_fit(&report["fit"])?;
+    // Values that fit PostgreSQL's limits, counted in characters, arrive unchanged.
+    let mut client = cluster.client(dbname)?;
+    let intact: i64 = client
+        .query_one(
+            "SELECT count(*) FROM sentry_message WHERE server_name = ANY($1)",
+            &[&bad.server_names_128],
+        )?
+        .get(0);
+    ensure!(
+        intact as usize >= bad.server_names_128.len(),
+        "{intact} of the {} server names of 128 characters (131 bytes) arrived unchanged in PostgreSQL: a byte limit was applied?",
+        bad.server_names_128.len()
+    );
+    println!("    {}", fit_summary(&report["fit"]));
+    Ok(())
+}
+
+/// The target database does not exist, or has no tables.
+fn ensure_untouched(cluster: &PgCluster, dbname: &str) -> Result<()> {
+    let exists: bool = cluster
+        .client("postgres")?
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&dbname],
+        )?
+        .get(0);
+    if exists {
+        let tables: i64 = cluster
+            .client(dbname)?
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables \
+                 WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )?
+            .get(0);
+        ensure!(
+            tables == 0,
+            "`migrate` stopped at `scan-values` but database `{dbname}` already has {tables} tables"
+        );
+    }
+    Ok(())
+}
+
+fn read_report(root: &Path) -> Result<serde_json::Value> {
+    let path = root.join("dumps/report.json");
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// report.json's `fit` covers every kind of value the rehearsal sent, and merged the tag
+/// values a cut to 200 characters made equal.
+fn check_fit(fit: &serde_json::Value) -> Result<()> {
+    let changes = fit["changes"]
+        .as_array()
+        .context("dumps/report.json has no fit.changes after `migrate --fit-values`")?;
+    let changed = |tables: &[&str], column: &str, kind: &str| {
+        changes.iter().any(|change| {
+            tables.iter().any(|table| change["table"] == *table)
+                && change["column"] == column
+                && change["kind"] == kind
+        })
+    };
+    for (tables, column, kind) in [
+        (&["sentry_message"][..], "server_name", "too-long"),
+        (&["sentry_message"][..], "site", "too-long"),
+        (
+            &["sentry_filtervalue", "sentry_messagefiltervalue"][..],
+            "value",
+            "too-long",
+        ),
+        (&["sentry_message"][..], "message", "nul"),
+        (&["sentry_groupedmessage"][..], "message", "nul"),
+    ] {
+        ensure!(
+            changed(tables, column, kind),
+            "fit.changes in dumps/report.json has no `{kind}` change of {}.{column}",
+            tables.join(" or ")
+        );
+    }
+    let merged = |table: &str| fit["merged"][table].as_u64().unwrap_or(0);
+    ensure!(
+        merged("sentry_filtervalue") > 0,
+        "fit.merged in dumps/report.json merged no sentry_filtervalue row, yet the rehearsal sent tag values sharing their first 200 characters: {}",
+        fit["merged"]
+    );
+    Ok(())
+}
+
+/// One line: the fitted values per kind and column, and the merged rows per table.
+fn fit_summary(fit: &serde_json::Value) -> String {
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    let mut columns: BTreeMap<String, u64> = BTreeMap::new();
+    let changes = fit["changes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for change in changes {
+        let text = |key: &str| change[key].as_str().unwrap_or("?").to_string();
+        *kinds.entry(text("kind")).or_default() += 1;
+        *columns
+            .entry(format!("{}.{}", text("table"), text("column")))
+            .or_default() += 1;
+    }
+    let list = |map: &BTreeMap<String, u64>| {
+        map.iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let merged: BTreeMap<String, u64> = fit["merged"]
+        .as_object()
+        .map(|map| {
+            map.iter()
+                .map(|(table, n)| (table.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "fitted values: {} ({}) in {}; merged rows: {}",
+        changes.len(),
+        list(&kinds),
+        list(&columns),
+        if merged.is_empty() {
+            "none".to_string()
+        } else {
+            list(&merged)
+        }
+    )
+}
+
 fn dsn_list(value: &serde_json::Value) -> Result<Vec<(i64, String)>> {
     value["dsns"]
         .as_array()
@@ -453,6 +838,7 @@ fn seed_sentry4(
     events: u64,
     buildout_cfg: &str,
     strictness: Strictness,
+    bad_values: bool,
 ) -> Result<Seeded> {
     let log = logs.join("sentry4.log");
     log_run(
@@ -509,12 +895,19 @@ fn seed_sentry4(
             logs.join("sentry4-web.log").display()
         ),
     }
+    // Before `finish`, which deletes a project key.
+    let bad = if bad_values {
+        Some(send_bad_values(sh, root, logs, &dsns, port, "a")?)
+    } else {
+        None
+    };
     let finish = seed(sh, &log, "finish", port)?;
     println!(
         "    sent {events} events over HTTP to {} projects; Sentry stored {total}; {}",
         dsns.len(),
         finish
     );
+    let total = total + bad.as_ref().map_or(0, |bad| bad.events);
     let first = &accounts["dsns"][0];
     let state = serde_json::json!({
         "login": accounts["login"],
@@ -527,12 +920,14 @@ fn seed_sentry4(
     Ok(Seeded {
         state,
         events: total,
+        bad,
     })
 }
 
 /// The long-lived install's second life: tag 1 over the same SQLite file (`upgrade --noinput`
 /// in place, as such installs were upgraded), then more users, projects and events under 4.10.
-fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<()> {
+/// Returns the events with values PostgreSQL refuses it sent to Sentry 4.10.
+fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) -> Result<BadValues> {
     let log = logs.join("sentry4.log");
     log_run(
         cmd!(
@@ -553,7 +948,8 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
     let before: u64 = stored_events(root)?.values().sum();
     let port = util::free_port()?;
     let more = seed(sh, &log, "more", port)?;
-    let urls: Vec<String> = dsn_list(&more)?.into_iter().map(|(_, dsn)| dsn).collect();
+    let dsns = dsn_list(&more)?;
+    let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
     let stored = send_events(
         sh,
         root,
@@ -572,6 +968,9 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
         "Sentry 4.10 stored none of the {events} new events: see {}",
         logs.join("sentry4.10-web.log").display()
     );
+    // Every project, the new ones too: their values differ per project, so the stale index
+    // refuses none of them.
+    let bad = send_bad_values(sh, root, logs, &dsns, port, "new")?;
     let finish = seed(sh, &log, "finish", port)?;
     println!(
         "    upgraded in place to 4.10; sent {events} more events to {} projects, Sentry stored {} (the stale SQLite-only index rejects the rest); {}",
@@ -579,7 +978,7 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
         after - before,
         finish
     );
-    Ok(())
+    Ok(bad)
 }
 
 fn max_id(client: &mut postgres::Client, table: &str) -> Result<i64> {
@@ -683,10 +1082,73 @@ fn print_summary(
     }
     let rows: u64 = report.postgres_counts.values().sum();
     println!("  rows compared after the load: {rows}; proof: {facts}");
+    println!("  {}", fit_summary(&read_report(root)?["fit"]));
     for (name, elapsed) in &phases.done {
         println!("  {name:<40} {:>8}", util::human_duration(*elapsed));
     }
     println!("  {:<40} {:>8}", "total", util::human_duration(total));
     println!("  servers: PostgreSQL and both Sentry web servers stopped; no process left in the scratch folder");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(table: &str, column: &str, kind: &str) -> serde_json::Value {
+        serde_json::json!({"table": table, "id": 1, "column": column, "kind": kind, "detail": ""})
+    }
+
+    fn fit(changes: Vec<serde_json::Value>, merged: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"changes": changes, "merged": merged})
+    }
+
+    fn complete() -> Vec<serde_json::Value> {
+        vec![
+            change("sentry_message", "server_name", "too-long"),
+            change("sentry_message", "site", "too-long"),
+            change("sentry_messagefiltervalue", "value", "too-long"),
+            change("sentry_message", "message", "nul"),
+            change("sentry_groupedmessage", "message", "nul"),
+        ]
+    }
+
+    #[test]
+    fn a_fit_covering_every_kind_sent_passes_and_is_summed_up() {
+        let fit = fit(
+            complete(),
+            serde_json::json!({"sentry_filtervalue": 8, "sentry_messagefiltervalue": 8}),
+        );
+        check_fit(&fit).unwrap();
+        assert_eq!(
+            fit_summary(&fit),
+            "fitted values: 5 (nul 2, too-long 3) in sentry_groupedmessage.message 1, \
+             sentry_message.message 1, sentry_message.server_name 1, sentry_message.site 1, \
+             sentry_messagefiltervalue.value 1; merged rows: sentry_filtervalue 8, \
+             sentry_messagefiltervalue 8"
+        );
+    }
+
+    #[test]
+    fn a_fit_missing_a_column_or_the_merge_fails() {
+        let merged = serde_json::json!({"sentry_filtervalue": 2});
+        let mut changes = complete();
+        changes.retain(|c| c["column"] != "site");
+        let err = check_fit(&fit(changes, merged.clone())).unwrap_err();
+        assert!(err.to_string().contains("sentry_message.site"), "{err}");
+        let mut changes = complete();
+        changes.retain(|c| c["kind"] != "nul" || c["table"] != "sentry_message");
+        let err = check_fit(&fit(changes, merged)).unwrap_err();
+        assert!(err.to_string().contains("`nul`"), "{err}");
+        let err = check_fit(&fit(complete(), serde_json::json!({}))).unwrap_err();
+        assert!(
+            err.to_string().contains("merged no sentry_filtervalue"),
+            "{err}"
+        );
+        assert!(check_fit(&serde_json::json!(null)).is_err());
+        assert_eq!(
+            fit_summary(&serde_json::json!(null)),
+            "fitted values: 0 () in ; merged rows: none"
+        );
+    }
 }
