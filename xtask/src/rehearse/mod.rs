@@ -252,8 +252,10 @@ fn rehearse(
         (seeded, bad)
     };
 
+    let migrate_started = jiff::Timestamp::now();
     phases.run("migrate", || {
-        migrate_fitting_values(&sh, root, exe, &pg_env, &cluster, &logs, &bad)
+        migrate_fitting_values(&sh, root, exe, &pg_env, &cluster, &logs, &bad)?;
+        check_instants(root, &cluster, migrate_started)
     })?;
 
     let facts = phases.run("prove-sentry6", || {
@@ -298,6 +300,9 @@ fn processes_inside(root: &Path) -> Vec<(u32, String)> {
 }
 
 /// The files of this repo a buildout checkout has, copied into the scratch root.
+/// The zone the rehearsal's Sentry 4 runs with: not UTC, with daylight saving.
+const REHEARSAL_ZONE: &str = "America/Chicago";
+
 fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
     for dir in [
         "buildout",
@@ -324,6 +329,12 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
         fs::copy(repo.join(file), root.join(file))
             .with_context(|| format!("cannot copy {file} into the scratch repo"))?;
     }
+    // The install's own settings: the zone its Sentry 4 runs with (daylight saving included),
+    // which `migrate` must read the naive dates in.
+    fs::write(
+        root.join("settings/sentry_conf.py"),
+        format!("# Rehearsal: the install's own settings.\nTIME_ZONE = '{REHEARSAL_ZONE}'\n"),
+    )?;
     // The scratch install sends no mail (Sentry mails on every new event).
     let mut settings = fs::OpenOptions::new()
         .append(true)
@@ -703,6 +714,53 @@ fn migrate_fitting_values(
         bad.server_names_128.len()
     );
     println!("    {}", fit_summary(&report["fit"]));
+    Ok(())
+}
+
+/// The newest event is the same instant in SQLite (naive text in the zone Sentry 4 ran with) and
+/// in PostgreSQL, and that instant is minutes old: read in the wrong zone it would be hours off
+/// while every count still matched.
+fn check_instants(
+    root: &Path,
+    cluster: &PgCluster,
+    migrate_started: jiff::Timestamp,
+) -> Result<()> {
+    let db = root.join("var/sentry.db");
+    let naive: String = rusqlite::Connection::open(&db)
+        .and_then(|conn| {
+            conn.query_row("SELECT max(datetime) FROM sentry_message", [], |row| {
+                row.get(0)
+            })
+        })
+        .with_context(|| format!("cannot read the newest event of {}", db.display()))?;
+    let local: jiff::civil::DateTime = naive
+        .replace(' ', "T")
+        .parse()
+        .with_context(|| format!("the newest event's time `{naive}` does not parse"))?;
+    let in_sqlite = local
+        .to_zoned_datetime(jiff::tz::TimeZone::get(REHEARSAL_ZONE)?)?
+        .timestamp();
+    let mut client = cluster.client("sentry")?;
+    let epoch: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM max(datetime))::float8 FROM sentry_message",
+            &[],
+        )?
+        .get(0);
+    let in_postgres = jiff::Timestamp::from_second(epoch.floor() as i64)?;
+    let apart = (in_postgres.as_second() - in_sqlite.as_second()).abs();
+    ensure!(
+        apart <= 1,
+        "the newest event is {naive} in SQLite ({REHEARSAL_ZONE}: {in_sqlite}) but {in_postgres} in PostgreSQL: {apart} s apart, the dates were read in the wrong zone"
+    );
+    let age = migrate_started.as_second() - in_postgres.as_second();
+    ensure!(
+        (-60..=20 * 60).contains(&age),
+        "the newest event is {in_postgres} in PostgreSQL, {age} s before the migration started: the events were sent minutes before it"
+    );
+    println!(
+        "    dates: newest event {naive} in SQLite ({REHEARSAL_ZONE}) = {in_postgres} in PostgreSQL, sent {age} s before the migration"
+    );
     Ok(())
 }
 
