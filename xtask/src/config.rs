@@ -16,6 +16,64 @@ pub struct PgTarget {
     pub user: String,
     pub dbname: String,
     pub password: Option<Secret>,
+    /// libpq's `sslmode` (`PGSSLMODE`, or `sslmode` in `--database-url`); libpq's default,
+    /// `prefer`, when unset.
+    pub sslmode: SslMode,
+    /// libpq's `sslrootcert` (`PGSSLROOTCERT`): the CA the verify modes check the server with.
+    pub sslrootcert: Option<PathBuf>,
+    /// libpq's password file (`PGPASSFILE`, else `~/.pgpass`), read when `PGPASSWORD` is unset.
+    pub passfile: Option<PathBuf>,
+}
+
+/// libpq's `sslmode` values, with libpq's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// libpq tries without TLS first; the Rust client has no such order, so TLS if the server
+    /// offers it, as `prefer` (psycopg2 still gets `allow`).
+    Allow,
+    /// TLS if the server offers it, not verified.
+    Prefer,
+    /// TLS required, not verified (verified as `verify-ca` when a root certificate is given).
+    Require,
+    /// TLS required, the server's certificate signed by `sslrootcert`.
+    VerifyCa,
+    /// `verify-ca`, and the certificate names the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const NAMES: [&'static str; 6] = [
+        "disable",
+        "allow",
+        "prefer",
+        "require",
+        "verify-ca",
+        "verify-full",
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = anyhow::Error;
+    fn from_str(text: &str) -> Result<SslMode> {
+        let modes = [
+            SslMode::Disable,
+            SslMode::Allow,
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ];
+        modes
+            .into_iter()
+            .find(|mode| mode.name() == text)
+            .ok_or_else(|| anyhow!("sslmode `{text}` is not one of {}", Self::NAMES.join(", ")))
+    }
 }
 
 /// A password: printed as `********`, never on a command line.
@@ -72,7 +130,18 @@ impl PgTarget {
                 .unwrap_or_else(|| "sentry".to_string()),
             dbname: env("PGDATABASE").unwrap_or_else(|| "sentry".to_string()),
             password,
+            sslmode: match env("PGSSLMODE").filter(|it| !it.is_empty()) {
+                Some(mode) => mode.parse().context("PGSSLMODE")?,
+                None => SslMode::Prefer,
+            },
+            sslrootcert: env("PGSSLROOTCERT")
+                .filter(|it| !it.is_empty())
+                .map(PathBuf::from),
+            passfile: None,
         };
+        if target.password.is_none() {
+            target.passfile = crate::pgpass::default_path(&env);
+        }
         if let Some(url) = url {
             target.apply_url(url)?;
         }
@@ -86,6 +155,16 @@ impl PgTarget {
     /// folder) and port override the PG* values, its dbname too; what it leaves out keeps them.
     /// A password in it is refused, and no message here repeats any of it (it may hold one).
     fn apply_url(&mut self, url: &str) -> Result<()> {
+        // postgres::Config knows only disable/prefer/require: the TLS settings are taken out
+        // first and applied here, with libpq's meaning.
+        let (rest, tls) = take_tls_settings(url);
+        let url = rest.as_str();
+        for (key, value) in tls {
+            match key {
+                "sslmode" => self.sslmode = value.parse().context("--database-url")?,
+                _ => self.sslrootcert = Some(PathBuf::from(value)),
+            }
+        }
         let url_rest = url
             .strip_prefix("postgres://")
             .or_else(|| url.strip_prefix("postgresql://"));
@@ -141,6 +220,37 @@ impl PgTarget {
         }
         Ok(())
     }
+}
+
+/// `sslmode` and `sslrootcert` taken out of a URL's query or a key=value string, and the rest.
+fn take_tls_settings(url: &str) -> (String, Vec<(&'static str, String)>) {
+    let mut found = Vec::new();
+    let mut keep = |pair: &str| -> bool {
+        for key in ["sslmode", "sslrootcert"] {
+            if let Some(value) = pair.strip_prefix(key).and_then(|it| it.strip_prefix('=')) {
+                found.push((key, value.to_string()));
+                return false;
+            }
+        }
+        true
+    };
+    let rest = if url.contains("://") {
+        match url.split_once('?') {
+            Some((base, query)) => {
+                let kept: Vec<&str> = query.split('&').filter(|pair| keep(pair)).collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+            None => url.to_string(),
+        }
+    } else {
+        let kept: Vec<&str> = url.split_whitespace().filter(|pair| keep(pair)).collect();
+        kept.join(" ")
+    };
+    (rest, found)
 }
 
 const PASSWORD_IN_URL: &str = "--database-url must not contain a password (it would be visible \
@@ -462,8 +572,11 @@ mod tests {
 
     #[test]
     fn unsupported_settings_and_hosts_are_refused() {
-        let err = refusal("postgres://bob@h/db?sslmode=require");
-        assert!(err.contains("sets sslmode: not supported yet"), "{err}");
+        let err = refusal("postgres://bob@h/db?sslmode=sometimes");
+        assert!(
+            err.contains("sslmode `sometimes` is not one of disable, allow"),
+            "{err}"
+        );
         let err = refusal("host=h application_name=x connect_timeout=3");
         assert!(
             err.contains("sets application_name, connect_timeout"),
@@ -479,6 +592,56 @@ mod tests {
         }
         let err = refusal("postgres://h:5433/db?port=5434");
         assert!(err.contains("more than one port"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_come_from_the_url_or_the_libpq_variables() {
+        let env = env_of(&[("PGSSLMODE", "require"), ("PGSSLROOTCERT", "/etc/ca.crt")]);
+        let target = PgTarget::from_env_or_url(None, &env).unwrap();
+        assert_eq!(target.sslmode, SslMode::Require);
+        assert_eq!(target.sslrootcert, Some(PathBuf::from("/etc/ca.crt")));
+        let target = PgTarget::from_env_or_url(
+            Some(
+                "postgres://bob@db.example:5433/sentry?sslmode=verify-full&sslrootcert=/srv/ca.pem",
+            ),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(target.to_string(), "postgres://bob@db.example:5433/sentry");
+        assert_eq!(target.sslmode, SslMode::VerifyFull);
+        assert_eq!(target.sslrootcert, Some(PathBuf::from("/srv/ca.pem")));
+        let target = PgTarget::from_env_or_url(
+            Some("host=db.example sslmode=verify-ca dbname=sentry"),
+            env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            (target.sslmode, target.host.as_str()),
+            (SslMode::VerifyCa, "db.example")
+        );
+        // libpq's default, and a bad PGSSLMODE named.
+        assert_eq!(
+            PgTarget::from_env_or_url(None, env_of(&[]))
+                .unwrap()
+                .sslmode,
+            SslMode::Prefer
+        );
+        let err = PgTarget::from_env_or_url(None, env_of(&[("PGSSLMODE", "always")])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("PGSSLMODE: sslmode `always` is not one of"),
+            "{err:#}"
+        );
+        // The password file is read only without PGPASSWORD.
+        let env = env_of(&[("HOME", "/home/u"), ("PGPASSWORD", "x")]);
+        assert_eq!(
+            PgTarget::from_env_or_url(None, &env).unwrap().passfile,
+            None
+        );
+        let env = env_of(&[("HOME", "/home/u")]);
+        assert_eq!(
+            PgTarget::from_env_or_url(None, &env).unwrap().passfile,
+            Some(PathBuf::from("/home/u/.pgpass"))
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@ xflags::xflags! {
     ///
     /// Tasks: `migrate` (the whole runbook), `switch-settings` (point settings_local.py at a db),
     /// `rehearse` (the whole migration on the real stack, on throwaway data).
-    /// PostgreSQL connection: PGHOST, PGPORT, PGUSER, PGDATABASE and PGPASSWORD, or --database-url
-    /// without a password (the password is only ever read from PGPASSWORD).
+    /// PostgreSQL connection as libpq takes it: PGHOST (a host or a socket folder), PGPORT, PGUSER,
+    /// PGDATABASE, PGSSLMODE, PGSSLROOTCERT, or --database-url without a password; the password
+    /// from ~/.pgpass (or PGPASSFILE; recommended) or PGPASSWORD, never from the command line.
     cmd xtask {
         /// Run the runbook: back up and dump the SQLite db with Sentry 4, load it into PostgreSQL,
         /// upgrade to Sentry 6, verifying row counts after each phase. Resumes after the last

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod merge;
 pub mod pg;
 pub mod pgcluster;
+pub mod pgpass;
 pub mod plan;
 pub mod rehearse;
 pub mod report;

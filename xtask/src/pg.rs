@@ -7,9 +7,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use postgres::{Client, NoTls};
+use postgres_openssl::MakeTlsConnector;
 
-use crate::config::{quote_identifier, PgTarget};
+use crate::{
+    config::{quote_identifier, PgTarget, SslMode},
+    pgpass,
+};
 
 pub const DEMO_PROJECT_NAME: &str = "Sentry (Internal)";
 
@@ -51,12 +56,43 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
         .dbname(dbname)
         .application_name("sentry-migrate")
         .connect_timeout(Duration::from_secs(10));
-    if let Some(password) = &target.password {
-        pg_config.password(password.expose());
+    // PGPASSWORD, else the password file, as libpq reads it (its note, if it was ignored).
+    let mut passfile_note = None;
+    match (&target.password, &target.passfile) {
+        (Some(password), _) => {
+            pg_config.password(password.expose());
+        }
+        (None, Some(file)) => {
+            match pgpass::lookup(file, &target.host, target.port, dbname, &target.user) {
+                pgpass::Lookup::Found(password) => {
+                    pg_config.password(password);
+                }
+                pgpass::Lookup::IgnoredPermissions(path) => {
+                    passfile_note = Some(format!(
+                    "{} is ignored, as libpq ignores it: it is readable by group or others (chmod 0600 it)",
+                    path.display()
+                ));
+                }
+                pgpass::Lookup::NotFound => {}
+            }
+        }
+        (None, None) => {}
     }
+    pg_config.ssl_mode(match target.sslmode {
+        SslMode::Disable => postgres::config::SslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            postgres::config::SslMode::Require
+        }
+    });
+    let tls = tls_connector(target)?;
     let deadline = Instant::now() + wait;
     loop {
-        match pg_config.connect(NoTls) {
+        let attempt = match &tls {
+            None => pg_config.connect(NoTls),
+            Some(connector) => pg_config.connect(connector.clone()),
+        };
+        match attempt {
             Ok(client) => return Ok(client),
             Err(err) => {
                 let retry = err
@@ -68,22 +104,78 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
-                return Err(explain_connect_error(target, dbname, err));
+                let err = explain_connect_error(target, dbname, err);
+                return Err(match &passfile_note {
+                    Some(note) => err.context(note.clone()),
+                    None => err,
+                });
             }
         }
     }
 }
 
+/// The TLS side of `target.sslmode`, as libpq means it: `prefer`/`require` encrypt without
+/// verifying (unless a root certificate is given: then `require` verifies as `verify-ca`),
+/// `verify-ca` checks the chain against `sslrootcert` (default `~/.postgresql/root.crt`;
+/// `system`: the system's CAs), `verify-full` also the host name. `None`: no TLS.
+fn tls_connector(target: &PgTarget) -> Result<Option<MakeTlsConnector>> {
+    let default_root = std::env::var_os("HOME")
+        .map(|home| std::path::PathBuf::from(home).join(".postgresql/root.crt"))
+        .filter(|path| path.exists());
+    let root = target.sslrootcert.clone().or(default_root);
+    let verify = match (target.sslmode, &root) {
+        (SslMode::Disable, _) => return Ok(None),
+        (SslMode::Allow | SslMode::Prefer, _) | (SslMode::Require, None) => None,
+        (SslMode::Require | SslMode::VerifyCa, _) => Some(false),
+        (SslMode::VerifyFull, _) => Some(true),
+    };
+    let mut builder = SslConnector::builder(SslMethod::tls())
+        .context("cannot set up TLS (OpenSSL) for the PostgreSQL connection")?;
+    let Some(check_host) = verify else {
+        builder.set_verify(SslVerifyMode::NONE);
+        return Ok(Some(MakeTlsConnector::new(builder.build())));
+    };
+    let mode = target.sslmode.name();
+    match root.as_deref() {
+        Some(path) if path == std::path::Path::new("system") => builder
+            .set_default_verify_paths()
+            .context("cannot load the system's CA certificates")?,
+        Some(path) => builder.set_ca_file(path).with_context(|| {
+            format!(
+                "sslmode={mode}: cannot read the root certificate {} (PGSSLROOTCERT or sslrootcert)",
+                path.display()
+            )
+        })?,
+        None => bail!(
+            "sslmode={mode} checks the server's certificate against a root certificate, and none is given: \
+             set PGSSLROOTCERT (or sslrootcert in --database-url) to the CA that signed the server's, or `system`"
+        ),
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    if !check_host {
+        connector.set_callback(|config, _| {
+            config.set_verify_hostname(false);
+            Ok(())
+        });
+    }
+    Ok(Some(connector))
+}
+
 fn explain_connect_error(target: &PgTarget, dbname: &str, err: postgres::Error) -> anyhow::Error {
     let at = format!("{}:{}", target.host, target.port);
     let hint = match err.as_db_error().map(|db| db.code().code()) {
-        Some("28P01") => format!("password authentication failed for role `{}`: check PGPASSWORD", target.user),
+        Some("28P01") => format!("password authentication failed for role `{}`: check PGPASSWORD (or the password file, ~/.pgpass or PGPASSFILE)", target.user),
         Some("28000") => format!("role `{}` may not connect to `{dbname}` (pg_hba.conf or a missing role): check PGUSER and the server's pg_hba.conf", target.user),
         Some("3D000") => format!("database `{dbname}` does not exist on {at}"),
         Some(code) => format!("the server refused the connection (SQLSTATE {code})"),
         None if err.to_string().contains("password missing") => {
-            format!("the server at {at} wants a password for role `{}`: set PGPASSWORD", target.user)
+            format!("the server at {at} wants a password for role `{}`: put it in ~/.pgpass (mode 0600; or PGPASSFILE) or set PGPASSWORD", target.user)
         }
+        None if format!("{err:#}").contains("TLS") || std::error::Error::source(&err).is_some_and(|it| it.to_string().contains("certificate")) => format!(
+            "the TLS handshake with {at} failed (sslmode={}): {}; check PGSSLMODE, PGSSLROOTCERT and that the server's certificate names the host",
+            target.sslmode.name(),
+            std::error::Error::source(&err).map(|it| it.to_string()).unwrap_or_else(|| err.to_string())
+        ),
         None => format!("PostgreSQL is not reachable at {at}: is the server running? check PGHOST and PGPORT"),
     };
     anyhow::Error::new(err).context(format!("cannot connect to {target}: {hint}"))
@@ -694,6 +786,197 @@ mod tests {
         assert_eq!(orphan_events(&mut client).unwrap(), 0);
         client.batch_execute("SET session_replication_role = replica; INSERT INTO sentry_message (group_id) VALUES (9);").unwrap();
         assert_eq!(orphan_events(&mut client).unwrap(), 1);
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 signed by it, and another CA, made with the
+    /// `openssl` program in a folder the `postgres` user can read.
+    fn make_certificates(dir: &std::path::Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("the openssl program (apt-get install openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for ca in ["ca", "other-ca"] {
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+                "-subj",
+                &format!("/CN={ca}"),
+                "-days",
+                "2",
+            ]);
+        }
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ]);
+        std::fs::set_permissions(
+            dir.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(1)
+            == 0
+        {
+            let (uid, gid) = crate::pgcluster::server_user("postgres").unwrap();
+            for file in ["server.key", "server.crt"] {
+                std::os::unix::fs::chown(dir.join(file), Some(uid), Some(gid)).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn tls_modes_as_libpq_means_them() {
+        if skip() {
+            return;
+        }
+        let certs = tempfile::tempdir().unwrap();
+        make_certificates(certs.path());
+        let scratch = tempfile::tempdir().unwrap();
+        let sh = xshell::Shell::new().unwrap();
+        let c = certs.path().display();
+        let cluster = crate::pgcluster::PgCluster::start_with_options(
+            &sh,
+            scratch.path(),
+            &format!("-c ssl=on -c ssl_cert_file={c}/server.crt -c ssl_key_file={c}/server.key"),
+        )
+        .unwrap();
+        let base = PgTarget::from_env_or_url(None, |key| {
+            cluster
+                .env(&cluster.superuser, &cluster.password, "postgres")
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        })
+        .unwrap();
+        let with = |mode: SslMode, root: Option<&str>| PgTarget {
+            sslmode: mode,
+            sslrootcert: root.map(|it| certs.path().join(it)),
+            ..base.clone()
+        };
+        let encrypted = |target: &PgTarget| -> Result<bool> {
+            let mut client = connect(target, "postgres", Duration::from_secs(2))?;
+            Ok(client
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )?
+                .get(0))
+        };
+        assert!(!encrypted(&with(SslMode::Disable, None)).unwrap());
+        assert!(encrypted(&with(SslMode::Prefer, None)).unwrap());
+        assert!(encrypted(&with(SslMode::Require, None)).unwrap());
+        assert!(encrypted(&with(SslMode::VerifyCa, Some("ca.crt"))).unwrap());
+        assert!(encrypted(&with(SslMode::VerifyFull, Some("ca.crt"))).unwrap());
+
+        let err = format!(
+            "{:#}",
+            encrypted(&with(SslMode::VerifyFull, Some("other-ca.crt"))).unwrap_err()
+        );
+        assert!(
+            err.contains("the TLS handshake with 127.0.0.1") && err.contains("sslmode=verify-full"),
+            "{err}"
+        );
+        assert!(!err.contains(&cluster.password), "{err}");
+        // `require` with a root certificate verifies, as libpq does.
+        assert!(encrypted(&with(SslMode::Require, Some("other-ca.crt"))).is_err());
+        let err = format!(
+            "{:#}",
+            encrypted(&with(SslMode::VerifyCa, Some("missing.crt"))).unwrap_err()
+        );
+        assert!(err.contains("cannot read the root certificate"), "{err}");
+    }
+
+    #[test]
+    fn the_password_file_and_a_socket_folder_work_as_in_libpq() {
+        use std::os::unix::fs::PermissionsExt;
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("pgpass");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(
+            &file,
+            format!(
+                "127.0.0.1:{}:*:postgres:{}\n",
+                db.cluster.port, db.cluster.password
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut target = superuser(&db);
+        target.password = None;
+        target.passfile = Some(file.clone());
+        connect(&target, &db.name, Duration::from_secs(2)).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!(
+            "{:#}",
+            connect(&target, &db.name, Duration::from_secs(1))
+                .err()
+                .expect("ignored file")
+        );
+        assert!(
+            err.contains("is ignored, as libpq ignores it: it is readable by group or others"),
+            "{err}"
+        );
+        assert!(!err.contains(&db.cluster.password), "{err}");
+
+        // A socket folder as the host (local connections: trust in the test cluster).
+        let mut socket = superuser(&db);
+        socket.host = db.cluster.dir.display().to_string();
+        socket.password = None;
+        socket.passfile = None;
+        let mut client = connect(&socket, &db.name, Duration::from_secs(2)).unwrap();
+        let over_socket: bool = client
+            .query_one("SELECT inet_server_addr() IS NULL", &[])
+            .unwrap()
+            .get(0);
+        assert!(over_socket);
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl PgCluster {
     }
 
     /// [`PgCluster::start`] with extra server options (`-c name=value …`) for `pg_ctl -o`.
-    fn start_with_options(sh: &Shell, dir: &Path, extra_options: &str) -> Result<PgCluster> {
+    pub fn start_with_options(sh: &Shell, dir: &Path, extra_options: &str) -> Result<PgCluster> {
         let bindir = find_bindir()?;
         let run_as_postgres = fs::metadata("/proc/self")?.uid() == 0;
         fs::create_dir_all(dir)
@@ -248,7 +248,7 @@ impl Drop for PgCluster {
 }
 
 /// uid and gid of the system user the server runs as (the user database: /etc/passwd, NSS).
-fn server_user(name: &str) -> Result<(u32, u32)> {
+pub fn server_user(name: &str) -> Result<(u32, u32)> {
     let user = nix::unistd::User::from_name(name)
         .with_context(|| format!("cannot look up the system user `{name}`: check /etc/nsswitch.conf and /etc/passwd"))?
         .with_context(|| format!("no `{name}` user on this machine: PostgreSQL refuses to run as root; create the user (apt-get install postgresql does)"))?;

@@ -101,8 +101,16 @@ fn render_with_key(kind: DbKind, config: &Config, secret_key: &SecretKey) -> Str
         DbKind::Postgres => {
             let pg: &PgTarget = &config.pg;
             let password = pg.password.as_ref().map(|it| it.expose()).unwrap_or("");
+            // psycopg2 hands OPTIONS to libpq: the same TLS mode the tool connects with.
+            let mut options = format!("'sslmode': {}", py_str(pg.sslmode.name()));
+            if let Some(root) = &pg.sslrootcert {
+                options.push_str(&format!(
+                    ", 'sslrootcert': {}",
+                    py_str(&root.display().to_string())
+                ));
+            }
             format!(
-                "    'default': {{\n        'ENGINE': 'django.db.backends.postgresql_psycopg2',\n        'NAME': {},\n        'USER': {},\n        'PASSWORD': {},\n        'HOST': {},\n        'PORT': {},\n    }}\n",
+                "    'default': {{\n        'ENGINE': 'django.db.backends.postgresql_psycopg2',\n        'NAME': {},\n        'USER': {},\n        'PASSWORD': {},\n        'HOST': {},\n        'PORT': {},\n        'OPTIONS': {{{options}}},\n    }}\n",
                 py_str(&pg.dbname),
                 py_str(&pg.user),
                 py_str(password),
@@ -776,6 +784,21 @@ mod tests {
         assert!(
             switch(DbKind::Postgres, &config).unwrap().is_empty(),
             "same target: nothing to change"
+        );
+    }
+
+    #[test]
+    fn psycopg2_gets_the_same_tls_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.pg.sslmode = crate::config::SslMode::VerifyFull;
+        config.pg.sslrootcert = Some("/etc/sentry/ca.crt".into());
+        let text = render(DbKind::Postgres, &config, "k");
+        assert!(
+            text.contains(
+                "'OPTIONS': {'sslmode': 'verify-full', 'sslrootcert': '/etc/sentry/ca.crt'},"
+            ),
+            "{text}"
         );
     }
 
