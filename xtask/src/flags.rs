@@ -23,7 +23,7 @@ xflags::xflags! {
             optional --until step: String
             /// The Sentry 4 SQLite database (default: var/sentry.db).
             optional --sqlite path: PathBuf
-            /// Target as postgres://USER@HOST:PORT/DBNAME (no password here: use PGPASSWORD).
+            /// Target as postgres://USER@HOST:PORT/DBNAME (no password here: use ~/.pgpass or PGPASSWORD).
             optional --database-url url: String
             /// Buildout config of tag 1, Sentry 4 + psycopg2 (default: buildout/tag1-sentry4.cfg).
             optional --tag1 path: PathBuf
@@ -57,7 +57,7 @@ xflags::xflags! {
             /// The SQLite database, for `sqlite` (default: var/sentry.db).
             optional --sqlite path: PathBuf
             /// Target as postgres://USER@HOST:PORT/DBNAME or `host=… dbname=…` (a socket folder
-            /// as host works); no password here: use PGPASSWORD.
+            /// as host works); no password here: use ~/.pgpass or PGPASSWORD.
             optional --database-url url: String
         }
     }
