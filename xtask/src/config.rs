@@ -391,6 +391,8 @@ pub struct Config {
     pub tag2_cfg: PathBuf,
     /// `--fit-values`: fit what PostgreSQL rejects in a working copy the dumps read.
     pub fit_values: bool,
+    /// How the rows go into PostgreSQL.
+    pub engine: crate::flags::Engine,
     /// The `TIME_ZONE` Sentry 4 wrote its naive dates in, as the settings files say.
     pub time_zone: crate::zone::ZoneSetting,
 }
@@ -412,6 +414,7 @@ impl Config {
             tag1_cfg: root.join("buildout/tag1-sentry4.cfg"),
             tag2_cfg: root.join("buildout/tag2-sentry6.cfg"),
             fit_values: false,
+            engine: crate::flags::Engine::default(),
             time_zone: crate::zone::read(&root),
             root,
         })

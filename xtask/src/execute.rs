@@ -96,6 +96,7 @@ impl flags::Migrate {
             config.tag2_cfg = config.root.join(tag2);
         }
         config.fit_values = self.fit_values;
+        config.engine = self.engine.unwrap_or_default();
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
@@ -103,7 +104,8 @@ impl flags::Migrate {
             ("--tag1", path(&self.tag1)),
             ("--tag2", path(&self.tag2)),
         ])
-        .switch("--fit-values", self.fit_values);
+        .switch("--fit-values", self.fit_values)
+        .switch("--engine copy", self.engine == Some(flags::Engine::Copy));
         let options = Options {
             dry_run: self.dry_run,
             from: self.from,
@@ -323,6 +325,13 @@ impl StepRunner<'_> {
                 self.fit_values(working_copy)
             }
             Action::VerifyDumps => self.verify_dumps().map(|()| Outputs::new()),
+            Action::CountSource => self.count_source().map(|()| Outputs::new()),
+            Action::PgCopy {
+                time_zone,
+                reset_sequence_sql,
+            } => self
+                .pg_copy(step, time_zone.as_deref(), reset_sequence_sql)
+                .map(|()| Outputs::new()),
             Action::PgCreateDatabase { create_sql } => {
                 self.create_database(create_sql).map(|()| Outputs::new())
             }
@@ -794,6 +803,112 @@ impl StepRunner<'_> {
         let path = config.display_path(&working);
         let hash = util::sha256_file(&working)?;
         Ok(Outputs::from([(path, hash)]))
+    }
+
+    /// The db the copy engine reads: the fitted working copy with `--fit-values`, else the source.
+    fn engine_source(&self) -> PathBuf {
+        if self.config.fit_values {
+            self.config.fitted_db()
+        } else {
+            self.config.sqlite_path.clone()
+        }
+    }
+
+    fn count_source(&mut self) -> Result<()> {
+        let tables = self.model_tables()?;
+        let source = self.engine_source();
+        let counts = sqlite::table_counts(&source)?;
+        let rows: BTreeMap<String, u64> = tables
+            .iter()
+            .filter_map(|table| counts.get(table).map(|n| (table.clone(), *n)))
+            .collect();
+        let sqlite_counts = if source == self.config.sqlite_path {
+            counts
+        } else {
+            sqlite::table_counts(&self.config.sqlite_path)?
+        };
+        let merged = self
+            .journal
+            .fit
+            .as_ref()
+            .map(|fit| fit.merged.clone())
+            .unwrap_or_default();
+        let checks = verify::dumps_vs_sqlite(&rows, &sqlite_counts, &merged);
+        self.journal.leftover_tables = checks
+            .iter()
+            .filter(|c| c.verdict == verify::Verdict::NotCarriedOver)
+            .map(|c| (c.table.clone(), c.expected.unwrap_or(0)))
+            .collect();
+        self.journal.sqlite_counts = sqlite_counts;
+        self.journal.dump_objects = rows.values().sum();
+        self.journal.dump_rows = rows;
+        self.finish_check(
+            "source-vs-sqlite",
+            checks,
+            self.resume.redo(StepId::SqliteUpgrade),
+        )
+    }
+
+    fn pg_copy(
+        &mut self,
+        step: &Step,
+        time_zone: Option<&str>,
+        reset_sequence_sql: &str,
+    ) -> Result<()> {
+        let zone = time_zone.with_context(|| {
+            format!(
+                "the settings say no TIME_ZONE, so the dates cannot be read: set it (README, step 2), then `{}`",
+                self.resume.from(StepId::Preflight)
+            )
+        })?;
+        ensure!(
+            self.journal.is_done(StepId::CountSource),
+            "the copy's source was not counted: resume with `{}`",
+            self.resume.from(StepId::CountSource)
+        );
+        let mut client = self.target_client()?;
+        let filled: Vec<String> = pg::table_counts(&mut client)?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect();
+        ensure!(
+            filled.is_empty(),
+            "the target is not empty before the copy: {}; {}",
+            filled.join(", "),
+            self.resume.redo(StepId::PgClearGeneratedRows)
+        );
+        self.ensure_settings_for(step.phase)?;
+        self.ensure_sentry_version_for(step.phase)?;
+        self.ensure_sentry_stopped()?;
+        let tables = self.model_tables()?;
+        let source = self.engine_source();
+        let copies = crate::copy::copy(&source, &mut client, &tables, zone)?;
+        let mut log = self.log()?;
+        for copy in &copies {
+            writeln!(
+                log,
+                "{}: {} rows in {:.1}s",
+                copy.table, copy.rows, copy.secs
+            )?;
+            if !copy.skipped_columns.is_empty() {
+                writeln!(
+                    log,
+                    "{}: SQLite-only columns not carried over (no model field, as with loaddata): {}",
+                    copy.table,
+                    copy.skipped_columns.join(", ")
+                )?;
+            }
+        }
+        let total: u64 = copies.iter().map(|c| c.rows).sum();
+        self.journal.loaddata_summary = Some(format!(
+            "copy engine: {total} rows into {} tables, dates read in {zone}",
+            copies.len()
+        ));
+        self.journal.copied = copies;
+        let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
+        writeln!(log, "sequences reset: {}", sequences.len())?;
+        Ok(())
     }
 
     fn verify_dumps(&mut self) -> Result<()> {

@@ -33,6 +33,10 @@ xflags::xflags! {
             /// working copy of the db, dumps/sentry-fitted.db, which the dumps then read; every
             /// changed row is listed in the report. Without it, `scan-values` stops on them.
             optional --fit-values
+            /// How the rows go into PostgreSQL: `loaddata` (the runbook's dumpdata/loaddata,
+            /// the default) or `copy` (SQLite streamed straight into PostgreSQL with COPY: flat
+            /// memory, minutes for a million events).
+            optional --engine engine: Engine
         }
         /// The whole migration on the real stack: provisions Python 2.7, buildout, Sentry 4.10
         /// and 6.4 (cached) and a throwaway PostgreSQL on loopback, fills a Sentry 4 SQLite db with
@@ -59,6 +63,29 @@ xflags::xflags! {
             /// Target as postgres://USER@HOST:PORT/DBNAME or `host=… dbname=…` (a socket folder
             /// as host works); no password here: use ~/.pgpass or PGPASSWORD.
             optional --database-url url: String
+        }
+    }
+}
+
+/// How `migrate` moves the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// Django's `dumpdata` then `loaddata`, as the runbook does.
+    #[default]
+    Loaddata,
+    /// SQLite rows streamed into PostgreSQL with COPY.
+    Copy,
+}
+
+impl FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "loaddata" => Ok(Engine::Loaddata),
+            "copy" => Ok(Engine::Copy),
+            _ => Err(format!(
+                "unknown engine `{s}`: expected `copy` or `loaddata`"
+            )),
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct Journal {
     pub shim: Option<String>,
     #[serde(default)]
     pub loaddata_summary: Option<String>,
+    /// What the copy engine wrote, per table.
+    #[serde(default)]
+    pub copied: Vec<crate::copy::TableCopy>,
     #[serde(default)]
     pub postgres_counts: BTreeMap<String, u64>,
     #[serde(default)]

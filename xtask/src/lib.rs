@@ -2,6 +2,7 @@
 //! the same code (the test cluster, the helpers) instead of including source files by path.
 
 pub mod config;
+pub mod copy;
 pub mod dumps;
 pub mod execute;
 pub mod flags;

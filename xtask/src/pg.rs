@@ -181,6 +181,26 @@ fn explain_connect_error(target: &PgTarget, dbname: &str, err: postgres::Error) 
     anyhow::Error::new(err).context(format!("cannot connect to {target}: {hint}"))
 }
 
+/// A failed statement, PostgreSQL's own words first: message, detail, and where.
+pub fn explain_sql_error(err: postgres::Error, what: &str) -> anyhow::Error {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{what} failed: {}", db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            if let Some(context) = db.where_() {
+                text.push_str(&format!(
+                    "; at {}",
+                    context.lines().next().unwrap_or(context)
+                ));
+            }
+            anyhow::anyhow!("{text} [SQLSTATE {}]", db.code().code())
+        }
+        None => anyhow::Error::new(err).context(format!("{what} failed")),
+    }
+}
+
 /// Server version as `server_version_num` (150004 for 15.4).
 pub fn server_version_num(client: &mut Client) -> Result<i32> {
     let row = client.query_one("SELECT current_setting('server_version_num')::int", &[])?;

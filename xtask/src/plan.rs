@@ -57,6 +57,14 @@ pub enum Action {
     FitValues { working_copy: PathBuf },
     /// Parses both dumps and compares objects per model with the SQLite row counts.
     VerifyDumps,
+    /// The copy engine's source: rows per model table of the db it reads, against SQLite's.
+    CountSource,
+    /// The copy engine: every model table streamed into the target with COPY, one transaction,
+    /// the session's TimeZone set to Sentry 4's; then `reset_sequence_sql` per id sequence.
+    PgCopy {
+        time_zone: Option<String>,
+        reset_sequence_sql: &'static str,
+    },
     /// Creates the target database (`create_sql`), or accepts an empty one.
     PgCreateDatabase { create_sql: String },
     /// Removes the demo project and every row `sentry upgrade` generated, so the load is exact:
@@ -125,6 +133,7 @@ step_ids! {
     InspectModels = "inspect-models",
     ScanValues = "scan-values",
     FitValues = "fit-values",
+    CountSource = "count-source",
     DumpAuth = "dump-auth",
     DumpRest = "dump-rest",
     VerifyDumps = "verify-dumps",
@@ -134,6 +143,7 @@ step_ids! {
     PgClearGeneratedRows = "pg-clear-generated-rows",
     PgAbstimeShim = "pg-abstime-shim",
     PgLoad = "pg-load",
+    PgCopy = "pg-copy",
     VerifyPostgres = "verify-postgres",
     BuildoutTag2 = "buildout-tag2",
     Sentry6Upgrade = "sentry6-upgrade",
@@ -384,6 +394,33 @@ pub fn plan(config: &Config) -> Vec<Step> {
             VerifySentry6,
         ),
     ];
+    if config.engine == crate::flags::Engine::Copy {
+        steps.retain(|step| !matches!(step.id, StepId::DumpAuth | StepId::DumpRest));
+        for step in &mut steps {
+            match step.id {
+                StepId::VerifyDumps => {
+                    *step = Step {
+                        id: StepId::CountSource,
+                        phase: Sqlite,
+                        summary: "count the rows the copy will read; they must equal SQLite's (less what --fit-values merged)",
+                        action: CountSource,
+                    }
+                }
+                StepId::PgLoad => {
+                    *step = Step {
+                        id: StepId::PgCopy,
+                        phase: Postgres,
+                        summary: "stream every table into PostgreSQL with COPY in one transaction (foreign keys checked at commit)",
+                        action: PgCopy {
+                            time_zone: config.time_zone.zone().map(str::to_string),
+                            reset_sequence_sql: pg::RESET_SEQUENCE_SQL,
+                        },
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
     if config.fit_values {
         let at = steps
             .iter()
@@ -454,6 +491,23 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             "merge tag values a cut made equal on PostgreSQL's unique key (times_seen summed, earliest first_seen, latest last_seen); any other collision stops".into(),
             format!("write settings/settings_local.py (0600): sqlite3 {} (the dumps read the working copy)", working_copy.display()),
             "report: every changed row (table, id, column, what was done) and every merge".into(),
+        ],
+        Action::CountSource => vec![
+            format!("count: rows of every model table in {} (the working copy with --fit-values)", db),
+            "check: they equal SQLite's rows per table, less exactly the rows --fit-values merged".into(),
+        ],
+        Action::PgCopy { time_zone, reset_sequence_sql } => vec![
+            "sql (one transaction): SELECT set_config('TimeZone', $1, true)".to_string(),
+            format!(
+                "      where $1 = {}: naive datetimes are read in it, as Django's PostgreSQL backend reads them",
+                time_zone.as_deref().map_or("TIME_ZONE (not set: preflight stops)".to_string(), |zone| format!("'{zone}'"))
+            ),
+            "sql: SET CONSTRAINTS ALL DEFERRED".into(),
+            "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN".into(),
+            "      rows streamed from SQLite one at a time: booleans 0/1 -> f/t, text escaped for COPY, NULL as \\N".into(),
+            "check: rows copied = rows read, per table; foreign keys checked at COMMIT (a failure rolls everything back)".into(),
+            format!("sql (each table with an id sequence): {reset_sequence_sql}"),
+            "      where {table} and $1 = the table's quoted name".into(),
         ],
         Action::VerifyDumps => vec![
             "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
@@ -635,19 +689,35 @@ mod tests {
         }
         let mut fitting = config.clone();
         fitting.fit_values = true;
-        let all: Vec<StepId> = plan(&fitting).iter().map(|s| s.id).collect();
-        assert_eq!(
-            all,
-            StepId::ALL,
-            "with --fit-values the plan runs every step name, each once, in the order they are declared"
-        );
+        let mut copying = fitting.clone();
+        copying.engine = crate::flags::Engine::Copy;
+        let loaddata: Vec<StepId> = plan(&fitting).iter().map(|s| s.id).collect();
+        let copy: Vec<StepId> = plan(&copying).iter().map(|s| s.id).collect();
+        for ids in [&loaddata, &copy] {
+            let in_order: Vec<StepId> = StepId::ALL
+                .iter()
+                .copied()
+                .filter(|id| ids.contains(id))
+                .collect();
+            assert_eq!(*ids, in_order, "each step once, in the order declared");
+        }
+        let all: Vec<StepId> = StepId::ALL
+            .iter()
+            .copied()
+            .filter(|id| loaddata.contains(id) || copy.contains(id))
+            .collect();
+        assert_eq!(all, StepId::ALL, "every step name is in a plan");
+        assert!(copy.contains(&StepId::PgCopy) && !copy.contains(&StepId::DumpAuth));
         let ids: Vec<StepId> = plan(&config).iter().map(|s| s.id).collect();
         assert_eq!(
             ids,
             StepId::ALL
                 .iter()
                 .copied()
-                .filter(|id| *id != StepId::FitValues)
+                .filter(|id| !matches!(
+                    id,
+                    StepId::FitValues | StepId::CountSource | StepId::PgCopy
+                ))
                 .collect::<Vec<_>>()
         );
         let names: Vec<&str> = all.iter().map(|id| id.name()).collect();

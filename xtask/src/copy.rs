@@ -1,0 +1,384 @@
+//! The copy engine: SQLite rows streamed straight into the schema `sentry upgrade` built, with
+//! COPY, in one transaction (Django's foreign keys are deferred: PostgreSQL checks them once, at
+//! commit; a failure rolls everything back). Memory stays flat: one row at a time through a
+//! bounded buffer.
+//!
+//! Values are converted by the target column's type. Naive datetime text goes in as it is, with
+//! the session's `TimeZone` set to Sentry 4's `TIME_ZONE`: PostgreSQL then reads it exactly as it
+//! reads what Django 1.4's PostgreSQL backend sends (`USE_TZ` off), daylight saving included.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufWriter, IsTerminal, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use postgres::Client;
+use rusqlite::types::ValueRef;
+use serde::{Deserialize, Serialize};
+
+use crate::{config::quote_identifier, values};
+
+/// What the copy of one table did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableCopy {
+    pub table: String,
+    pub rows: u64,
+    /// SQLite columns the target has no column for (loaddata drops them too: no model field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped_columns: Vec<String>,
+    pub secs: f64,
+}
+
+/// How a column's values are written for COPY's text format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Boolean,
+    Integer,
+    Bytea,
+    /// Text, numbers as text, dates and times (read by PostgreSQL in the session's zone).
+    Text,
+}
+
+fn target_of(data_type: &str) -> Target {
+    match data_type {
+        "boolean" => Target::Boolean,
+        "integer" | "bigint" | "smallint" => Target::Integer,
+        "bytea" => Target::Bytea,
+        _ => Target::Text,
+    }
+}
+
+/// One value in COPY's text format (`\N` for NULL; backslash, tab, newline, CR escaped).
+fn encode(out: &mut Vec<u8>, target: Target, value: ValueRef<'_>) -> Result<(), String> {
+    match (target, value) {
+        (_, ValueRef::Null) => out.extend_from_slice(b"\\N"),
+        (Target::Boolean, ValueRef::Integer(n)) => out.push(if n != 0 { b't' } else { b'f' }),
+        (Target::Boolean, ValueRef::Text(text)) => match text {
+            b"1" | b"t" | b"true" | b"True" => out.push(b't'),
+            b"0" | b"f" | b"false" | b"False" => out.push(b'f'),
+            _ => {
+                return Err(format!(
+                    "`{}` is not a boolean",
+                    String::from_utf8_lossy(text)
+                ))
+            }
+        },
+        (Target::Integer, ValueRef::Real(x)) if x.fract() == 0.0 => {
+            out.extend_from_slice(format!("{}", x as i64).as_bytes())
+        }
+        (_, ValueRef::Integer(n)) => out.extend_from_slice(n.to_string().as_bytes()),
+        (_, ValueRef::Real(x)) => out.extend_from_slice(format!("{x:?}").as_bytes()),
+        (Target::Bytea, ValueRef::Blob(bytes) | ValueRef::Text(bytes)) => {
+            out.extend_from_slice(b"\\\\x");
+            for byte in bytes {
+                out.extend_from_slice(format!("{byte:02x}").as_bytes());
+            }
+        }
+        (_, ValueRef::Text(bytes) | ValueRef::Blob(bytes)) => {
+            if std::str::from_utf8(bytes).is_err() {
+                return Err(
+                    "text that is not valid UTF-8 (scan-values finds it; --fit-values fits it)"
+                        .into(),
+                );
+            }
+            for &byte in bytes {
+                match byte {
+                    0 => {
+                        return Err(
+                            "a NUL character (scan-values finds it; --fit-values fits it)".into(),
+                        )
+                    }
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    _ => out.push(byte),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `(column, data type, NOT NULL without a default)` of a target table, in table order.
+fn target_columns(
+    client: &mut postgres::Transaction<'_>,
+    table: &str,
+) -> Result<Vec<(String, String, bool)>> {
+    let rows = client
+        .query(
+            "SELECT column_name::text, data_type::text, is_nullable = 'NO' AND column_default IS NULL \
+             FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 \
+             ORDER BY ordinal_position",
+            &[&table],
+        )
+        .with_context(|| format!("cannot read the columns of {table} in the target"))?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect())
+}
+
+/// Shows rows done, rows/s and an ETA per table on a terminal; a line a minute otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    reported_minutes: u64,
+    label: String,
+}
+
+impl Progress {
+    fn new(table: &str, rows: u64) -> Progress {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(rows);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "      {msg:<32} {bar:30} {pos:>9}/{len:9} rows {per_sec:>12} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(table.to_string());
+            bar
+        });
+        Progress {
+            bar,
+            started: Instant::now(),
+            reported_minutes: 0,
+            label: table.to_string(),
+        }
+    }
+
+    fn tick(&mut self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        let minutes = self.started.elapsed().as_secs() / 60;
+        if minutes > self.reported_minutes {
+            self.reported_minutes = minutes;
+            let rate = done as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            let eta = Duration::from_secs_f64(total.saturating_sub(done) as f64 / rate.max(1.0));
+            println!(
+                "      {}: {done}/{total} rows, {rate:.0} rows/s, eta {}",
+                self.label,
+                crate::util::human_duration(eta)
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Copies `tables` of `sqlite` into the target in one transaction, reading naive datetimes in
+/// `time_zone`. Returns what each table got; fails (and rolls back) on the first problem, naming
+/// the table, column and row.
+pub fn copy(
+    sqlite: &Path,
+    client: &mut Client,
+    tables: &[String],
+    time_zone: &str,
+) -> Result<Vec<TableCopy>> {
+    let source = values::open_read_only(sqlite)?;
+    let target_tables: std::collections::BTreeSet<String> = client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut tx = client.transaction()?;
+    // As Django's backend does per connection: the session reads naive times in TIME_ZONE.
+    tx.query_one("SELECT set_config('TimeZone', $1, true)", &[&time_zone])
+        .with_context(|| format!("PostgreSQL does not know the time zone `{time_zone}`"))?;
+    tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")?;
+    let mut out = Vec::new();
+    for table in tables {
+        let sqlite_columns: Vec<String> = source
+            .prepare(&format!("PRAGMA table_info({})", quote_sqlite(table)))?
+            .query_map([], |row| row.get(1))?
+            .collect::<rusqlite::Result<_>>()
+            .with_context(|| {
+                format!("cannot read the columns of {table} in {}", sqlite.display())
+            })?;
+        if sqlite_columns.is_empty() {
+            continue;
+        }
+        if !target_tables.contains(table) {
+            bail!(
+                "the target has no table {table}, which Sentry 4's models use: did `sentry upgrade` run on it? \
+                 redo from pg-upgrade"
+            );
+        }
+        crate::pg::checked_table_name(table.clone())?;
+        let columns = target_columns(&mut tx, table)?;
+        let missing: Vec<&str> = columns
+            .iter()
+            .filter(|(name, _, required)| *required && !sqlite_columns.contains(name))
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{table}: the target requires column(s) {} that the SQLite table lacks: the SQLite schema is not Sentry 4.10's; \
+                 redo from sqlite-upgrade",
+                missing.join(", ")
+            );
+        }
+        let shared: Vec<(&str, Target)> = columns
+            .iter()
+            .filter(|(name, _, _)| sqlite_columns.contains(name))
+            .map(|(name, data_type, _)| (name.as_str(), target_of(data_type)))
+            .collect();
+        let skipped: Vec<String> = sqlite_columns
+            .iter()
+            .filter(|name| !columns.iter().any(|(c, _, _)| c == *name))
+            .cloned()
+            .collect();
+        let started = Instant::now();
+        let total: u64 = source
+            .query_row(
+                &format!("SELECT count(*) FROM {}", quote_sqlite(table)),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .with_context(|| format!("cannot count {table} in {}", sqlite.display()))?
+            as u64;
+        let select = format!(
+            "SELECT rowid, {} FROM {}",
+            shared
+                .iter()
+                .map(|(name, _)| quote_sqlite(name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            quote_sqlite(table)
+        );
+        let copy_sql = format!(
+            "COPY {} ({}) FROM STDIN",
+            quote_identifier(table),
+            shared
+                .iter()
+                .map(|(name, _)| quote_column(name))
+                .collect::<Result<Vec<_>>>()?
+                .join(", ")
+        );
+        let mut progress = Progress::new(table, total);
+        let mut writer = BufWriter::with_capacity(
+            1 << 20,
+            tx.copy_in(&copy_sql)
+                .with_context(|| format!("cannot start COPY into {table}"))?,
+        );
+        let mut stmt = source.prepare(&select)?;
+        let mut rows = stmt.query([])?;
+        let mut line = Vec::with_capacity(4096);
+        let mut done = 0u64;
+        while let Some(row) = rows
+            .next()
+            .with_context(|| format!("cannot read {table} in {}", sqlite.display()))?
+        {
+            line.clear();
+            for (index, (column, target)) in shared.iter().enumerate() {
+                if index > 0 {
+                    line.push(b'\t');
+                }
+                if let Err(why) = encode(&mut line, *target, row.get_ref(index + 1)?) {
+                    let rowid: i64 = row.get(0)?;
+                    bail!("{table}.{column} of row {rowid}: {why}");
+                }
+            }
+            line.push(b'\n');
+            writer
+                .write_all(&line)
+                .with_context(|| format!("COPY into {table} failed"))?;
+            done += 1;
+            if done.is_multiple_of(4096) {
+                progress.tick(done, total);
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        let copied = writer
+            .into_inner()
+            .map_err(|err| anyhow::anyhow!("COPY into {table} failed: {}", err.error()))?
+            .finish()
+            .map_err(|err| crate::pg::explain_sql_error(err, &format!("COPY into {table}")))?;
+        progress.finish();
+        if copied != done {
+            bail!("COPY into {table} took {copied} rows of {done} sent");
+        }
+        out.push(TableCopy {
+            table: table.clone(),
+            rows: copied,
+            skipped_columns: skipped,
+            secs: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        });
+    }
+    tx.commit()
+        .map_err(|err| crate::pg::explain_sql_error(err, "the copy's commit (PostgreSQL checks the foreign keys here; everything was rolled back)"))?;
+    Ok(out)
+}
+
+fn quote_sqlite(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Column names from the catalog: plain ones only, quoted.
+fn quote_column(name: &str) -> Result<String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!("unexpected column name {name:?} in the target: this tool only handles Sentry's own tables");
+    }
+    Ok(format!("\"{name}\""))
+}
+
+/// Rows per table the copy wrote, for the report.
+pub fn rows(copies: &[TableCopy]) -> BTreeMap<String, u64> {
+    copies.iter().map(|c| (c.table.clone(), c.rows)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(target: Target, value: ValueRef<'_>) -> String {
+        let mut out = Vec::new();
+        encode(&mut out, target, value).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn values_are_written_as_copy_text_reads_them() {
+        assert_eq!(enc(Target::Boolean, ValueRef::Integer(1)), "t");
+        assert_eq!(enc(Target::Boolean, ValueRef::Integer(0)), "f");
+        assert_eq!(enc(Target::Integer, ValueRef::Integer(-42)), "-42");
+        assert_eq!(enc(Target::Integer, ValueRef::Real(3.0)), "3");
+        assert_eq!(enc(Target::Text, ValueRef::Real(0.25)), "0.25");
+        assert_eq!(enc(Target::Text, ValueRef::Null), "\\N");
+        assert_eq!(
+            enc(Target::Text, ValueRef::Text("a\tb\nc\\d\re ✓".as_bytes())),
+            "a\\tb\\nc\\\\d\\re ✓"
+        );
+        assert_eq!(
+            enc(Target::Text, ValueRef::Text(b"2012-03-04 05:06:07.5")),
+            "2012-03-04 05:06:07.5"
+        );
+        assert_eq!(enc(Target::Bytea, ValueRef::Blob(&[0, 255])), "\\\\x00ff");
+        let mut out = Vec::new();
+        assert!(encode(&mut out, Target::Text, ValueRef::Text(b"a\0b"))
+            .unwrap_err()
+            .contains("NUL"));
+        assert!(encode(&mut out, Target::Text, ValueRef::Text(b"\xff"))
+            .unwrap_err()
+            .contains("UTF-8"));
+        assert!(encode(&mut out, Target::Boolean, ValueRef::Text(b"maybe")).is_err());
+    }
+}
