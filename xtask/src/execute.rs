@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{IsTerminal, Read, Seek, SeekFrom, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -1053,51 +1053,72 @@ fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
     println!("next:   bin/sentry --config=settings/settings.py start --noupgrade   (Sentry 6 on PostgreSQL)");
 }
 
-/// `dumps/migrate.lock`: one `migrate` at a time per repo; a lock of a dead process is taken over.
-struct Lock(PathBuf);
+/// `dumps/migrate.lock`: one `migrate` at a time per repo. An OS file lock (flock) on the file
+/// decides, held as long as the file is open: the kernel releases it when the process ends,
+/// however it ends, so a lock file left behind never blocks. The pid written into the file only
+/// names the holder in the message.
+pub struct Lock {
+    _file: fs::File,
+}
 
 impl Lock {
-    fn acquire(path: &Path) -> Result<Lock> {
-        for _ in 0..2 {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id())?;
-                    return Ok(Lock(path.to_path_buf()));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(path)
-                        .unwrap_or_default()
-                        .trim()
-                        .parse::<u32>()
-                        .ok();
-                    match holder {
-                        Some(pid) if util::process_alive(pid) => {
-                            bail!("another `cargo xtask migrate` (pid {pid}) is running on this repo ({} exists): wait for it to finish", path.display())
-                        }
-                        _ => {
-                            eprintln!(
-                                "note: removing a stale lock {} (its process is gone)",
-                                path.display()
-                            );
-                            fs::remove_file(path)?;
-                        }
-                    }
-                }
-                Err(err) => {
-                    return Err(err).with_context(|| format!("cannot create {}", path.display()))
-                }
+    pub fn acquire(path: &Path) -> Result<Lock> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                };
+                bail!(
+                    "another `cargo xtask migrate`{holder} is running on this repo (it holds {}): wait for it to finish",
+                    path.display()
+                )
+            }
+            Err(fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()))
             }
         }
-        bail!("cannot take the lock {}", path.display())
+        // Ours now: say who holds it (a file from an older run may be wider than 0600).
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(Lock { _file: file })
     }
 }
 
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_is_exclusive_and_released_with_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("migrate.lock");
+        let held = Lock::acquire(&path).unwrap();
+        // flock conflicts between open files, even in one process.
+        let err = format!("{:#}", Lock::acquire(&path).err().unwrap());
+        assert!(
+            err.contains(&format!(
+                "another `cargo xtask migrate` (pid {}) is running",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(held);
+        let _again = Lock::acquire(&path).unwrap();
+        assert!(path.exists(), "the file may stay");
     }
 }

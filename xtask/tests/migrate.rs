@@ -69,6 +69,16 @@ impl Repo {
     }
 
     fn xtask(&self, args: &[&str], fail: Option<&str>) -> Output {
+        let out = self.command(args, fail).output().unwrap();
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The `xtask` command on this repo, with the fake's and PostgreSQL's environment.
+    fn command(&self, args: &[&str], fail: Option<&str>) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
         cmd.args(args)
             .env("SENTRY_MIGRATE_ROOT", &self.root)
@@ -85,12 +95,7 @@ impl Repo {
         if let Some(fail) = fail {
             cmd.env("FAKE_FAIL", fail);
         }
-        let out = cmd.output().unwrap();
-        Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd
     }
 
     fn calls(&self) -> Vec<String> {
@@ -469,6 +474,9 @@ fn a_second_migrate_is_refused_while_one_runs() {
     }
     let repo = Repo::new("lock");
     let lock = repo.root.join("dumps/migrate.lock");
+    // A real holder: this test process takes the OS lock, as a running `migrate` does.
+    let held = fs::File::create(&lock).unwrap();
+    held.lock().unwrap();
     fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
     let out = repo.xtask(&["migrate"], None);
     assert!(!out.ok);
@@ -481,11 +489,66 @@ fn a_second_migrate_is_refused_while_one_runs() {
         out.stderr
     );
     assert!(repo.calls().is_empty());
+    drop(held);
 
-    fs::write(&lock, "999999999\n").unwrap();
-    let out = repo.xtask(&["migrate", "--until", "preflight"], None);
-    assert!(out.ok, "a stale lock is taken over: {out:#?}");
-    assert!(!lock.exists(), "the lock is released");
+    // A lock file whose process is gone, and one naming a live process (this one: a reused
+    // pid) that holds no lock: neither blocks, only the kernel's lock decides.
+    for pid in [999_999_999, std::process::id()] {
+        fs::write(&lock, format!("{pid}\n")).unwrap();
+        let out = repo.xtask(&["migrate", "--until", "preflight"], None);
+        assert!(
+            out.ok,
+            "a lock file without a lock ({pid}) blocked: {out:#?}"
+        );
+    }
+    assert_eq!(
+        fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Two runs started at the same instant: exactly one proceeds, the other is refused by the lock.
+#[test]
+fn two_migrates_started_at_once_one_runs_one_is_refused() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("race");
+    // A file left by a dead run, as after a SIGKILL: it must not matter.
+    fs::write(repo.root.join("dumps/migrate.lock"), "999999999\n").unwrap();
+    let children: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            repo.command(&["migrate", "--until", "verify-dumps"], None)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<std::process::Output> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let ok: Vec<&std::process::Output> = outs.iter().filter(|o| o.status.success()).collect();
+    let refused: Vec<&std::process::Output> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert_eq!(ok.len(), 1, "exactly one proceeds: {outs:#?}");
+    assert_eq!(refused.len(), 1, "{outs:#?}");
+    let stderr = String::from_utf8_lossy(&refused[0].stderr);
+    let winner = String::from_utf8_lossy(&ok[0].stdout);
+    assert!(
+        // The pid is named once the winner has written it (it may still be writing it).
+        stderr.starts_with("error: another `cargo xtask migrate`")
+            && stderr.contains("is running on this repo"),
+        "{stderr}"
+    );
+    assert!(winner.contains("verify-dumps … ok"), "{winner}");
+    // The refused run ran nothing: each command ran once, by the winner.
+    let dumps = repo
+        .calls()
+        .iter()
+        .filter(|call| call.contains("dumpdata auth"))
+        .count();
+    assert_eq!(dumps, 1, "{:?}", repo.calls());
 }
 
 /// Runs `migrate` after `spoil` and expects `message` on stderr, no panic, no Python stack.
