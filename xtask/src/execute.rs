@@ -156,7 +156,13 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         return Ok(());
     }
 
+    // The dumps hold every password hash and DSN secret key: dumps/ and logs/ are the owner's
+    // only, even when an earlier run (or a checkout) made them wider.
     fs::create_dir_all(config.dumps_dir().join("logs")).context("cannot create dumps/logs")?;
+    for dir in [config.dumps_dir(), config.dumps_dir().join("logs")] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
     let _lock = Lock::acquire(&config.dumps_dir().join("migrate.lock"))?;
     let mut journal = match existing {
         Some(journal) => {
@@ -452,11 +458,15 @@ impl StepRunner<'_> {
     }
 
     fn log(&self) -> Result<fs::File> {
-        fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.log_path)
-            .with_context(|| format!("cannot open {}", self.log_path.display()))
+            .with_context(|| format!("cannot open {}", self.log_path.display()))?;
+        // A log from an older run may be wider.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        Ok(file)
     }
 
     fn ensure_sentry_stopped(&self) -> Result<()> {
@@ -520,12 +530,17 @@ impl StepRunner<'_> {
         {
             let mut input = fs::File::open(source)
                 .with_context(|| format!("cannot read {}", source.display()))?;
+            // Private while it is written, then the source's mode: never readable by more
+            // people than the db itself.
+            let source_mode = input.metadata()?.permissions().mode() & 0o777;
             let mut output = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&backup)
                 .with_context(|| format!("cannot create the backup {}", backup.display()))?;
             std::io::copy(&mut input, &mut output)?;
+            output.set_permissions(fs::Permissions::from_mode(source_mode))?;
             output.sync_all()?;
         }
         sqlite::check_integrity(&backup, true)
@@ -591,8 +606,15 @@ impl StepRunner<'_> {
             .map(|path| util::sibling(&config.root.join(path), ".partial"));
         match &partial {
             Some(partial) => {
-                let file = fs::File::create(partial)
+                // A dump holds password hashes and DSN keys: the owner's only, from creation.
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(partial)
                     .with_context(|| format!("cannot create {}", partial.display()))?;
+                file.set_permissions(fs::Permissions::from_mode(0o600))?;
                 process.stdout(file);
             }
             None => {

@@ -93,7 +93,7 @@ impl Journal {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        util::write_atomic(path, text.as_bytes(), 0o644)
+        util::write_atomic(path, text.as_bytes(), 0o600)
     }
 
     pub fn is_done(&self, step: StepId) -> bool {

@@ -974,3 +974,80 @@ fn values_postgres_rejects_stop_the_run_early_and_are_fitted_on_request() {
         "{report}"
     );
 }
+
+/// Every directory and file under `dir` with its permission bits.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32, bool)> {
+    let mut out = vec![(
+        dir.to_path_buf(),
+        fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        true,
+    )];
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(modes(&path));
+        } else {
+            out.push((path, meta.permissions().mode() & 0o777, false));
+        }
+    }
+    out
+}
+
+/// The dumps hold every password hash and DSN secret key: dumps/ is 0700 (made so even when it
+/// existed wider), every dump, journal, report, log and the lock in it 0600; the SQLite backup
+/// has the source's mode, never a wider one.
+#[test]
+fn dumps_and_the_backup_are_private() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("modes");
+    let db = repo.root.join("var/sentry.db");
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(repo.root.join("dumps"), fs::Permissions::from_mode(0o755)).unwrap();
+    // A dump left 0644 by an older version of the tool, before a --from redo.
+    let out = repo.xtask(&["migrate"], Some("dump-rest"));
+    assert!(!out.ok);
+    fs::write(repo.root.join("dumps/dumpdata.json.partial"), "[").unwrap();
+    fs::set_permissions(
+        repo.root.join("dumps/dumpdata.json.partial"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+
+    let all = modes(&repo.root.join("dumps"));
+    let names: Vec<String> = all
+        .iter()
+        .map(|(path, _, _)| path.strip_prefix(&repo.root).unwrap().display().to_string())
+        .collect();
+    for want in [
+        "dumps/logs",
+        "dumps/journal.json",
+        "dumps/report.md",
+        "dumps/report.json",
+        "dumps/migrate.lock",
+        "dumps/dumpdata-auth.json",
+        "dumps/dumpdata.json",
+        "dumps/models.json",
+        "dumps/logs/10-dump-rest.log",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    for (path, mode, dir) in &all {
+        let want = if *dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/journal.json")).unwrap())
+            .unwrap();
+    let backup = repo.root.join(json["backup"]["path"].as_str().unwrap());
+    assert_eq!(
+        fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "the backup has the source's mode"
+    );
+}
