@@ -1051,3 +1051,114 @@ fn dumps_and_the_backup_are_private() {
         "the backup has the source's mode"
     );
 }
+
+/// Every file under `dir` (recursively).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    snapshot(dir).into_keys().collect()
+}
+
+/// A full run with a password set: no child the tool starts (bin/buildout, bin/sentry, the
+/// helper under bin/py) nor the tool itself shows it in `/proc/<pid>/cmdline`, and no file under
+/// dumps/ (dumps, journal, report, logs, lock) holds it; only the 0600 settings_local.py does.
+#[test]
+fn the_password_is_on_no_command_line_and_in_no_file_under_dumps() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("argv");
+    let password = &repo.db.cluster.password;
+    assert!(!password.is_empty());
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+
+    let seen = fs::read_to_string(repo.root.join("calls.log.cmdline")).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), repo.calls().len(), "one record per child");
+    for program in ["buildout", "sentry", "py"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{program}\t"))),
+            "{program} never ran: {seen}"
+        );
+    }
+    for line in &lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(
+            fields[2].contains("xtask") && fields[2].contains("migrate"),
+            "the parent is the tool: {line}"
+        );
+        assert!(
+            !line.contains(password.as_str()),
+            "password on a command line: {line}"
+        );
+    }
+
+    let under_dumps = files(&repo.root.join("dumps"));
+    assert!(under_dumps.len() >= 10, "{under_dumps:?}");
+    for path in under_dumps {
+        let bytes = fs::read(&path).unwrap();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "password in {}",
+            path.display()
+        );
+    }
+    // Where it belongs: the private settings file (so the search above was for a real secret).
+    let local = repo.root.join("settings/settings_local.py");
+    assert!(fs::read_to_string(&local)
+        .unwrap()
+        .contains(password.as_str()));
+    assert_eq!(
+        fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Database and role names that are not plain identifiers are refused before any SQL runs:
+/// no database is created, no program runs, nothing is written.
+#[test]
+fn names_that_are_not_plain_identifiers_are_refused_before_any_sql() {
+    if skip() {
+        return;
+    }
+    for (tag, key, value, message) in [
+        (
+            "baddb",
+            "PGDATABASE",
+            "bad-name",
+            "database name `bad-name` is not allowed",
+        ),
+        (
+            "badrole",
+            "PGUSER",
+            "Bad\"role",
+            "role name `Bad\"role` is not allowed",
+        ),
+    ] {
+        let repo = Repo::new(tag);
+        let before = snapshot(&repo.root);
+        let out = repo
+            .command(&["migrate"], None)
+            .env(key, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tag}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(message),
+            "{tag}: {stderr}"
+        );
+        assert!(repo.calls().is_empty(), "{tag}: a program ran");
+        assert_eq!(snapshot(&repo.root), before, "{tag}: files changed");
+        let mut admin = repo.db.cluster.admin_client("postgres");
+        let created = admin
+            .query(
+                "SELECT datname FROM pg_database WHERE datname IN ('bad-name', $1)",
+                &[&repo.target],
+            )
+            .unwrap();
+        assert!(created.is_empty(), "{tag}: a database was created");
+    }
+}
