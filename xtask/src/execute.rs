@@ -976,6 +976,7 @@ impl StepRunner<'_> {
         let counts = pg::table_counts(&mut client)?;
         let checks = verify::postgres_vs_dumps(&self.journal.dump_rows, &counts);
         self.journal.postgres_counts = counts;
+        self.journal.max_event_id = pg::max_event_id(&mut client)?;
         let sequences = pg::sequences(&mut client)?;
         let behind: Vec<String> = sequences
             .iter()

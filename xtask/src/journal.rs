@@ -60,6 +60,10 @@ pub struct Journal {
     pub loaddata_summary: Option<String>,
     #[serde(default)]
     pub postgres_counts: BTreeMap<String, u64>,
+    /// The highest event id (`sentry_message.id`) after the load: events past it were stored
+    /// by Sentry 6 after the migration (a rollback would leave them behind).
+    #[serde(default)]
+    pub max_event_id: Option<i64>,
     #[serde(default)]
     pub sequences: Vec<SequenceState>,
     /// Duplicate groups (and their rows) before Sentry 6's upgrade, which may merge them.

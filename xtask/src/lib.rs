@@ -12,6 +12,7 @@ pub mod pgcluster;
 pub mod plan;
 pub mod rehearse;
 pub mod report;
+pub mod rollback;
 pub mod sentry;
 pub mod settings;
 pub mod sqlite;

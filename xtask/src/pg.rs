@@ -249,6 +249,36 @@ pub fn install_abstime_shim(client: &mut Client, shim_sql: &[&str]) -> Result<Sh
     Ok(ShimOutcome::Installed)
 }
 
+/// The highest event id (`sentry_message.id`) in the target, if it has events.
+pub fn max_event_id(client: &mut Client) -> Result<Option<i64>> {
+    if !has_table(client, "sentry_message")? {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT max(id)::bigint FROM sentry_message", &[])
+        .context("cannot read the highest event id (sentry_message)")?;
+    Ok(row.get(0))
+}
+
+/// Events (`sentry_message` rows) stored after the one with id `last` (0 without the table).
+pub fn events_after(client: &mut Client, last: i64) -> Result<u64> {
+    if !has_table(client, "sentry_message")? {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM sentry_message WHERE id::bigint > $1",
+            &[&last],
+        )
+        .context("cannot count the events in sentry_message")?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+fn has_table(client: &mut Client, table: &str) -> Result<bool> {
+    let row = client.query_one("SELECT to_regclass(quote_ident($1)) IS NOT NULL", &[&table])?;
+    Ok(row.get(0))
+}
+
 /// One id sequence compared with its table.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SequenceState {
