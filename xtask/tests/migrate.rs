@@ -1315,3 +1315,35 @@ fn rollback_refuses_a_changed_backup_and_leaving_new_events_behind() {
     );
     assert_eq!(repo.calls().len(), calls + 1, "buildout tag 1 ran");
 }
+
+/// `--from`/`--until` naming no step, or a step not in this plan, are refused before anything
+/// is touched (no lock, no journal, no program, no database).
+#[test]
+fn from_and_until_naming_no_step_are_refused_before_anything() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("nostep");
+    let before = snapshot(&repo.root);
+    for (args, message) in [
+        (
+            &["migrate", "--from", "dump-everything"][..],
+            "error: unknown step `dump-everything`: expected one of preflight, backup-sqlite,",
+        ),
+        (
+            &["migrate", "--until", "verify"][..],
+            "error: unknown step `verify`: expected one of preflight,",
+        ),
+        (
+            &["migrate", "--from", "fit-values"][..],
+            "error: step `fit-values` is not part of this plan",
+        ),
+    ] {
+        let out = repo.xtask(args, None);
+        assert!(!out.ok, "{args:?}: {out:#?}");
+        assert!(out.stderr.starts_with(message), "{args:?}: {}", out.stderr);
+        assert_eq!(snapshot(&repo.root), before, "{args:?} changed files");
+    }
+    assert!(repo.calls().is_empty(), "a program ran");
+    assert!(!repo.target_exists(), "a database was created");
+}
