@@ -5,7 +5,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{IsTerminal, Read, Seek, SeekFrom, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Stdio,
     time::{Duration, Instant},
@@ -159,7 +159,13 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         return Ok(());
     }
 
+    // The dumps hold every password hash and DSN secret key: dumps/ and logs/ are the owner's
+    // only, even when an earlier run (or a checkout) made them wider.
     fs::create_dir_all(config.dumps_dir().join("logs")).context("cannot create dumps/logs")?;
+    for dir in [config.dumps_dir(), config.dumps_dir().join("logs")] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
     let _lock = Lock::acquire(&config.dumps_dir().join("migrate.lock"))?;
     let mut journal = match existing {
         Some(journal) => {
@@ -484,11 +490,15 @@ impl StepRunner<'_> {
     }
 
     fn log(&self) -> Result<fs::File> {
-        fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(self.log_path)
-            .with_context(|| format!("cannot open {}", self.log_path.display()))
+            .with_context(|| format!("cannot open {}", self.log_path.display()))?;
+        // A log from an older run may be wider.
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        Ok(file)
     }
 
     fn ensure_sentry_stopped(&self) -> Result<()> {
@@ -552,12 +562,17 @@ impl StepRunner<'_> {
         {
             let mut input = fs::File::open(source)
                 .with_context(|| format!("cannot read {}", source.display()))?;
+            // Private while it is written, then the source's mode: never readable by more
+            // people than the db itself.
+            let source_mode = input.metadata()?.permissions().mode() & 0o777;
             let mut output = fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&backup)
                 .with_context(|| format!("cannot create the backup {}", backup.display()))?;
             std::io::copy(&mut input, &mut output)?;
+            output.set_permissions(fs::Permissions::from_mode(source_mode))?;
             output.sync_all()?;
         }
         sqlite::check_integrity(&backup, true)
@@ -623,8 +638,15 @@ impl StepRunner<'_> {
             .map(|path| util::sibling(&config.root.join(path), ".partial"));
         match &partial {
             Some(partial) => {
-                let file = fs::File::create(partial)
+                // A dump holds password hashes and DSN keys: the owner's only, from creation.
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(partial)
                     .with_context(|| format!("cannot create {}", partial.display()))?;
+                file.set_permissions(fs::Permissions::from_mode(0o600))?;
                 process.stdout(file);
             }
             None => {
@@ -1092,6 +1114,7 @@ impl StepRunner<'_> {
         let counts = pg::table_counts(&mut client)?;
         let checks = verify::postgres_vs_dumps(&self.journal.dump_rows, &counts);
         self.journal.postgres_counts = counts;
+        self.journal.max_event_id = pg::max_event_id(&mut client)?;
         let sequences = pg::sequences(&mut client)?;
         let behind: Vec<String> = sequences
             .iter()
@@ -1191,51 +1214,80 @@ fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
     println!("next:   bin/sentry --config=settings/settings.py start --noupgrade   (Sentry 6 on PostgreSQL)");
 }
 
-/// `dumps/migrate.lock`: one `migrate` at a time per repo; a lock of a dead process is taken over.
-struct Lock(PathBuf);
+/// `dumps/migrate.lock`: one `migrate` at a time per repo. An OS file lock (flock) on the file
+/// decides, held as long as the file is open: the kernel releases it when the process ends,
+/// however it ends, so a lock file left behind never blocks. The pid written into the file only
+/// names the holder in the message.
+pub struct Lock {
+    _file: fs::File,
+}
 
 impl Lock {
-    fn acquire(path: &Path) -> Result<Lock> {
-        for _ in 0..2 {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(path)
-            {
-                Ok(mut file) => {
-                    writeln!(file, "{}", std::process::id())?;
-                    return Ok(Lock(path.to_path_buf()));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let holder = fs::read_to_string(path)
-                        .unwrap_or_default()
-                        .trim()
-                        .parse::<u32>()
-                        .ok();
-                    match holder {
-                        Some(pid) if util::process_alive(pid) => {
-                            bail!("another `cargo xtask migrate` (pid {pid}) is running on this repo ({} exists): wait for it to finish", path.display())
-                        }
-                        _ => {
-                            eprintln!(
-                                "note: removing a stale lock {} (its process is gone)",
-                                path.display()
-                            );
-                            fs::remove_file(path)?;
-                        }
-                    }
-                }
-                Err(err) => {
-                    return Err(err).with_context(|| format!("cannot create {}", path.display()))
-                }
+    pub fn acquire(path: &Path) -> Result<Lock> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                };
+                bail!(
+                    "another `cargo xtask migrate`{holder} is running on this repo (it holds {}): wait for it to finish",
+                    path.display()
+                )
+            }
+            Err(fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()))
             }
         }
-        bail!("cannot take the lock {}", path.display())
+        // Ours now: say who holds it (a file from an older run may be wider than 0600).
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(Lock { _file: file })
     }
 }
 
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_is_exclusive_and_released_with_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("migrate.lock");
+        let held = Lock::acquire(&path).unwrap();
+        // flock conflicts between open files, even in one process.
+        let err = format!("{:#}", Lock::acquire(&path).err().unwrap());
+        assert!(
+            err.contains(&format!(
+                "another `cargo xtask migrate` (pid {}) is running",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(held);
+        // A child another test forks in this moment shares the open file until it execs (the
+        // descriptor is close-on-exec): give the lock that long to go.
+        let again = (0..100).find_map(|_| {
+            Lock::acquire(&path).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            })
+        });
+        assert!(again.is_some(), "the lock is released with its holder");
+        assert!(path.exists(), "the file may stay");
     }
 }

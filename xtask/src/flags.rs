@@ -5,8 +5,9 @@ use std::{path::PathBuf, str::FromStr};
 xflags::xflags! {
     /// sentry-migrate: move a Sentry 4 install from SQLite to PostgreSQL, then upgrade it to Sentry 6.
     ///
-    /// Tasks: `migrate` (the whole runbook), `switch-settings` (point settings_local.py at a db),
-    /// `rehearse` (the whole migration on the real stack, on throwaway data).
+    /// Tasks: `migrate` (the whole runbook), `rollback` (back to Sentry 4 on SQLite),
+    /// `switch-settings` (point settings_local.py at a db), `rehearse` (the whole migration on
+    /// the real stack, on throwaway data).
     /// PostgreSQL connection as libpq takes it: PGHOST (a host or a socket folder), PGPORT, PGUSER,
     /// PGDATABASE, PGSSLMODE, PGSSLROOTCERT, or --database-url without a password; the password
     /// from ~/.pgpass (or PGPASSFILE; recommended) or PGPASSWORD, never from the command line.
@@ -37,6 +38,27 @@ xflags::xflags! {
             /// the default) or `copy` (SQLite streamed straight into PostgreSQL with COPY: flat
             /// memory, minutes for a million events).
             optional --engine engine: Engine
+        }
+        /// Back to the state before `migrate`: settings_local.py to SQLite, buildout tag 1, and
+        /// with --restore-backup the db from the backup the journal verified. Refused while
+        /// Sentry runs, and when Sentry 6 stored events after the migration (they would be left
+        /// behind in PostgreSQL) unless --force.
+        cmd rollback {
+            /// Print what it would do, and touch nothing.
+            optional --dry-run
+            /// Also put back the SQLite db from its backup (dumps/journal.json names it): its
+            /// sha256 is checked against the journal first; the current db is kept as
+            /// <db>.before-rollback-<UTC time>, never deleted.
+            optional --restore-backup
+            /// Roll back even if Sentry 6 stored events after the migration (they stay in
+            /// PostgreSQL only), or when they cannot be counted.
+            optional --force
+            /// The Sentry 4 SQLite database, as given to `migrate` (default: var/sentry.db).
+            optional --sqlite path: PathBuf
+            /// The target, as given to `migrate` (postgres://USER@HOST:PORT/DBNAME, no password).
+            optional --database-url url: String
+            /// Buildout config of tag 1 (default: buildout/tag1-sentry4.cfg).
+            optional --tag1 path: PathBuf
         }
         /// The whole migration on the real stack: provisions Python 2.7, buildout, Sentry 4.10
         /// and 6.4 (cached) and a throwaway PostgreSQL on loopback, fills a Sentry 4 SQLite db with

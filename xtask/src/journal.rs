@@ -69,6 +69,10 @@ pub struct Journal {
     pub copied: Vec<crate::copy::TableCopy>,
     #[serde(default)]
     pub postgres_counts: BTreeMap<String, u64>,
+    /// The highest event id (`sentry_message.id`) after the load: events past it were stored
+    /// by Sentry 6 after the migration (a rollback would leave them behind).
+    #[serde(default)]
+    pub max_event_id: Option<i64>,
     #[serde(default)]
     pub sequences: Vec<SequenceState>,
     /// Duplicate groups (and their rows) before Sentry 6's upgrade, which may merge them.
@@ -102,7 +106,7 @@ impl Journal {
 
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        util::write_atomic(path, text.as_bytes(), 0o644)
+        util::write_atomic(path, text.as_bytes(), 0o600)
     }
 
     pub fn is_done(&self, step: StepId) -> bool {

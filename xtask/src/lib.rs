@@ -14,6 +14,7 @@ pub mod pgpass;
 pub mod plan;
 pub mod rehearse;
 pub mod report;
+pub mod rollback;
 pub mod sentry;
 pub mod settings;
 pub mod sqlite;

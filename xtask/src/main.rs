@@ -33,6 +33,7 @@ fn try_main() -> anyhow::Result<()> {
         flags::XtaskCmd::Migrate(cmd) => cmd.run(&sh),
         flags::XtaskCmd::SwitchSettings(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Rehearse(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Rollback(cmd) => cmd.run(&sh),
     }
 }
 

@@ -33,11 +33,26 @@ pub const DATABASE_EXISTS_SQL: &str = "SELECT 1 FROM pg_database WHERE datname =
 /// PostgreSQL 12 removed `abstime`; Sentry 4.10 and 6.4 compute a group's score with
 /// `last_seen::abstime::int`. These make that expression work again (epoch seconds).
 pub const ABSTIME_SHIM_SQL: &[&str] = &[
-    "CREATE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS \
+    "CREATE OR REPLACE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS \
      'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT",
-    "CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz)",
-    "CREATE DOMAIN abstime AS integer",
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_cast WHERE castsource = 'timestamptz'::regtype \
+     AND casttarget = 'integer'::regtype) THEN CREATE CAST (timestamptz AS integer) \
+     WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz); END IF; END $$",
+    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'abstime') THEN \
+     CREATE DOMAIN abstime AS integer; END IF; END $$",
 ];
+
+/// The shim as a script for a DBA: one transaction, and every statement safe to run again (a
+/// function the app role created already is replaced, the cast and domain made only if missing).
+pub fn abstime_shim_script(shim_sql: &[&str]) -> String {
+    let mut out = String::from("BEGIN;\n");
+    for sql in shim_sql {
+        out.push_str(sql);
+        out.push_str(";\n");
+    }
+    out.push_str("COMMIT;\n");
+    out
+}
 
 pub fn create_database_sql(dbname: &str) -> String {
     format!(
@@ -332,9 +347,9 @@ pub fn install_abstime_shim(client: &mut Client, shim_sql: &[&str]) -> Result<Sh
         bail!(
             "PostgreSQL {} removed the type `abstime`, which Sentry 4 and 6 use to score every new \
              event (without it new events are silently dropped). Creating a cast needs a superuser: \
-             ask a DBA to run, in database `{dbname}`:\n  {};\nthen resume",
+             ask a DBA to run, as a superuser in database `{dbname}` (one transaction, safe to run twice):\n\n{}\nthen resume",
             version / 10000,
-            shim_sql.join(";\n  ")
+            abstime_shim_script(shim_sql)
         );
     }
     let mut tx = client.transaction()?;
@@ -344,6 +359,36 @@ pub fn install_abstime_shim(client: &mut Client, shim_sql: &[&str]) -> Result<Sh
     }
     tx.commit()?;
     Ok(ShimOutcome::Installed)
+}
+
+/// The highest event id (`sentry_message.id`) in the target, if it has events.
+pub fn max_event_id(client: &mut Client) -> Result<Option<i64>> {
+    if !has_table(client, "sentry_message")? {
+        return Ok(None);
+    }
+    let row = client
+        .query_one("SELECT max(id)::bigint FROM sentry_message", &[])
+        .context("cannot read the highest event id (sentry_message)")?;
+    Ok(row.get(0))
+}
+
+/// Events (`sentry_message` rows) stored after the one with id `last` (0 without the table).
+pub fn events_after(client: &mut Client, last: i64) -> Result<u64> {
+    if !has_table(client, "sentry_message")? {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM sentry_message WHERE id::bigint > $1",
+            &[&last],
+        )
+        .context("cannot count the events in sentry_message")?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+fn has_table(client: &mut Client, table: &str) -> Result<bool> {
+    let row = client.query_one("SELECT to_regclass(quote_ident($1)) IS NOT NULL", &[&table])?;
+    Ok(row.get(0))
 }
 
 /// One id sequence compared with its table.
@@ -647,6 +692,82 @@ mod tests {
         assert_eq!(row.get::<_, i32>(0), 1_577_836_800);
         assert!(row.get::<_, i32>(1).abs() <= 1);
         plain.query_one("SELECT now()::abstime::int", &[]).unwrap();
+    }
+
+    /// The SQL printed for a DBA is one transaction and safe to run twice, also after the app
+    /// role already created the function (tried as a new user would: the DBA's first attempt
+    /// as the app role fails at the cast, then the superuser runs the same text).
+    #[test]
+    fn the_abstime_script_for_a_dba_is_one_transaction_and_runs_twice() {
+        if skip() {
+            return;
+        }
+        let script = abstime_shim_script(ABSTIME_SHIM_SQL);
+        assert!(
+            script.starts_with("BEGIN;\n") && script.ends_with("COMMIT;\n"),
+            "{script}"
+        );
+
+        // Twice as a superuser.
+        let db = TestDb::new("shimtwice");
+        let mut admin = db.client();
+        admin.batch_execute(&script).unwrap();
+        admin.batch_execute(&script).unwrap();
+        admin.query_one("SELECT now()::abstime::int", &[]).unwrap();
+
+        // After the app role created the function itself.
+        let db = TestDb::new("shimowned");
+        let mut admin = db.client();
+        admin
+            .batch_execute("CREATE ROLE shimapp LOGIN PASSWORD 'shimapppw'")
+            .ok();
+        admin
+            .batch_execute(&format!(
+                "GRANT ALL ON DATABASE \"{}\" TO shimapp; GRANT ALL ON SCHEMA public TO shimapp",
+                db.name
+            ))
+            .unwrap();
+        let mut app = connect(
+            &target(&db, "shimapp", "shimapppw"),
+            &db.name,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = install_abstime_shim(&mut app, ABSTIME_SHIM_SQL)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&script),
+            "the message prints the script: {err}"
+        );
+        // The DBA pastes it as the app role: the cast needs a superuser, the whole text rolls back.
+        assert!(app.batch_execute(&script).is_err());
+        // (psql ends the failed transaction at COMMIT; this session must say ROLLBACK.)
+        app.batch_execute("ROLLBACK").unwrap();
+        let functions = |client: &mut Client| -> i64 {
+            client
+                .query_one(
+                    "SELECT count(*) FROM pg_proc WHERE proname = 'sentry_migrate_timestamptz_to_int'",
+                    &[],
+                )
+                .unwrap()
+                .get(0)
+        };
+        assert_eq!(
+            functions(&mut admin),
+            0,
+            "one transaction: nothing left halfway"
+        );
+        // The reported case: the app role created the function by itself.
+        app.batch_execute(ABSTIME_SHIM_SQL[0]).unwrap();
+        assert_eq!(functions(&mut admin), 1);
+        admin.batch_execute(&script).unwrap();
+        admin.batch_execute(&script).unwrap();
+        app.query_one("SELECT now()::abstime::int", &[]).unwrap();
+        assert_eq!(
+            install_abstime_shim(&mut app, ABSTIME_SHIM_SQL).unwrap(),
+            ShimOutcome::AlreadyInstalled
+        );
     }
 
     #[test]

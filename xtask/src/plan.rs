@@ -645,9 +645,9 @@ mod tests {
       sql (one transaction): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
             where {tables} = every table in schema public, quoted
 [16/21] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
-      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
-      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz)
-      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE DOMAIN abstime AS integer
+      sql (PostgreSQL >= 12, as superuser, one transaction): CREATE OR REPLACE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
+      sql (PostgreSQL >= 12, as superuser, one transaction): DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_cast WHERE castsource = 'timestamptz'::regtype AND casttarget = 'integer'::regtype) THEN CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz); END IF; END $$
+      sql (PostgreSQL >= 12, as superuser, one transaction): DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'abstime') THEN CREATE DOMAIN abstime AS integer; END IF; END $$
 [17/21] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
       run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json
       check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`

@@ -27,11 +27,11 @@ pub fn write(journal: &Journal, dumps_dir: &Path) -> Result<()> {
         generated_at: util::utc_timestamp(util::unix_now()),
         journal,
     })?;
-    util::write_atomic(&dumps_dir.join("report.json"), json.as_bytes(), 0o644)?;
+    util::write_atomic(&dumps_dir.join("report.json"), json.as_bytes(), 0o600)?;
     util::write_atomic(
         &dumps_dir.join("report.md"),
         markdown(journal).as_bytes(),
-        0o644,
+        0o600,
     )
 }
 

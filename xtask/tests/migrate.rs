@@ -71,6 +71,16 @@ impl Repo {
     }
 
     fn xtask(&self, args: &[&str], fail: Option<&str>) -> Output {
+        let out = self.command(args, fail).output().unwrap();
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The `xtask` command on this repo, with the fake's and PostgreSQL's environment.
+    fn command(&self, args: &[&str], fail: Option<&str>) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
         cmd.args(args)
             .env("SENTRY_MIGRATE_ROOT", &self.root)
@@ -87,12 +97,7 @@ impl Repo {
         if let Some(fail) = fail {
             cmd.env("FAKE_FAIL", fail);
         }
-        let out = cmd.output().unwrap();
-        Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd
     }
 
     fn calls(&self) -> Vec<String> {
@@ -471,6 +476,9 @@ fn a_second_migrate_is_refused_while_one_runs() {
     }
     let repo = Repo::new("lock");
     let lock = repo.root.join("dumps/migrate.lock");
+    // A real holder: this test process takes the OS lock, as a running `migrate` does.
+    let held = fs::File::create(&lock).unwrap();
+    held.lock().unwrap();
     fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
     let out = repo.xtask(&["migrate"], None);
     assert!(!out.ok);
@@ -483,11 +491,66 @@ fn a_second_migrate_is_refused_while_one_runs() {
         out.stderr
     );
     assert!(repo.calls().is_empty());
+    drop(held);
 
-    fs::write(&lock, "999999999\n").unwrap();
-    let out = repo.xtask(&["migrate", "--until", "preflight"], None);
-    assert!(out.ok, "a stale lock is taken over: {out:#?}");
-    assert!(!lock.exists(), "the lock is released");
+    // A lock file whose process is gone, and one naming a live process (this one: a reused
+    // pid) that holds no lock: neither blocks, only the kernel's lock decides.
+    for pid in [999_999_999, std::process::id()] {
+        fs::write(&lock, format!("{pid}\n")).unwrap();
+        let out = repo.xtask(&["migrate", "--until", "preflight"], None);
+        assert!(
+            out.ok,
+            "a lock file without a lock ({pid}) blocked: {out:#?}"
+        );
+    }
+    assert_eq!(
+        fs::metadata(&lock).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Two runs started at the same instant: exactly one proceeds, the other is refused by the lock.
+#[test]
+fn two_migrates_started_at_once_one_runs_one_is_refused() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("race");
+    // A file left by a dead run, as after a SIGKILL: it must not matter.
+    fs::write(repo.root.join("dumps/migrate.lock"), "999999999\n").unwrap();
+    let children: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            repo.command(&["migrate", "--until", "verify-dumps"], None)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<std::process::Output> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+    let ok: Vec<&std::process::Output> = outs.iter().filter(|o| o.status.success()).collect();
+    let refused: Vec<&std::process::Output> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert_eq!(ok.len(), 1, "exactly one proceeds: {outs:#?}");
+    assert_eq!(refused.len(), 1, "{outs:#?}");
+    let stderr = String::from_utf8_lossy(&refused[0].stderr);
+    let winner = String::from_utf8_lossy(&ok[0].stdout);
+    assert!(
+        // The pid is named once the winner has written it (it may still be writing it).
+        stderr.starts_with("error: another `cargo xtask migrate`")
+            && stderr.contains("is running on this repo"),
+        "{stderr}"
+    );
+    assert!(winner.contains("verify-dumps … ok"), "{winner}");
+    // The refused run ran nothing: each command ran once, by the winner.
+    let dumps = repo
+        .calls()
+        .iter()
+        .filter(|call| call.contains("dumpdata auth"))
+        .count();
+    assert_eq!(dumps, 1, "{:?}", repo.calls());
 }
 
 /// Runs `migrate` after `spoil` and expects `message` on stderr, no panic, no Python stack.
@@ -969,4 +1032,377 @@ fn the_time_zone_is_never_guessed() {
         report.contains("- time zone of the SQLite dates: TIME_ZONE = 'America/Chicago'"),
         "{report}"
     );
+}
+
+/// Every directory and file under `dir` with its permission bits.
+fn modes(dir: &Path) -> Vec<(PathBuf, u32, bool)> {
+    let mut out = vec![(
+        dir.to_path_buf(),
+        fs::metadata(dir).unwrap().permissions().mode() & 0o777,
+        true,
+    )];
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.extend(modes(&path));
+        } else {
+            out.push((path, meta.permissions().mode() & 0o777, false));
+        }
+    }
+    out
+}
+
+/// The dumps hold every password hash and DSN secret key: dumps/ is 0700 (made so even when it
+/// existed wider), every dump, journal, report, log and the lock in it 0600; the SQLite backup
+/// has the source's mode, never a wider one.
+#[test]
+fn dumps_and_the_backup_are_private() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("modes");
+    let db = repo.root.join("var/sentry.db");
+    fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::set_permissions(repo.root.join("dumps"), fs::Permissions::from_mode(0o755)).unwrap();
+    // A dump left 0644 by an older version of the tool, before a --from redo.
+    let out = repo.xtask(&["migrate"], Some("dump-rest"));
+    assert!(!out.ok);
+    fs::write(repo.root.join("dumps/dumpdata.json.partial"), "[").unwrap();
+    fs::set_permissions(
+        repo.root.join("dumps/dumpdata.json.partial"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+
+    let all = modes(&repo.root.join("dumps"));
+    let names: Vec<String> = all
+        .iter()
+        .map(|(path, _, _)| path.strip_prefix(&repo.root).unwrap().display().to_string())
+        .collect();
+    for want in [
+        "dumps/logs",
+        "dumps/journal.json",
+        "dumps/report.md",
+        "dumps/report.json",
+        "dumps/migrate.lock",
+        "dumps/dumpdata-auth.json",
+        "dumps/dumpdata.json",
+        "dumps/models.json",
+        "dumps/logs/10-dump-rest.log",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    for (path, mode, dir) in &all {
+        let want = if *dir { 0o700 } else { 0o600 };
+        assert_eq!(*mode, want, "{} is {mode:o}", path.display());
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/journal.json")).unwrap())
+            .unwrap();
+    let backup = repo.root.join(json["backup"]["path"].as_str().unwrap());
+    assert_eq!(
+        fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o640,
+        "the backup has the source's mode"
+    );
+}
+
+/// Every file under `dir` (recursively).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    snapshot(dir).into_keys().collect()
+}
+
+/// A full run with a password set: no child the tool starts (bin/buildout, bin/sentry, the
+/// helper under bin/py) nor the tool itself shows it in `/proc/<pid>/cmdline`, and no file under
+/// dumps/ (dumps, journal, report, logs, lock) holds it; only the 0600 settings_local.py does.
+#[test]
+fn the_password_is_on_no_command_line_and_in_no_file_under_dumps() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("argv");
+    let password = &repo.db.cluster.password;
+    assert!(!password.is_empty());
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+
+    let seen = fs::read_to_string(repo.root.join("calls.log.cmdline")).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), repo.calls().len(), "one record per child");
+    for program in ["buildout", "sentry", "py"] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(&format!("{program}\t"))),
+            "{program} never ran: {seen}"
+        );
+    }
+    for line in &lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert!(
+            fields[2].contains("xtask") && fields[2].contains("migrate"),
+            "the parent is the tool: {line}"
+        );
+        assert!(
+            !line.contains(password.as_str()),
+            "password on a command line: {line}"
+        );
+    }
+
+    let under_dumps = files(&repo.root.join("dumps"));
+    assert!(under_dumps.len() >= 10, "{under_dumps:?}");
+    for path in under_dumps {
+        let bytes = fs::read(&path).unwrap();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "password in {}",
+            path.display()
+        );
+    }
+    // Where it belongs: the private settings file (so the search above was for a real secret).
+    let local = repo.root.join("settings/settings_local.py");
+    assert!(fs::read_to_string(&local)
+        .unwrap()
+        .contains(password.as_str()));
+    assert_eq!(
+        fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// Database and role names that are not plain identifiers are refused before any SQL runs:
+/// no database is created, no program runs, nothing is written.
+#[test]
+fn names_that_are_not_plain_identifiers_are_refused_before_any_sql() {
+    if skip() {
+        return;
+    }
+    for (tag, key, value, message) in [
+        (
+            "baddb",
+            "PGDATABASE",
+            "bad-name",
+            "database name `bad-name` is not allowed",
+        ),
+        (
+            "badrole",
+            "PGUSER",
+            "Bad\"role",
+            "role name `Bad\"role` is not allowed",
+        ),
+    ] {
+        let repo = Repo::new(tag);
+        let before = snapshot(&repo.root);
+        let out = repo
+            .command(&["migrate"], None)
+            .env(key, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{tag}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(message),
+            "{tag}: {stderr}"
+        );
+        assert!(repo.calls().is_empty(), "{tag}: a program ran");
+        assert_eq!(snapshot(&repo.root), before, "{tag}: files changed");
+        let mut admin = repo.db.cluster.admin_client("postgres");
+        let created = admin
+            .query(
+                "SELECT datname FROM pg_database WHERE datname IN ('bad-name', $1)",
+                &[&repo.target],
+            )
+            .unwrap();
+        assert!(created.is_empty(), "{tag}: a database was created");
+    }
+}
+
+/// `snapshot` without the lock file, whose pid a run that takes the lock rewrites.
+fn snapshot_but_lock(root: &Path) -> BTreeMap<PathBuf, (u64, Vec<u8>)> {
+    let mut files = snapshot(root);
+    files.remove(&root.join("dumps/migrate.lock"));
+    files
+}
+
+/// The backup the journal recorded, as a path under the repo.
+fn recorded_backup(repo: &Repo) -> PathBuf {
+    let journal: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/journal.json")).unwrap())
+            .unwrap();
+    repo.root.join(journal["backup"]["path"].as_str().unwrap())
+}
+
+/// After a full migration: `rollback --dry-run` says what it would do and changes nothing;
+/// `rollback --restore-backup` puts back the db byte for byte from the verified backup (the
+/// current one kept aside), settings on SQLite, buildout tag 1.
+#[test]
+fn rollback_returns_to_sentry4_with_the_db_from_the_verified_backup() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("rollback");
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    let db = repo.root.join("var/sentry.db");
+    let backup = recorded_backup(&repo);
+    // Sentry 4's upgrade and repair of phase 1 write to the db (as in the runbook).
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("INSERT INTO auth_message VALUES (3, 'written by upgrade')")
+        .unwrap();
+    let current = fs::read(&db).unwrap();
+    assert_ne!(current, fs::read(&backup).unwrap());
+    let calls = repo.calls().len();
+
+    let before = snapshot(&repo.root);
+    let out = repo.xtask(&["rollback", "--dry-run", "--restore-backup"], None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(snapshot(&repo.root), before, "the dry run changed files");
+    assert_eq!(repo.calls().len(), calls, "the dry run ran a program");
+    for line in [
+        "move var/sentry.db to var/sentry.db.before-rollback-",
+        "copy var/sentry.db.backup-",
+        "write settings/settings_local.py for SQLite (var/sentry.db), now pointing at PostgreSQL",
+        &format!(
+            "run: bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory={}",
+            repo.root.display()
+        ),
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+
+    let out = repo.xtask(&["rollback", "--restore-backup"], None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(fs::read(&db).unwrap(), fs::read(&backup).unwrap());
+    let aside: Vec<PathBuf> = fs::read_dir(repo.root.join("var"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sentry.db.before-rollback-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        fs::read(&aside[0]).unwrap(),
+        current,
+        "the current db is kept"
+    );
+    let settings = fs::read_to_string(repo.root.join("settings/settings_local.py")).unwrap();
+    assert!(
+        settings.contains("sqlite3") && !settings.contains("postgresql_psycopg2"),
+        "{settings}"
+    );
+    assert_eq!(
+        repo.calls()[calls..],
+        [format!(
+            "buildout -c buildout/tag1-sentry4.cfg buildout:directory={}",
+            repo.root.display()
+        )]
+    );
+    assert_eq!(
+        fs::read_to_string(repo.root.join("bin/.tag")).unwrap(),
+        "4",
+        "Sentry 4 in bin/"
+    );
+}
+
+/// A backup whose sha256 differs from the journal's is refused before anything changes; events
+/// Sentry 6 stored after the migration are counted and refused without --force.
+#[test]
+fn rollback_refuses_a_changed_backup_and_leaving_new_events_behind() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("rollbackno");
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    let backup = recorded_backup(&repo);
+    let original = fs::read(&backup).unwrap();
+    let calls = repo.calls().len();
+
+    let mut changed = original.clone();
+    changed.extend_from_slice(b"tampered");
+    fs::write(&backup, &changed).unwrap();
+    let before = snapshot_but_lock(&repo.root);
+    let out = repo.xtask(&["rollback", "--restore-backup"], None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("error: the backup var/sentry.db.backup-")
+            && out.stderr.contains("but the journal recorded")
+            && out.stderr.contains("nothing was changed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot_but_lock(&repo.root), before, "files changed");
+    assert_eq!(repo.calls().len(), calls, "a program ran");
+    fs::write(&backup, &original).unwrap();
+
+    // Sentry 6 received two events after the migration.
+    repo.target_client()
+        .batch_execute("INSERT INTO sentry_message (id, group_id) VALUES (11, 1), (12, 1)")
+        .unwrap();
+    let before = snapshot_but_lock(&repo.root);
+    let out = repo.xtask(&["rollback", "--restore-backup"], None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "Sentry 6 stored 2 event(s) after the migration (ids past 10 in sentry_message"
+        ) && out.stderr.contains("roll back anyway with --force"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot_but_lock(&repo.root), before, "files changed");
+    assert_eq!(repo.calls().len(), calls, "a program ran");
+
+    let out = repo.xtask(&["rollback", "--force"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("2 event(s) stored by Sentry 6 after the migration stay in PostgreSQL only"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(repo.calls().len(), calls + 1, "buildout tag 1 ran");
+}
+
+/// `--from`/`--until` naming no step, or a step not in this plan, are refused before anything
+/// is touched (no lock, no journal, no program, no database).
+#[test]
+fn from_and_until_naming_no_step_are_refused_before_anything() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("nostep");
+    let before = snapshot(&repo.root);
+    for (args, message) in [
+        (
+            &["migrate", "--from", "dump-everything"][..],
+            "error: unknown step `dump-everything`: expected one of preflight, backup-sqlite,",
+        ),
+        (
+            &["migrate", "--until", "verify"][..],
+            "error: unknown step `verify`: expected one of preflight,",
+        ),
+        (
+            &["migrate", "--from", "fit-values"][..],
+            "error: step `fit-values` is not part of this plan",
+        ),
+    ] {
+        let out = repo.xtask(args, None);
+        assert!(!out.ok, "{args:?}: {out:#?}");
+        assert!(out.stderr.starts_with(message), "{args:?}: {}", out.stderr);
+        assert_eq!(snapshot(&repo.root), before, "{args:?} changed files");
+    }
+    assert!(repo.calls().is_empty(), "a program ran");
+    assert!(!repo.target_exists(), "a database was created");
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A recording fake of bin/buildout, bin/sentry and bin/py for orchestration tests.
 
-It appends its argv to $FAKE_CALLS, then behaves like a tiny Sentry: dumpdata writes the
+It appends its argv to $FAKE_CALLS (and its own and its parent's /proc cmdline to
+$FAKE_CALLS.cmdline), then behaves like a tiny Sentry: dumpdata writes the
 SQLite rows as a Django fixture, upgrade builds a small schema on PostgreSQL (with the demo
 project), the helper's `models`/`load` work on that schema through psql. FAKE_FAIL=<what>
 makes one call fail: dump-rest (dump-rest-and-report: and the report can't be saved), load-silently (a Django 1.4 style failure that exits 0),
@@ -16,6 +17,16 @@ FAIL = os.environ.get('FAKE_FAIL', '')
 
 with open(os.environ['FAKE_CALLS'], 'a') as calls:
     calls.write(' '.join([NAME] + ARGS) + '\n')
+
+
+def cmdline(pid):
+    with open('/proc/%s/cmdline' % pid, 'rb') as f:
+        return f.read().replace(b'\0', b' ').decode('utf-8', 'replace').strip()
+
+
+# What `ps` shows of this child and of the process that started it (the tool), one line each.
+with open(os.environ['FAKE_CALLS'] + '.cmdline', 'a') as procs:
+    procs.write('%s\t%s\t%s\n' % (NAME, cmdline('self'), cmdline(os.getppid())))
 
 MODELS = [
     {'model': 'auth.group', 'table': 'auth_group', 'm2m': {}},
