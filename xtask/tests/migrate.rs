@@ -155,7 +155,7 @@ fn make_sentry4_db(path: &Path, migration: u32) {
          CREATE TABLE sentry_groupedmessage (id integer PRIMARY KEY, project_id integer, checksum text, times_seen integer);
          CREATE TABLE sentry_groupbookmark (id integer PRIMARY KEY, group_id integer, user_id integer);
          CREATE TABLE sentry_messagecountbyminute (id integer PRIMARY KEY, group_id integer, date text, times_seen integer);
-         CREATE TABLE sentry_message (id integer PRIMARY KEY, group_id integer);
+         CREATE TABLE sentry_message (id integer PRIMARY KEY, group_id integer, datetime datetime);
          CREATE TABLE sentry_view (id integer PRIMARY KEY, path text);
          CREATE TABLE south_migrationhistory (id integer PRIMARY KEY, app_name text, migration text);
          INSERT INTO auth_group VALUES (1, 'admins'), (2, 'devs');
@@ -168,7 +168,9 @@ fn make_sentry4_db(path: &Path, migration: u32) {
          INSERT INTO sentry_groupedmessage VALUES (1, 3, 'aaa', 2), (2, 3, 'aaa', 1), (7, 4, 'bbb', 2);
          INSERT INTO sentry_groupbookmark VALUES (1, 2, 1), (2, 7, 1);
          INSERT INTO sentry_messagecountbyminute VALUES (1, 1, '2013-01-01 10:00', 2), (2, 2, '2013-01-01 10:00', 1), (3, 7, '2013-01-01 10:01', 2);
-         INSERT INTO sentry_message VALUES (1, 1), (2, 1), (3, 2), (9, 7), (10, 7);
+         -- Naive times in the zone Sentry 4 ran with: winter, summer, the spring-forward gap, the fall-back fold.
+         INSERT INTO sentry_message VALUES (1, 1, '2013-01-01 10:00:00'), (2, 1, '2013-07-01 10:00:00.250000'),
+           (3, 2, '2013-03-10 02:30:00'), (9, 7, '2013-11-03 01:30:00'), (10, 7, NULL);
          INSERT INTO sentry_view VALUES (1, 'x');
          INSERT INTO south_migrationhistory VALUES (1, 'sentry', '0001_initial'), (2, 'sentry', '{migration:04}_last');"
     ))
@@ -1405,4 +1407,129 @@ fn from_and_until_naming_no_step_are_refused_before_anything() {
     }
     assert!(repo.calls().is_empty(), "a program ran");
     assert!(!repo.target_exists(), "a database was created");
+}
+
+/// Every table's rows as text, in a stable order, hashed: equal hashes, equal tables.
+fn table_hashes(client: &mut postgres::Client) -> BTreeMap<String, String> {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    client.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+    tables
+        .into_iter()
+        .map(|table| {
+            let hash: String = client
+                .query_one(
+                    &format!("SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM \"{table}\" t"),
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (table, hash)
+        })
+        .collect()
+}
+
+/// The copy engine loads what the runbook's dumpdata/loaddata load, ids, values and instants
+/// included (Sentry 4 ran in America/Chicago: winter, summer, the spring gap, the autumn fold),
+/// and Sentry 6's upgrade and checks pass on its result.
+#[test]
+fn the_copy_engine_loads_what_loaddata_loads() {
+    if skip() {
+        return;
+    }
+    let zone = "TIME_ZONE = 'America/Chicago'\n";
+    let loaddata = Repo::new("eqload");
+    fs::write(loaddata.root.join("settings/sentry_conf.py"), zone).unwrap();
+    let out = loaddata.xtask(&["migrate", "--until", "verify-postgres"], None);
+    assert!(out.ok, "{out:#?}");
+
+    let copy = Repo::new("eqcopy");
+    fs::write(copy.root.join("settings/sentry_conf.py"), zone).unwrap();
+    let out = copy.xtask(
+        &["migrate", "--engine", "copy", "--until", "verify-postgres"],
+        None,
+    );
+    assert!(out.ok, "{out:#?}");
+    for line in [
+        "[9/19] count-source … ok",
+        "[15/19] pg-copy … ok",
+        "[16/19] verify-postgres … ok",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    assert!(
+        !copy
+            .calls()
+            .iter()
+            .any(|call| call.contains("dumpdata") || call.contains(" load ")),
+        "{:?}",
+        copy.calls()
+    );
+
+    let expected = table_hashes(&mut loaddata.target_client());
+    assert_eq!(table_hashes(&mut copy.target_client()), expected);
+    let instants: Vec<(i32, Option<f64>)> = copy
+        .target_client()
+        .query(
+            "SELECT id, extract(epoch FROM datetime)::float8 FROM sentry_message ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    // 10:00 CST = 16:00Z; 10:00:00.25 CDT = 15:00:00.25Z.
+    assert_eq!(instants[0], (1, Some(1_357_056_000.0)));
+    assert_eq!(instants[1], (2, Some(1_372_690_800.25)));
+    assert_eq!(instants[4], (10, None));
+
+    let out = copy.xtask(&["migrate", "--engine", "copy"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stdout.contains("[19/19] verify-sentry6 … ok"),
+        "{}",
+        out.stdout
+    );
+    let report = fs::read_to_string(copy.root.join("dumps/report.md")).unwrap();
+    assert!(report.contains("copy engine: "), "{report}");
+}
+
+/// A copy that breaks a foreign key fails at commit with PostgreSQL's words, and leaves the
+/// target as it was before the copy (one transaction).
+#[test]
+fn a_failed_copy_rolls_back_and_names_the_constraint() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("cpfk");
+    rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+        .unwrap()
+        .execute_batch("INSERT INTO sentry_groupbookmark VALUES (3, 99, 1)")
+        .unwrap();
+    let out = repo.xtask(&["migrate", "--engine", "copy"], None);
+    assert!(!out.ok);
+    for text in [
+        "step `pg-copy` failed: the copy's commit",
+        "violates foreign key constraint",
+        "Key (group_id)=(99) is not present in table \"sentry_groupedmessage\"",
+        "resume: cargo xtask migrate --engine copy",
+    ] {
+        assert!(out.stderr.contains(text), "{text}: {}", out.stderr);
+    }
+    let rows: i64 = repo
+        .target_client()
+        .query_one(
+            "SELECT (SELECT count(*) FROM sentry_message) + (SELECT count(*) FROM sentry_groupbookmark) + (SELECT count(*) FROM auth_user)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "everything rolled back");
 }

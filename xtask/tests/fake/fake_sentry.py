@@ -49,7 +49,7 @@ CREATE TABLE sentry_projectkey (id serial PRIMARY KEY, project_id integer REFERE
 CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED, checksum varchar(32), times_seen integer);
 CREATE TABLE sentry_groupbookmark (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, user_id integer);
 CREATE TABLE sentry_messagecountbyminute (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, date varchar(20), times_seen integer);
-CREATE TABLE sentry_message (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED);
+CREATE TABLE sentry_message (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, datetime timestamp with time zone);
 CREATE TABLE sentry_team (id serial PRIMARY KEY, name varchar(64));
 CREATE TABLE sentry_view (id serial PRIMARY KEY, path varchar(100));
 CREATE TABLE south_migrationhistory (id serial PRIMARY KEY, app_name varchar(255), migration varchar(255));
@@ -92,9 +92,20 @@ def dumpdata(auth):
     sys.stdout.write(text)
 
 
+def time_zone():
+    """TIME_ZONE as Sentry reads it: the install's own settings beside settings.py."""
+    scope = {}
+    conf = os.path.join(ROOT, 'settings', 'sentry_conf.py')
+    if os.path.exists(conf):
+        with open(conf) as f:
+            exec(f.read(), scope)
+    return scope.get('TIME_ZONE', 'UTC')
+
+
 def load(paths):
     db = settings()
-    statements = ['BEGIN;']
+    # As Django 1.4's PostgreSQL backend (USE_TZ off): the session reads naive times in TIME_ZONE.
+    statements = ['BEGIN;', "SET TIME ZONE '%s';" % time_zone()]
     count = 0
     by_model = {m['model']: m for m in MODELS}
     for path in paths:
