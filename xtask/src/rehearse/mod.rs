@@ -325,6 +325,7 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
         "xtask/python/rehearse/send_bad_values.py",
         "xtask/python/rehearse/serve.py",
         "xtask/python/rehearse/prove.py",
+        "xtask/python/rehearse/compare_encoded.py",
     ] {
         fs::copy(repo.join(file), root.join(file))
             .with_context(|| format!("cannot copy {file} into the scratch repo"))?;
@@ -692,11 +693,43 @@ fn migrate_fitting_values(
         log.display()
     );
 
-    cmd!(sh, "{exe} migrate --fit-values")
+    // Both engines to the Sentry 4 state, each into its own database, then compared table by
+    // table; the copy engine's result goes on to Sentry 6 and its proof.
+    let loaddata_db = format!("{dbname}_loaddata");
+    let loaddata_env: Vec<(&'static str, String)> = pg_env
+        .iter()
+        .map(|(key, value)| match *key {
+            "PGDATABASE" => (*key, loaddata_db.clone()),
+            _ => (*key, value.clone()),
+        })
+        .collect();
+    cmd!(
+        sh,
+        "{exe} migrate --fit-values --engine loaddata --until verify-postgres"
+    )
+    .env("SENTRY_MIGRATE_ROOT", root)
+    .envs(loaddata_env.iter().cloned())
+    .run()
+    .context(
+        "`cargo xtask migrate --fit-values --engine loaddata --until verify-postgres` failed",
+    )?;
+    // Its journal and report stay for inspection; the copy engine starts a journal of its own.
+    fs::rename(root.join("dumps"), root.join("dumps-loaddata"))?;
+    fs::create_dir(root.join("dumps"))?;
+    cmd!(
+        sh,
+        "{exe} migrate --fit-values --engine copy --until verify-postgres"
+    )
+    .env("SENTRY_MIGRATE_ROOT", root)
+    .envs(pg_env.iter().cloned())
+    .run()
+    .context("`cargo xtask migrate --fit-values --engine copy --until verify-postgres` failed")?;
+    compare_engines(sh, cluster, &loaddata_db, dbname, logs, pg_env)?;
+    cmd!(sh, "{exe} migrate --fit-values --engine copy")
         .env("SENTRY_MIGRATE_ROOT", root)
         .envs(pg_env.iter().cloned())
         .run()
-        .context("`cargo xtask migrate --fit-values` failed")?;
+        .context("`cargo xtask migrate --fit-values --engine copy` failed")?;
 
     let report = read_report(root)?;
     check_fit(&report["fit"])?;
@@ -760,6 +793,107 @@ fn check_instants(
     );
     println!(
         "    dates: newest event {naive} in SQLite ({REHEARSAL_ZONE}) = {in_postgres} in PostgreSQL, sent {age} s before the migration"
+    );
+    Ok(())
+}
+
+/// The loaddata engine's database and the copy engine's hold the same rows: every table hashed
+/// over its rows as JSON in a stable order, with the columns Sentry stores encoded (pickles,
+/// gzipped pickles; loaddata re-encodes them) left out there and compared decoded, with Sentry's
+/// own field code under bin/py.
+fn compare_engines(
+    sh: &Shell,
+    cluster: &PgCluster,
+    loaddata_db: &str,
+    copy_db: &str,
+    logs: &Path,
+    pg_env: &[(&'static str, String)],
+) -> Result<()> {
+    let out = log_run(
+        cmd!(
+            sh,
+            "bin/py xtask/python/rehearse/compare_encoded.py settings/settings.py {loaddata_db} {copy_db}"
+        )
+        .envs(pg_env.iter().cloned()),
+        &logs.join("compare-engines.log"),
+    )?;
+    let encoded: serde_json::Value =
+        serde_json::from_str(out.trim()).context("compare_encoded.py printed no JSON")?;
+    let columns = encoded["columns"]
+        .as_object()
+        .context("compare_encoded.py: no columns")?;
+    let mut excluded: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut decoded = Vec::new();
+    for (name, result) in columns {
+        let (table, column) = name
+            .split_once('.')
+            .context("compare_encoded.py: a column without its table")?;
+        excluded
+            .entry(table.to_string())
+            .or_default()
+            .push(column.to_string());
+        let differ = result["differ"].as_array().map(Vec::len).unwrap_or(0);
+        ensure!(
+            differ == 0 && result["rows"] == result["rows_b"],
+            "{name} differs between the engines after decoding: {result}"
+        );
+        decoded.push(format!("{name} {}", result["rows"]));
+    }
+    let hashes = |dbname: &str| -> Result<BTreeMap<String, (i64, String)>> {
+        let mut client = cluster.client(dbname)?;
+        client.batch_execute("SET TIME ZONE 'UTC'")?;
+        let tables: Vec<String> = client
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+                &[],
+            )?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut out = BTreeMap::new();
+        for table in tables {
+            let leave_out: Vec<String> = excluded.get(&table).cloned().unwrap_or_default();
+            let row: (i64, String) = {
+                let r = client.query_one(
+                    &format!(
+                        "SELECT count(*), md5(coalesce(string_agg((to_jsonb(t) - $1::text[])::text, E'\n' ORDER BY (to_jsonb(t) - $1::text[])::text), '')) FROM {} t",
+                        crate::config::quote_identifier(&table)
+                    ),
+                    &[&leave_out],
+                )?;
+                (r.get(0), r.get(1))
+            };
+            out.insert(table, row);
+        }
+        Ok(out)
+    };
+    let loaddata = hashes(loaddata_db)?;
+    let copy = hashes(copy_db)?;
+    let differ: Vec<String> = loaddata
+        .keys()
+        .chain(copy.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|table| loaddata.get(*table) != copy.get(*table))
+        .map(|table| {
+            format!(
+                "{table} (loaddata {:?}, copy {:?})",
+                loaddata.get(table).map(|it| it.0),
+                copy.get(table).map(|it| it.0)
+            )
+        })
+        .collect();
+    ensure!(
+        differ.is_empty(),
+        "the copy engine's database differs from the loaddata engine's in {} table(s): {}",
+        differ.len(),
+        differ.join(", ")
+    );
+    let rows: i64 = copy.values().map(|(n, _)| n).sum();
+    println!(
+        "    engines: loaddata and copy equal in all {} tables ({rows} rows); decoded and equal: {}",
+        copy.len(),
+        decoded.join(", ")
     );
     Ok(())
 }
