@@ -432,6 +432,22 @@ impl StepRunner<'_> {
                 "Sentry is running or holds the db (pid {pid}: {cmdline}): stop it first"
             ));
         }
+        if let Some(per_event) = limits.memory_per_event {
+            if let (Ok(events), Some(available)) =
+                (sqlite::event_count(db), util::available_memory())
+            {
+                let need = events * per_event;
+                if need > available {
+                    problems.push(format!(
+                        "the loaddata engine needs about {} of memory for {events} events (Django's dumpdata holds every object: \
+                         ~{} KiB per event, measured), and this machine has {} available: use `--engine copy` (flat memory)",
+                        util::human_bytes(need),
+                        per_event / 1024,
+                        util::human_bytes(available)
+                    ));
+                }
+            }
+        }
         if let Ok(meta) = fs::metadata(db) {
             let size = meta.len();
             for (dir, need, what) in [

@@ -94,13 +94,20 @@ pub struct Limits {
     pub dump_space_factor: u64,
     /// The newest South migration of the `sentry` app a Sentry 4 db may have.
     pub last_sentry4_migration: u32,
+    /// Memory Django's dumpdata needs per event (it holds every object; loaddata needs about a
+    /// quarter of it), measured on real Sentry 4.10 data (benchmark.md): the loaddata engine
+    /// only.
+    pub memory_per_event: Option<u64>,
 }
 
 /// The limits for `config`: the working copy of `--fit-values` needs the db's size once more.
 pub fn limits(config: &Config) -> Limits {
+    let copy = config.engine == crate::flags::Engine::Copy;
     Limits {
-        dump_space_factor: if config.fit_values { 4 } else { 3 },
+        // Dumps take about 3x the db; the copy engine writes none; the working copy 1x.
+        dump_space_factor: u64::from(!copy) * 3 + u64::from(config.fit_values),
         last_sentry4_migration: crate::sqlite::SENTRY4_LAST_MIGRATION,
+        memory_per_event: (!copy).then_some(68 * 1024),
     }
 }
 
@@ -466,6 +473,10 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             format!("check: no process has {db} open, no bin/sentry process is running"),
             format!("check: free disk in dumps/ for the dumps ({}x the db) and next to the db for the backup", limits.dump_space_factor),
             format!("check: the settings say which zone Sentry 4 wrote its dates in: {}", config.time_zone.describe()),
+            match limits.memory_per_event {
+                Some(bytes) => format!("check: memory for dumpdata/loaddata: about {} KiB per event must fit in the machine's available memory (else: --engine copy)", bytes / 1024),
+                None => "check: (copy engine: memory stays flat, no estimate needed)".into(),
+            },
             format!("check: PostgreSQL {target} answers with the given credentials (PGPASSWORD)"),
         ],
         Action::BackupSqlite => vec![
@@ -607,6 +618,7 @@ mod tests {
       check: no process has var/sentry.db open, no bin/sentry process is running
       check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup
       check: the settings say which zone Sentry 4 wrote its dates in: TIME_ZONE is not set in the settings: migrate stops in preflight
+      check: memory for dumpdata/loaddata: about 68 KiB per event must fit in the machine's available memory (else: --engine copy)
       check: PostgreSQL postgres://sentry@db.internal:5432/sentry answers with the given credentials (PGPASSWORD)
 [2/21] backup-sqlite: copy the SQLite db next to itself, check the copy, record its sha256
       copy var/sentry.db -> var/sentry.db.backup-<UTC time> (never overwrites an earlier backup)

@@ -60,6 +60,15 @@ pub struct SentryDb {
     pub tables: usize,
 }
 
+/// Rows of `sentry_message` (the events).
+pub fn event_count(path: &Path) -> Result<u64> {
+    let conn = open_read_only(path)?;
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM sentry_message", [], |row| row.get(0))
+        .with_context(|| format!("cannot count the events in {}", path.display()))?;
+    Ok(n as u64)
+}
+
 /// Refuses anything but a Sentry 4 database: sentry tables and South history up to 0062.
 /// A Sentry 4 db: its sentry tables exist and its South history is at most `last_migration`.
 pub fn check_sentry4(path: &Path, last_migration: u32) -> Result<SentryDb> {

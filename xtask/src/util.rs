@@ -232,6 +232,19 @@ pub fn live_processes() -> Vec<ProcessInfo> {
     out
 }
 
+/// The memory the kernel says is available for new work (`MemAvailable`), in bytes.
+pub fn available_memory() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info
+        .lines()
+        .find(|line| line.starts_with("MemAvailable:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}
+
 /// This process's peak resident memory (VmHWM), in KiB.
 pub fn peak_rss_kib() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;

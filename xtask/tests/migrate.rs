@@ -1533,3 +1533,36 @@ fn a_failed_copy_rolls_back_and_names_the_constraint() {
         .get(0);
     assert_eq!(rows, 0, "everything rolled back");
 }
+
+/// Where Django's dumpdata cannot fit in memory, the loaddata engine is refused in preflight,
+/// pointing at the copy engine, which takes the same db.
+#[test]
+fn the_loaddata_engine_is_refused_where_it_cannot_fit() {
+    if skip() {
+        return;
+    }
+    let available = xtask::util::available_memory().expect("MemAvailable in /proc/meminfo");
+    let events = available / (68 * 1024) + 1000;
+    let repo = Repo::new("memory");
+    rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+        .unwrap()
+        .execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+             INSERT INTO sentry_message SELECT i, 7, NULL FROM n",
+            100 + events
+        ))
+        .unwrap();
+    let out = repo.xtask(&["migrate", "--until", "preflight"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("the loaddata engine needs about")
+            && out.stderr.contains("use `--engine copy` (flat memory)"),
+        "{}",
+        out.stderr
+    );
+    let out = repo.xtask(
+        &["migrate", "--engine", "copy", "--until", "preflight"],
+        None,
+    );
+    assert!(out.ok, "{out:#?}");
+}
