@@ -69,16 +69,24 @@ def main():
         project = Project.objects.get(id=project_id)
         out['slug'] = project.slug
         out['team'] = project.team.slug if project.team_id else None
-        # The stream: which migrated groups of this project it lists.
-        try:
-            url = '%s/%s/%s/' % (base, out['team'], project.slug)
-            page = opener.open(url).read()
-            listed = sorted(set(int(n) for n in re.findall(r'/group/(\d+)/', page)))
-            out['stream_url'] = url
-            out['stream_groups'] = len(listed)
-            out['stream_migrated_groups'] = len([n for n in listed if n <= state['old_max_group']])
-        except Exception as exc:  # a 500 or 404 is a finding, not a crash
-            out['stream_error'] = '%s: %s' % (type(exc).__name__, exc)
+        # The stream: which migrated groups of this project it lists. A project without a team
+        # (a long-lived install's internal `default` project) has no stream page in Sentry 6.
+        if not out['team']:
+            out['no_team'] = True
+        else:
+            try:
+                # The stream shows the last 5 days by default: ask for every group seen since 1970.
+                url = '%s/%s/%s/?df=1970-01-01' % (base, out['team'], project.slug)
+                page = opener.open(url).read()
+                listed = sorted(set(int(n) for n in re.findall(r'/group/(\d+)/', page)))
+                if not listed and state.get('pages'):
+                    with open(os.path.join(state['pages'], 'stream-%d.html' % project_id), 'w') as f:
+                        f.write(page)
+                out['stream_url'] = url
+                out['stream_groups'] = len(listed)
+                out['stream_migrated_groups'] = len([n for n in listed if n <= state['old_max_group']])
+            except Exception as exc:  # a 500 or 404 is a finding, not a crash
+                out['stream_error'] = '%s: %s' % (type(exc).__name__, exc)
         # A migrated key (the oldest): the DSN clients out there already have.
         keys = list(ProjectKey.objects.filter(project=project, id__lte=state['old_max_key']).order_by('id')[:1])
         if not keys:

@@ -36,6 +36,8 @@ pub struct Forecast {
     pub steps: Vec<(String, f64)>,
     /// Wall time of the `migrate` child (includes what the steps do not: startup, the report).
     pub migrate_wall_secs: f64,
+    /// `migrate` ran to its end (otherwise the times and sizes stop at the failed step).
+    pub migrate_done: bool,
     /// Why `migrate` or the proof failed, if it did.
     pub failures: Vec<String>,
     pub dumps_bytes: u64,
@@ -161,13 +163,21 @@ impl Forecast {
             let _ = writeln!(out, "| {name} | {} |", secs(*s));
         }
         let total = self.total_step_secs();
-        let _ = writeln!(
-            out,
-            "| **all steps** | **{}** (`migrate` wall time {}) |",
-            secs(total),
-            secs(self.migrate_wall_secs)
-        );
-        let _ = writeln!(
+        if !self.migrate_done {
+            let _ = writeln!(
+                out,
+                "| **steps up to the failure** | **{}** |\n\n`migrate` did not finish on the copy: \
+                 no estimate of the real run, and the sizes below stop at the failed step.",
+                secs(total)
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "| **all steps** | **{}** (`migrate` wall time {}) |",
+                secs(total),
+                secs(self.migrate_wall_secs)
+            );
+            let _ = writeln!(
             out,
             "\nEstimate for the real run on this machine: **about {}** of downtime (Sentry stopped → \
              `migrate` done), plus Sentry 6's start. Basis: the same db on the same machine runs the \
@@ -178,6 +188,7 @@ impl Forecast {
              warm egg cache.",
             secs(self.migrate_wall_secs.max(total))
         );
+        }
         let _ = writeln!(out, "\n## Disk\n");
         let _ = writeln!(
             out,
@@ -350,6 +361,7 @@ mod tests {
             source_bytes: 10 << 20,
             steps: vec![("preflight".into(), 0.5), ("pg-load".into(), 12.0)],
             migrate_wall_secs: 13.0,
+            migrate_done: true,
             dumps_bytes: 30 << 20,
             free_beside_db: Some(1 << 30),
             free_in_dumps: Some(1 << 30),
@@ -378,6 +390,7 @@ mod tests {
         let text = f.render();
         assert!(text.contains("| pg-load | 12.0s |"), "{text}");
         assert!(text.contains("needed on this machine: 40.0 MiB"), "{text}");
+        assert!(text.contains("about 13.0s** of downtime"), "{text}");
         assert!(
             text.contains("| web (id 1) | 10 | 10 | 4 | 3 | #7 | ok |"),
             "{text}"
@@ -432,5 +445,9 @@ mod tests {
             "{reasons:?}"
         );
         assert!(reasons[2].starts_with("memory:"), "{reasons:?}");
+        f.migrate_done = false;
+        let text = f.render();
+        assert!(text.contains("no estimate of the real run"), "{text}");
+        assert!(!text.contains("of downtime"), "{text}");
     }
 }

@@ -375,13 +375,20 @@ impl flags::Rehearse {
                 );
                 println!("  {source_line}");
                 println!("  servers: PostgreSQL and Sentry 6 stopped; no process left in the scratch folder");
-                if self.keep {
+                if self.keep && go {
                     println!(
                         "scratch kept: {} (it holds a copy of your data)",
                         path.display()
                     );
                 }
-                ensure!(go, "the rehearsal says NO-GO: see the forecast above");
+                if !go {
+                    scratch.keep = true;
+                    bail!(
+                        "the rehearsal says NO-GO: see the forecast above; logs: {}/logs and {}/dumps/logs (kept; it holds a copy of your data: remove it when done)",
+                        path.display(),
+                        path.display()
+                    );
+                }
                 Ok(())
             }
             Err(err) => {
@@ -462,6 +469,7 @@ impl flags::Rehearse {
                 .map(|s| (s.name.clone(), s.elapsed_secs))
                 .collect(),
             migrate_wall_secs: run.wall_secs,
+            migrate_done: run.ok,
             dumps_bytes: fs::read_dir(root.join("dumps"))
                 .map(|dir| {
                     dir.flatten()
@@ -591,6 +599,8 @@ impl flags::Rehearse {
             "old_max_event": before.max_event,
             "old_max_group": before.max_group,
             "old_max_key": before.max_key,
+            // A stream that lists no group is saved there, for a look.
+            "pages": root.join("logs"),
         });
         let state_path = root.join("prove-db-state.json");
         fs::write(&state_path, serde_json::to_string(&state)?)?;
@@ -656,7 +666,12 @@ impl flags::Rehearse {
                     merged.len()
                 ));
             }
-            if let Some(err) = p["stream_error"].as_str() {
+            if p["no_team"] == true {
+                said.push(
+                    "no team in Sentry 6, so no stream page (Sentry 6 shows projects by team)"
+                        .to_string(),
+                );
+            } else if let Some(err) = p["stream_error"].as_str() {
                 bad.push(format!("stream: {err}"));
             } else {
                 let listed = p["stream_migrated_groups"].as_u64().unwrap_or(0);
