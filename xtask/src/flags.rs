@@ -73,6 +73,28 @@ xflags::xflags! {
             optional --keep
             /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).
             optional --cache dir: PathBuf
+            /// After a plain rehearsal, copy the Sentry 4 db it made (the pre-migration backup) to
+            /// this path, for a later `rehearse --db` (CI does).
+            optional --keep-db path: PathBuf
+            /// Dress rehearsal on YOUR db: copies it with SQLite's online backup (Sentry 4 may keep
+            /// running; the file is only read), migrates the copy into a throwaway PostgreSQL
+            /// exactly as `migrate` will, proves Sentry 6 on it, and writes a forecast for the real
+            /// run (times, disk, memory, value scan, go/no-go) to dumps/rehearsal-forecast.md.
+            optional --db path: PathBuf
+            /// With --db: your Sentry 4 settings (TIME_ZONE, SECRET_KEY...), copied into the scratch
+            /// repo (default: settings/sentry_conf.py, as `migrate` reads them).
+            optional --sentry-conf path: PathBuf
+            /// With --db: passed on to `migrate` (fit values PostgreSQL rejects in a working copy).
+            optional --fit-values
+            /// With --db: passed on to `migrate` (your tag 1 buildout config, relative to the repo).
+            optional --tag1 path: PathBuf
+            /// With --db: passed on to `migrate` (your tag 2 buildout config, relative to the repo).
+            optional --tag2 path: PathBuf
+            /// With --db: passed on to `migrate` as `--engine VALUE` (only if your `migrate` has it).
+            optional --engine value: String
+            /// With --db: log in to Sentry 6 as this migrated user, the password taken from
+            /// SENTRY_REHEARSE_PASSWORD (default: a temporary superuser made in the throwaway target).
+            optional --login user: String
         }
         /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically).
         /// The first file replaced is kept as settings_local.py.orig, the last as .bak, every

@@ -7,6 +7,8 @@
 //! (too long for their varchar, a NUL character): `migrate` must stop at `scan-values` before
 //! touching PostgreSQL, and `migrate --fit-values` must fit them and migrate.
 
+mod forecast;
+mod own_db;
 mod provision;
 mod server;
 
@@ -115,6 +117,18 @@ struct BadValues {
 
 impl flags::Rehearse {
     pub fn run(self, sh: &Shell) -> Result<()> {
+        if let Some(db) = &self.db {
+            return self.run_on_db(sh, &db.clone());
+        }
+        ensure!(
+            !self.fit_values
+                && self.tag1.is_none()
+                && self.tag2.is_none()
+                && self.engine.is_none()
+                && self.login.is_none()
+                && self.sentry_conf.is_none(),
+            "--fit-values, --tag1, --tag2, --engine, --login and --sentry-conf belong to `rehearse --db PATH` (the plain rehearsal makes its own db and settings)"
+        );
         let repo = sh.current_dir();
         let events = self.events.unwrap_or(200);
         ensure!(
@@ -169,6 +183,9 @@ impl flags::Rehearse {
         match result {
             Ok(facts) => {
                 print_summary(&path, &phases, &facts, started.elapsed())?;
+                if let Some(keep_db) = &self.keep_db {
+                    keep_source_db(&path, &repo.join(keep_db))?;
+                }
                 if self.keep {
                     println!("scratch kept: {}", path.display());
                 }
@@ -201,7 +218,7 @@ fn rehearse(
 
     let toolchain = phases.run("provision", || {
         let toolchain = provision::toolchain(&sh, cache, &logs)?;
-        copy_repo_files(repo, root)?;
+        copy_repo_files(repo, root, Some(REHEARSAL_ZONE))?;
         provision::bootstrap(&sh, &toolchain, root, &logs)?;
         Ok(toolchain)
     })?;
@@ -303,7 +320,9 @@ fn processes_inside(root: &Path) -> Vec<(u32, String)> {
 /// The zone the rehearsal's Sentry 4 runs with: not UTC, with daylight saving.
 const REHEARSAL_ZONE: &str = "America/Chicago";
 
-fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
+/// `zone`: write the rehearsal's own `settings/sentry_conf.py` with it (`None`: the caller
+/// brings the install's own).
+fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> Result<()> {
     for dir in [
         "buildout",
         "settings",
@@ -326,21 +345,48 @@ fn copy_repo_files(repo: &Path, root: &Path) -> Result<()> {
         "xtask/python/rehearse/serve.py",
         "xtask/python/rehearse/prove.py",
         "xtask/python/rehearse/compare_encoded.py",
+        "xtask/python/rehearse/prove_db.py",
     ] {
         fs::copy(repo.join(file), root.join(file))
             .with_context(|| format!("cannot copy {file} into the scratch repo"))?;
     }
     // The install's own settings: the zone its Sentry 4 runs with (daylight saving included),
     // which `migrate` must read the naive dates in.
-    fs::write(
-        root.join("settings/sentry_conf.py"),
-        format!("# Rehearsal: the install's own settings.\nTIME_ZONE = '{REHEARSAL_ZONE}'\n"),
-    )?;
+    if let Some(zone) = zone {
+        fs::write(
+            root.join("settings/sentry_conf.py"),
+            format!("# Rehearsal: the install's own settings.\nTIME_ZONE = '{zone}'\n"),
+        )?;
+    }
     // The scratch install sends no mail (Sentry mails on every new event).
     let mut settings = fs::OpenOptions::new()
         .append(true)
         .open(root.join("settings/settings.py"))?;
     writeln!(settings, "\n# Rehearsal only: no mail leaves this machine.\nEMAIL_BACKEND = 'django.core.mail.backends.locmem.EmailBackend'")?;
+    Ok(())
+}
+
+/// `--keep-db`: the Sentry 4 db the rehearsal made, as it was before `migrate` touched it (the
+/// pre-migration backup `migrate` made and verified), copied to `dest` for a later
+/// `rehearse --db` (its dates are in America/Chicago).
+fn keep_source_db(root: &Path, dest: &Path) -> Result<()> {
+    let report: Journal =
+        serde_json::from_str(&fs::read_to_string(root.join("dumps/report.json"))?)?;
+    let backup = report
+        .backup
+        .context("dumps/report.json names no pre-migration backup")?;
+    let backup = root.join(&backup.path);
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let _ = fs::remove_file(dest);
+    own_db::copy_online(&backup, dest)?;
+    println!(
+        "Sentry 4 db kept: {} (a copy of {}; written in {REHEARSAL_ZONE}): `cargo xtask rehearse --db {} --fit-values` with TIME_ZONE = '{REHEARSAL_ZONE}' in its settings",
+        dest.display(),
+        backup.display(),
+        dest.display()
+    );
     Ok(())
 }
 
