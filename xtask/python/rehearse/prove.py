@@ -42,6 +42,15 @@ def main():
     facts['stream_ok'] = state['expect'].encode('utf-8') in stream or state['expect'] in stream.decode('utf-8', 'replace')
 
     from sentry.models import Event, Project, Team
+    # The age Sentry 6 gives the newest migrated event, through its own ORM (USE_TZ): minutes,
+    # not hours, when the naive dates were read in the zone Sentry 4 wrote them in.
+    from django.utils import timezone
+    newest = Event.objects.order_by('-datetime')[0].datetime
+    now = timezone.now()
+    if timezone.is_naive(newest) != timezone.is_naive(now):
+        newest = timezone.make_aware(newest, timezone.utc) if timezone.is_naive(newest) else timezone.make_naive(newest, timezone.utc)
+    facts['newest_event_age_seconds'] = int((now - newest).total_seconds())
+    facts['use_tz'] = bool(getattr(__import__('django.conf').conf.settings, 'USE_TZ', False))
     from raven import Client
     parts = urlparse.urlparse(state['dsn'])
     base_parts = urlparse.urlparse(base)

@@ -1311,6 +1311,13 @@ fn prove_sentry6(
         facts["stream_ok"] == true,
         "Sentry 6's event stream does not list the migrated events: {facts}"
     );
+    let age = facts["newest_event_age_seconds"]
+        .as_i64()
+        .context(format!("prove.py gave no age of the newest event: {facts}"))?;
+    ensure!(
+        (-60..=30 * 60).contains(&age),
+        "Sentry 6 dates the newest migrated event {age} s ago, but it was sent minutes ago: the dates were read in the wrong zone ({facts})"
+    );
     let new_event = facts["new_event_id"].as_i64().context(format!(
         "a new event sent to Sentry 6 was not stored (abstime?): {facts}"
     ))?;
@@ -1334,7 +1341,7 @@ fn prove_sentry6(
         "events went from {events_before} to {events_after}, expected one more"
     );
     println!(
-        "    Sentry 6: login ok, migrated events listed, new event id {new_event} > {max_event}, new project id {new_project}"
+        "    Sentry 6: login ok, migrated events listed, the newest dated {age} s ago, new event id {new_event} > {max_event}, new project id {new_project}"
     );
     Ok(facts)
 }
