@@ -904,21 +904,7 @@ impl StepRunner<'_> {
             "the copy's source was not counted: resume with `{}`",
             self.resume.from(StepId::CountSource)
         );
-        let mut client = self.target_client()?;
-        let filled: Vec<String> = pg::table_counts(&mut client)?
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(t, n)| format!("{t} ({n})"))
-            .collect();
-        ensure!(
-            filled.is_empty(),
-            "the target is not empty before the copy: {}; {}",
-            filled.join(", "),
-            self.resume.redo(StepId::PgClearGeneratedRows)
-        );
-        self.ensure_settings_for(step.phase)?;
-        self.ensure_sentry_version_for(step.phase)?;
-        self.ensure_sentry_stopped()?;
+        let mut client = self.ready_to_load(step, "copy")?;
         let tables = self.model_tables()?;
         let source = self.engine_source();
         let copies = crate::copy::copy(&source, &mut client, &tables, zone)?;
@@ -1081,21 +1067,7 @@ impl StepRunner<'_> {
         for producer in [StepId::DumpAuth, StepId::DumpRest] {
             recheck_outputs(config, self.journal, producer, self.resume)?;
         }
-        let mut client = self.target_client()?;
-        let filled: Vec<String> = pg::table_counts(&mut client)?
-            .into_iter()
-            .filter(|(_, n)| *n > 0)
-            .map(|(t, n)| format!("{t} ({n})"))
-            .collect();
-        ensure!(
-            filled.is_empty(),
-            "the target is not empty before the load: {}; {}",
-            filled.join(", "),
-            self.resume.redo(StepId::PgClearGeneratedRows)
-        );
-        self.ensure_settings_for(step.phase)?;
-        self.ensure_sentry_version_for(step.phase)?;
-        self.ensure_sentry_stopped()?;
+        let mut client = self.ready_to_load(step, "load")?;
         let start = fs::metadata(self.log_path).map(|m| m.len()).unwrap_or(0);
         let ran = self.run_command(command);
         let mut output = String::new();
@@ -1114,6 +1086,27 @@ impl StepRunner<'_> {
         let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
         let _ = writeln!(self.log()?, "sequences reset: {}", sequences.len());
         Ok(())
+    }
+
+    /// What both engines need before they write: an empty target, settings on PostgreSQL,
+    /// Sentry 4 in bin/, no Sentry running. Returns the target's client.
+    fn ready_to_load(&self, step: &Step, what: &str) -> Result<postgres::Client> {
+        let mut client = self.target_client()?;
+        let filled: Vec<String> = pg::table_counts(&mut client)?
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, n)| format!("{t} ({n})"))
+            .collect();
+        ensure!(
+            filled.is_empty(),
+            "the target is not empty before the {what}: {}; {}",
+            filled.join(", "),
+            self.resume.redo(StepId::PgClearGeneratedRows)
+        );
+        self.ensure_settings_for(step.phase)?;
+        self.ensure_sentry_version_for(step.phase)?;
+        self.ensure_sentry_stopped()?;
+        Ok(client)
     }
 
     fn verify_postgres(&mut self) -> Result<()> {
