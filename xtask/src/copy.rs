@@ -199,6 +199,11 @@ pub fn copy(
     tx.query_one("SELECT set_config('TimeZone', $1, true)", &[&time_zone])
         .with_context(|| format!("PostgreSQL does not know the time zone `{time_zone}`"))?;
     tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")?;
+    // Foreign keys and plain indexes go for the load and come back before the commit, in the
+    // same transaction: one validating query per key and one sorted build per index instead of
+    // a check and an index entry per row. A failure rolls the drops back too: the target is
+    // never left without them.
+    let rebuild = drop_keys_and_indexes(&mut tx)?;
     let mut out = Vec::new();
     for table in tables {
         let sqlite_columns: Vec<String> = source
@@ -319,9 +324,50 @@ pub fn copy(
             secs: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         });
     }
+    for statement in &rebuild {
+        tx.batch_execute(statement).map_err(|err| {
+            crate::pg::explain_sql_error(
+                err,
+                &format!("re-creating `{statement}` after the copy (all of it rolled back: the target is as before)"),
+            )
+        })?;
+    }
     tx.commit()
         .map_err(|err| crate::pg::explain_sql_error(err, "the copy's commit (PostgreSQL checks the foreign keys here; everything was rolled back)"))?;
     Ok(out)
+}
+
+/// Asks the catalog for every foreign key and every plain (not unique, not primary key) index
+/// of schema public, drops them, and returns the statements that re-create them (foreign keys
+/// last). PostgreSQL quotes the names itself (`format('%I')`, `regclass`).
+pub const KEYS_AND_INDEXES_SQL: &str = "SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname), \
+     format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid)), 1 \
+     FROM pg_constraint c WHERE c.contype = 'f' AND c.connamespace = 'public'::regnamespace \
+     UNION ALL \
+     SELECT format('DROP INDEX %s', i.indexrelid::regclass), pg_get_indexdef(i.indexrelid), 0 \
+     FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+     WHERE t.relnamespace = 'public'::regnamespace AND NOT i.indisprimary AND NOT i.indisunique \
+     AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) \
+     ORDER BY 3 DESC, 1";
+
+fn drop_keys_and_indexes(tx: &mut postgres::Transaction<'_>) -> Result<Vec<String>> {
+    let rows = tx
+        .query(KEYS_AND_INDEXES_SQL, &[])
+        .context("cannot list the target's foreign keys and indexes")?;
+    let mut rebuild_indexes = Vec::new();
+    let mut rebuild_keys = Vec::new();
+    for row in rows {
+        let (drop, create, is_key): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+        tx.batch_execute(&drop)
+            .map_err(|err| crate::pg::explain_sql_error(err, &format!("`{drop}`")))?;
+        if is_key == 1 {
+            rebuild_keys.push(create);
+        } else {
+            rebuild_indexes.push(create);
+        }
+    }
+    rebuild_indexes.extend(rebuild_keys);
+    Ok(rebuild_indexes)
 }
 
 fn quote_sqlite(name: &str) -> String {

@@ -514,9 +514,11 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
                 time_zone.as_deref().map_or("TIME_ZONE (not set: preflight stops)".to_string(), |zone| format!("'{zone}'"))
             ),
             "sql: SET CONSTRAINTS ALL DEFERRED".into(),
+            format!("sql: {}", crate::copy::KEYS_AND_INDEXES_SQL),
+            "      then each DROP it lists; after the COPYs, each re-creating statement (indexes, then foreign keys), in the same transaction".into(),
             "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN".into(),
             "      rows streamed from SQLite one at a time: booleans 0/1 -> f/t, text escaped for COPY, NULL as \\N".into(),
-            "check: rows copied = rows read, per table; foreign keys checked at COMMIT (a failure rolls everything back)".into(),
+            "check: rows copied = rows read, per table; foreign keys validated when re-created (a failure rolls everything back, drops included)".into(),
             format!("sql (each table with an id sequence): {reset_sequence_sql}"),
             "      where {table} and $1 = the table's quoted name".into(),
         ],

@@ -1475,6 +1475,25 @@ fn the_copy_engine_loads_what_loaddata_loads() {
 
     let expected = table_hashes(&mut loaddata.target_client());
     assert_eq!(table_hashes(&mut copy.target_client()), expected);
+    // The foreign keys and indexes the copy dropped for the load are all back.
+    let schema = |client: &mut postgres::Client| -> Vec<String> {
+        client
+            .query(
+                "SELECT pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+                 WHERE t.relnamespace = 'public'::regnamespace \
+                 UNION ALL SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+                 WHERE connamespace = 'public'::regnamespace ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert_eq!(
+        schema(&mut copy.target_client()),
+        schema(&mut loaddata.target_client())
+    );
     let instants: Vec<(i32, Option<f64>)> = copy
         .target_client()
         .query(
@@ -1516,7 +1535,8 @@ fn a_failed_copy_rolls_back_and_names_the_constraint() {
     let out = repo.xtask(&["migrate", "--engine", "copy"], None);
     assert!(!out.ok);
     for text in [
-        "step `pg-copy` failed: the copy's commit",
+        "step `pg-copy` failed: re-creating `ALTER TABLE sentry_groupbookmark ADD CONSTRAINT",
+        "all of it rolled back: the target is as before",
         "violates foreign key constraint",
         "Key (group_id)=(99) is not present in table \"sentry_groupedmessage\"",
         "resume: cargo xtask migrate --engine copy",
@@ -1532,6 +1552,15 @@ fn a_failed_copy_rolls_back_and_names_the_constraint() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 0, "everything rolled back");
+    let keys: i64 = repo
+        .target_client()
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'public'::regnamespace",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(keys >= 5, "the foreign keys are back: {keys}");
 }
 
 /// Where Django's dumpdata cannot fit in memory, the loaddata engine is refused in preflight,
