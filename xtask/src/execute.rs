@@ -843,6 +843,33 @@ impl StepRunner<'_> {
         Ok(Outputs::from([(path, hash)]))
     }
 
+    /// Records what an engine will load (rows per table, objects) against SQLite's rows, and
+    /// compares them: a table may lack only the rows `--fit-values` merged; tables without a
+    /// model are not carried over.
+    fn record_what_loads(
+        &mut self,
+        rows: BTreeMap<String, u64>,
+        objects: u64,
+        sqlite_counts: BTreeMap<String, u64>,
+    ) -> Vec<TableCheck> {
+        let merged = self
+            .journal
+            .fit
+            .as_ref()
+            .map(|fit| fit.merged.clone())
+            .unwrap_or_default();
+        let checks = verify::dumps_vs_sqlite(&rows, &sqlite_counts, &merged);
+        self.journal.leftover_tables = checks
+            .iter()
+            .filter(|c| c.verdict == verify::Verdict::NotCarriedOver)
+            .map(|c| (c.table.clone(), c.expected.unwrap_or(0)))
+            .collect();
+        self.journal.sqlite_counts = sqlite_counts;
+        self.journal.dump_rows = rows;
+        self.journal.dump_objects = objects;
+        checks
+    }
+
     /// The db the copy engine reads: the fitted working copy with `--fit-values`, else the source.
     fn engine_source(&self) -> PathBuf {
         if self.config.fit_values {
@@ -865,21 +892,8 @@ impl StepRunner<'_> {
         } else {
             sqlite::table_counts(&self.config.sqlite_path)?
         };
-        let merged = self
-            .journal
-            .fit
-            .as_ref()
-            .map(|fit| fit.merged.clone())
-            .unwrap_or_default();
-        let checks = verify::dumps_vs_sqlite(&rows, &sqlite_counts, &merged);
-        self.journal.leftover_tables = checks
-            .iter()
-            .filter(|c| c.verdict == verify::Verdict::NotCarriedOver)
-            .map(|c| (c.table.clone(), c.expected.unwrap_or(0)))
-            .collect();
-        self.journal.sqlite_counts = sqlite_counts;
-        self.journal.dump_objects = rows.values().sum();
-        self.journal.dump_rows = rows;
+        let objects = rows.values().sum();
+        let checks = self.record_what_loads(rows, objects, sqlite_counts);
         self.finish_check(
             "source-vs-sqlite",
             checks,
@@ -967,21 +981,7 @@ impl StepRunner<'_> {
         all.merge(&rest);
         let dump_rows = all.rows_per_table(&models)?;
         let sqlite_counts = sqlite::table_counts(&config.sqlite_path)?;
-        let merged = self
-            .journal
-            .fit
-            .as_ref()
-            .map(|fit| fit.merged.clone())
-            .unwrap_or_default();
-        let checks = verify::dumps_vs_sqlite(&dump_rows, &sqlite_counts, &merged);
-        self.journal.leftover_tables = checks
-            .iter()
-            .filter(|c| c.verdict == verify::Verdict::NotCarriedOver)
-            .map(|c| (c.table.clone(), c.expected.unwrap_or(0)))
-            .collect();
-        self.journal.sqlite_counts = sqlite_counts;
-        self.journal.dump_rows = dump_rows;
-        self.journal.dump_objects = all.total_objects();
+        let checks = self.record_what_loads(dump_rows, all.total_objects(), sqlite_counts);
         let _ = writeln!(
             self.log()?,
             "auth dump: {} objects; main dump: {} objects",

@@ -799,6 +799,31 @@ fn migrate_fitting_values(
     Ok(())
 }
 
+/// Starts Sentry 6 as the tool recommends (`start --noupgrade`) on a loopback port, runs
+/// `script` (in xtask/python/rehearse/, under bin/py) against it with `state_path`, and returns
+/// the JSON facts it prints; the server is stopped on return.
+pub(crate) fn prove_on_sentry6(
+    sh: &Shell,
+    logs: &Path,
+    script: &str,
+    state_path: &Path,
+) -> Result<serde_json::Value> {
+    let port = util::free_port()?;
+    let out = {
+        let _server = sentry6_server(sh, port, &logs.join("sentry6-web.log"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let script = format!("xtask/python/rehearse/{script}");
+        log_run(
+            cmd!(
+                sh,
+                "bin/py {script} settings/settings.py {base} {state_path}"
+            ),
+            &logs.join("sentry6.log"),
+        )?
+    };
+    serde_json::from_str(out.trim()).with_context(|| format!("{script} printed no JSON"))
+}
+
 /// The newest event is the same instant in SQLite (naive text in the zone Sentry 4 ran with) and
 /// in PostgreSQL, and that instant is minutes old: read in the wrong zone it would be hours off
 /// while every count still matched.
@@ -1289,20 +1314,7 @@ fn prove_sentry6(
     let max_project = max_id(&mut client, "sentry_project")?;
     let state_path = root.join("prove-state.json");
     fs::write(&state_path, serde_json::to_string(&seeded.state)?)?;
-    let port = util::free_port()?;
-    let facts = {
-        let _server = sentry6_server(sh, port, &logs.join("sentry6-web.log"))?;
-        let base = format!("http://127.0.0.1:{port}");
-        log_run(
-            cmd!(
-                sh,
-                "bin/py xtask/python/rehearse/prove.py settings/settings.py {base} {state_path}"
-            ),
-            &logs.join("sentry6.log"),
-        )?
-    };
-    let facts: serde_json::Value =
-        serde_json::from_str(facts.trim()).context("prove.py printed no JSON")?;
+    let facts = prove_on_sentry6(sh, logs, "prove.py", &state_path)?;
     ensure!(
         facts["login_ok"] == true,
         "a migrated user could not log in to Sentry 6 with the old password: {facts}"

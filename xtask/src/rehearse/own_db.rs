@@ -16,11 +16,11 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 use rusqlite::{backup::Backup, Connection, OpenFlags};
-use xshell::{cmd, Shell};
+use xshell::Shell;
 
 use super::{
-    default_cache, forecast::Forecast, forecast::ProjectRow, log_run, processes_inside, provision,
-    sentry6_server, stop_servers_on_interrupt, Phases, Scratch,
+    default_cache, forecast::Forecast, forecast::ProjectRow, processes_inside, provision,
+    stop_servers_on_interrupt, Phases, Scratch,
 };
 use crate::{flags, journal::Journal, pgcluster::PgCluster, util, verify};
 
@@ -605,20 +605,7 @@ impl flags::Rehearse {
         let state_path = root.join("prove-db-state.json");
         fs::write(&state_path, serde_json::to_string(&state)?)?;
         let logs = root.join("logs");
-        let port = util::free_port()?;
-        let facts = {
-            let _server = sentry6_server(sh, port, &logs.join("sentry6-web.log"))?;
-            let base = format!("http://127.0.0.1:{port}");
-            log_run(
-                cmd!(
-                    sh,
-                    "bin/py xtask/python/rehearse/prove_db.py settings/settings.py {base} {state_path}"
-                ),
-                &logs.join("sentry6.log"),
-            )?
-        };
-        let facts: serde_json::Value =
-            serde_json::from_str(facts.trim()).context("prove_db.py printed no JSON")?;
+        let facts = super::prove_on_sentry6(sh, &logs, "prove_db.py", &state_path)?;
         let login = format!(
             "{} {} over HTTP to Sentry 6 (started with `start --noupgrade`)",
             if facts["temporary_user"] == true {
