@@ -477,8 +477,10 @@ impl StepRunner<'_> {
                 }
             }
         }
-        if let Err(err) = pg::connect_admin(&config.pg, Duration::from_secs(5)) {
-            problems.push(format!("{err:#}"));
+        match pg::privilege_problem(&config.pg) {
+            Ok(Some(problem)) => problems.push(problem),
+            Ok(None) => {}
+            Err(err) => problems.push(format!("{err:#}")),
         }
         match config.time_zone.problem() {
             Some(problem) => problems.push(problem),

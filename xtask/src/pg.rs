@@ -508,6 +508,44 @@ pub fn orphan_events(client: &mut Client) -> Result<u64> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
+/// What would stop `sentry upgrade` on the target for lack of a privilege, as a message with
+/// the exact SQL a DBA runs; `None` when the role can go on. Asked in preflight, before the
+/// dumps, so a missing privilege does not fail an hour later.
+pub fn privilege_problem(target: &PgTarget) -> Result<Option<String>> {
+    let mut admin = connect_admin(target, Duration::from_secs(5))?;
+    let (db, user) = (
+        quote_identifier(&target.dbname),
+        quote_identifier(&target.user),
+    );
+    if !database_exists(&mut admin, &target.dbname)? {
+        let row = admin.query_one(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )?;
+        let may_create: bool = row.get(0);
+        return Ok((!may_create).then(|| {
+            format!(
+                "database `{}` does not exist and role `{}` may not create databases (no CREATEDB): ask a DBA to run\n    \
+                 CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
+                target.dbname, target.user
+            )
+        }));
+    }
+    let mut client = connect(target, &target.dbname, Duration::from_secs(5))?;
+    let may_create: bool = client
+        .query_one("SELECT has_schema_privilege('public', 'CREATE')", &[])?
+        .get(0);
+    Ok((!may_create).then(|| {
+        format!(
+            "role `{}` may not create tables in schema public of database `{}` (PostgreSQL 15 no longer lets every role do that), \
+             and `sentry upgrade` must: ask a DBA to run, in database `{}`,\n    GRANT CREATE ON SCHEMA public TO {user};\n  \
+             or to make the role the database's owner (on PostgreSQL 15 the owner may create in public):\n    \
+             ALTER DATABASE {db} OWNER TO {user};\n  then run again",
+            target.user, target.dbname, target.dbname
+        )
+    }))
+}
+
 /// Connects to a maintenance database (`postgres`, else `template1`) to create or drop others.
 pub fn connect_admin(target: &PgTarget, wait: Duration) -> Result<Client> {
     match connect(target, "postgres", wait) {
@@ -1118,6 +1156,57 @@ mod tests {
             .unwrap()
             .get(0);
         assert!(over_socket);
+    }
+
+    #[test]
+    fn missing_privileges_are_named_with_the_sql_for_a_dba() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("privs");
+        let mut admin = db.client();
+        if server_version_num(&mut admin).unwrap() < 150000 {
+            return; // before 15 every role may create in public
+        }
+        let role = format!("app_{}", db.name);
+        admin
+            .batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'apppw'"))
+            .unwrap();
+        let mut app = target(&db, &role, "apppw");
+        // A database the app role owns nothing in: a DBA made it.
+        let problem = privilege_problem(&app)
+            .unwrap()
+            .expect("no CREATE on public");
+        assert!(
+            problem.contains(&format!("GRANT CREATE ON SCHEMA public TO \"{role}\";")),
+            "{problem}"
+        );
+        assert!(
+            problem.contains(&format!("ALTER DATABASE \"{}\" OWNER TO", db.name)),
+            "{problem}"
+        );
+        admin
+            .batch_execute(&format!("GRANT CREATE ON SCHEMA public TO \"{role}\""))
+            .unwrap();
+        assert_eq!(privilege_problem(&app).unwrap(), None);
+        // No database yet, and no CREATEDB.
+        app.dbname = format!("{}_new", db.name);
+        let problem = privilege_problem(&app).unwrap().expect("no CREATEDB");
+        assert!(
+            problem.contains("may not create databases (no CREATEDB)")
+                && problem.contains(&format!(
+                    "CREATE DATABASE \"{}\" OWNER \"{role}\"",
+                    app.dbname
+                )),
+            "{problem}"
+        );
+        admin
+            .batch_execute(&format!("ALTER ROLE \"{role}\" CREATEDB"))
+            .unwrap();
+        assert_eq!(privilege_problem(&app).unwrap(), None);
+        admin
+            .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
+            .unwrap();
     }
 
     #[test]

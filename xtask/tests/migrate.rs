@@ -1595,3 +1595,68 @@ fn the_loaddata_engine_is_refused_where_it_cannot_fit() {
     );
     assert!(out.ok, "{out:#?}");
 }
+
+/// A target a DBA created and owns, where the app role may only connect (PostgreSQL 15 gives
+/// no CREATE on schema public to other roles): refused in preflight, before any dump, with the
+/// GRANT a DBA runs; so is a missing database the role may not create.
+#[test]
+fn missing_privileges_are_refused_in_preflight_with_the_sql_for_a_dba() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("dbaowned");
+    let mut admin = repo.db.cluster.admin_client("postgres");
+    if admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .unwrap()
+        .get::<_, i32>(0)
+        < 150000
+    {
+        return;
+    }
+    let role = format!("{}_app", repo.target);
+    admin
+        .batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN PASSWORD 'apppw'"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{}\"", repo.target))
+        .unwrap();
+    let run = |repo: &Repo| {
+        let out = repo
+            .command(&["migrate"], None)
+            .env("PGUSER", &role)
+            .env("PGPASSWORD", "apppw")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stderr) = run(&repo);
+    assert!(!ok);
+    assert!(
+        stderr.contains("preflight found")
+            && stderr.contains(&format!("GRANT CREATE ON SCHEMA public TO \"{role}\";")),
+        "{stderr}"
+    );
+    assert!(repo.calls().is_empty(), "nothing ran: {:?}", repo.calls());
+
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{}\"", repo.target))
+        .unwrap();
+    let (ok, stderr) = run(&repo);
+    assert!(!ok);
+    assert!(
+        stderr.contains("may not create databases (no CREATEDB)")
+            && stderr.contains(&format!(
+                "CREATE DATABASE \"{}\" OWNER \"{role}\"",
+                repo.target
+            )),
+        "{stderr}"
+    );
+    assert!(repo.calls().is_empty());
+    admin
+        .batch_execute(&format!("DROP ROLE \"{role}\""))
+        .unwrap();
+}
