@@ -316,7 +316,9 @@ impl StepRunner<'_> {
             Action::BackupSqlite => self.backup(),
             Action::Buildout(command) => {
                 self.ensure_sentry_stopped()?;
-                self.run_command(command).map(|_| Outputs::new())
+                self.run_command(command)?;
+                self.ensure_tag_installs(step, command)?;
+                Ok(Outputs::new())
             }
             Action::WriteSettings(kind) => self.write_settings(*kind),
             Action::Run(command) => {
@@ -545,6 +547,31 @@ impl StepRunner<'_> {
              resume with `{}`",
             current.map_or("no database".to_string(), |it| it.to_string()),
             self.resume.from(step)
+        );
+        Ok(())
+    }
+
+    /// A tag's config must install the Sentry of its tag: 4.x for tag 1, 6.x for tag 2 (a
+    /// script without a version, such as a develop egg's, is taken as it is).
+    fn ensure_tag_installs(&self, step: &Step, command: &Command) -> Result<()> {
+        let Some(version) = sentry::installed_version(&self.config.bin("sentry")) else {
+            return Ok(());
+        };
+        let (want, flag) = if step.phase == Phase::Sentry6 {
+            ("6.", "--tag2")
+        } else {
+            ("4.", "--tag1")
+        };
+        let cfg = command
+            .args
+            .get(1)
+            .map(String::as_str)
+            .unwrap_or("the config");
+        ensure!(
+            version.starts_with(want),
+            "{cfg} ({flag}) installed Sentry {version}, not Sentry {want}x: {flag} must name your Sentry {} buildout{}",
+            &want[..1],
+            if want == "4." { " plus the psycopg2 egg" } else { "" }
         );
         Ok(())
     }

@@ -1660,3 +1660,27 @@ fn missing_privileges_are_refused_in_preflight_with_the_sql_for_a_dba() {
         .batch_execute(&format!("DROP ROLE \"{role}\""))
         .unwrap();
 }
+
+/// A `--tag1` that does not install Sentry 4 is named right after its buildout, before
+/// Sentry touches the SQLite db.
+#[test]
+fn a_tag_that_installs_the_wrong_sentry_is_named() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("wrongtag");
+    let out = repo.xtask(&["migrate", "--tag1", "buildout/tag2-sentry6.cfg"], None);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "step `buildout-tag1` failed: buildout/tag2-sentry6.cfg (--tag1) installed Sentry 6.4.4, not Sentry 4.x"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !repo.calls().iter().any(|call| call.starts_with("sentry")),
+        "no Sentry command ran: {:?}",
+        repo.calls()
+    );
+}
