@@ -1,0 +1,513 @@
+//! The executor: the only code that runs steps. It takes the lock, keeps the journal and the
+//! report, writes one log per step, prints progress, and says how to resume after a failure.
+
+mod guards;
+mod source;
+mod target;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{IsTerminal, Read, Seek, SeekFrom, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use xshell::Shell;
+
+use crate::{
+    config::Config,
+    dumps,
+    flags::{self, DbKind},
+    journal::{Backup, Journal, StepRecord},
+    merge, pg,
+    plan::{self, Action, Command, Phase, Step, StepId},
+    report, sentry, settings, sqlite, util, values,
+    verify::{self, TableCheck},
+    zone,
+};
+
+pub struct Options {
+    pub dry_run: bool,
+    pub from: Option<String>,
+    pub until: Option<String>,
+    /// The command that resumes this migration (same source, target and configs).
+    pub resume: Resume,
+}
+
+/// `cargo xtask migrate` with the flags that name this migration's source, target and buildout
+/// configs, quoted so that every hint built from it works when pasted into a shell.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    flags: Vec<String>,
+}
+
+impl Resume {
+    pub fn new(flags: &[(&str, Option<String>)]) -> Resume {
+        let flags = flags
+            .iter()
+            .filter_map(|(flag, value)| {
+                Some(format!("{flag} {}", plan::shell_quote(value.as_ref()?)))
+            })
+            .collect();
+        Resume { flags }
+    }
+
+    /// Adds a flag without a value when `on`.
+    pub fn switch(mut self, flag: &str, on: bool) -> Resume {
+        if on {
+            self.flags.push(flag.to_string());
+        }
+        self
+    }
+
+    /// The command that continues where the journal left off.
+    pub fn command(&self) -> String {
+        let mut out = String::from("cargo xtask migrate");
+        for flag in &self.flags {
+            out.push(' ');
+            out.push_str(flag);
+        }
+        out
+    }
+
+    /// The command that redoes everything from `step`.
+    pub fn from(&self, step: StepId) -> String {
+        format!("{} --from {step}", self.command())
+    }
+
+    /// "redo with `…--from step`", the remedy most checks name.
+    pub fn redo(&self, step: StepId) -> String {
+        format!("redo with `{}`", self.from(step))
+    }
+}
+
+impl flags::Migrate {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let mut config = Config::new(
+            &sh.current_dir(),
+            self.sqlite.as_deref(),
+            self.database_url.as_deref(),
+            |key| std::env::var(key).ok(),
+        )?;
+        if let Some(tag1) = &self.tag1 {
+            config.tag1_cfg = config.root.join(tag1);
+        }
+        if let Some(tag2) = &self.tag2 {
+            config.tag2_cfg = config.root.join(tag2);
+        }
+        config.fit_values = self.fit_values;
+        config.engine = self.engine.unwrap_or_default();
+        let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
+        let resume = Resume::new(&[
+            ("--sqlite", path(&self.sqlite)),
+            ("--database-url", self.database_url.clone()),
+            ("--tag1", path(&self.tag1)),
+            ("--tag2", path(&self.tag2)),
+        ])
+        .switch("--fit-values", self.fit_values)
+        .switch("--engine copy", self.engine == Some(flags::Engine::Copy));
+        let options = Options {
+            dry_run: self.dry_run,
+            from: self.from,
+            until: self.until,
+            resume,
+        };
+        execute(sh, &config, &options)
+    }
+}
+
+/// Runs (or, with `dry_run`, prints) the plan for `config`.
+pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
+    let steps = plan::plan(config);
+    let journal_path = config.dumps_dir().join("journal.json");
+    let existing = Journal::load(&journal_path)?;
+    let from = options
+        .from
+        .as_deref()
+        .map(|name| plan::find(&steps, name))
+        .transpose()?;
+    let until = options
+        .until
+        .as_deref()
+        .map(|name| plan::find(&steps, name))
+        .transpose()?;
+    let sqlite_id = config.sqlite_path.display().to_string();
+    let target_id = config.pg.to_string();
+
+    if options.dry_run {
+        println!(
+            "dry run: {} -> {}; nothing is touched\n",
+            sqlite_id, target_id
+        );
+        print!("{}", plan::render(&steps, config));
+        if let Some(journal) = &existing {
+            let done: Vec<_> = steps
+                .iter()
+                .enumerate()
+                .filter(|(index, step)| {
+                    journal.is_done(step.id) && from.is_none_or(|from| *index < from)
+                })
+                .map(|(_, step)| step.id.name())
+                .collect();
+            if !done.is_empty() {
+                println!(
+                    "\njournal: done already, would be re-checked and skipped: {}",
+                    done.join(", ")
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    // The dumps hold every password hash and DSN secret key: dumps/ and logs/ are the owner's
+    // only, even when an earlier run (or a checkout) made them wider.
+    fs::create_dir_all(config.dumps_dir().join("logs")).context("cannot create dumps/logs")?;
+    for dir in [config.dumps_dir(), config.dumps_dir().join("logs")] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
+    let _lock = Lock::acquire(&config.dumps_dir().join("migrate.lock"))?;
+    let mut journal = match existing {
+        Some(journal) => {
+            journal.check_same_migration(&sqlite_id, &target_id, &journal_path)?;
+            journal
+        }
+        None => Journal {
+            sqlite: sqlite_id,
+            target: target_id,
+            ..Journal::default()
+        },
+    };
+    if let Some(from) = from {
+        let ids: Vec<StepId> = steps[from..].iter().map(|it| it.id).collect();
+        journal.forget(&ids);
+        journal.save(&journal_path)?;
+    }
+
+    let total = steps.len();
+    for (index, step) in steps.iter().enumerate() {
+        let label = format!("[{}/{total}] {}", index + 1, step.id);
+        if journal.is_done(step.id) {
+            recheck_outputs(config, &journal, step.id, &options.resume)?;
+            println!("{label} … done earlier (journal)");
+            continue;
+        }
+        print!("{label} … ");
+        let _ = std::io::stdout().flush();
+        let started = Instant::now();
+        let log_path =
+            config
+                .dumps_dir()
+                .join("logs")
+                .join(format!("{:02}-{}.log", index + 1, step.id));
+        let mut runner = StepRunner {
+            sh,
+            config,
+            journal: &mut journal,
+            resume: &options.resume,
+            log_path: &log_path,
+            label: &label,
+            started,
+            notes: Vec::new(),
+        };
+        let result = runner.run(step);
+        let notes = std::mem::take(&mut runner.notes);
+        let elapsed = started.elapsed();
+        match result {
+            Ok(outputs) => {
+                journal.tool_peak_rss_kib = util::peak_rss_kib();
+                journal.record(StepRecord {
+                    name: step.id.name().to_string(),
+                    finished_at: util::utc_timestamp(util::unix_now()),
+                    elapsed_secs: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+                    outputs,
+                });
+                journal.save(&journal_path)?;
+                report::write(&journal, &config.dumps_dir())?;
+                println!("ok ({})", util::human_duration(elapsed));
+                for note in notes {
+                    println!("      {note}");
+                }
+            }
+            Err(err) => {
+                println!("FAILED ({})", util::human_duration(elapsed));
+                let log = if log_path.exists() {
+                    config.display_path(&log_path)
+                } else {
+                    "(none: the step ran no program)".into()
+                };
+                // The step's cause comes first, whatever else fails while we record it.
+                let mut message = format!(
+                    "step `{}` failed: {err:#}\n  log:    {log}\n  report: dumps/report.md\n  resume: {} (starts again at `{}`; finished steps are kept)",
+                    step.id,
+                    options.resume.command(),
+                    step.id
+                );
+                let saved = journal
+                    .save(&journal_path)
+                    .and_then(|()| report::write(&journal, &config.dumps_dir()));
+                if let Err(also) = saved {
+                    message.push_str(&format!(
+                        "\n  also:   the journal or report could not be saved ({also:#}); the step will run again on resume"
+                    ));
+                }
+                bail!(message);
+            }
+        }
+        if until == Some(index) {
+            println!(
+                "stopped after `{}` (--until); resume: {}",
+                step.id,
+                options.resume.command()
+            );
+            return Ok(());
+        }
+    }
+    print_summary(config, &steps, &journal);
+    Ok(())
+}
+
+/// A finished step's files must still be what it produced.
+fn recheck_outputs(
+    config: &Config,
+    journal: &Journal,
+    step: StepId,
+    resume: &Resume,
+) -> Result<()> {
+    let Some(record) = journal.record_of(step) else {
+        return Ok(());
+    };
+    for (path, hash) in &record.outputs {
+        let full = config.root.join(path);
+        let actual = util::sha256_file(&full).ok();
+        if actual.as_deref() != Some(hash.as_str()) {
+            bail!(
+                "{path}, produced by step `{step}`, is {} since: {}",
+                if actual.is_none() {
+                    "missing"
+                } else {
+                    "changed"
+                },
+                resume.redo(step)
+            );
+        }
+    }
+    Ok(())
+}
+
+struct StepRunner<'a> {
+    sh: &'a Shell,
+    config: &'a Config,
+    journal: &'a mut Journal,
+    resume: &'a Resume,
+    log_path: &'a Path,
+    label: &'a str,
+    started: Instant,
+    /// Lines to show under the step's `ok`.
+    notes: Vec<String>,
+}
+
+type Outputs = BTreeMap<String, String>;
+
+impl StepRunner<'_> {
+    fn run(&mut self, step: &Step) -> Result<Outputs> {
+        match &step.action {
+            Action::Preflight(limits) => self.preflight(limits).map(|()| Outputs::new()),
+            Action::BackupSqlite => self.backup(),
+            Action::Buildout(command) => {
+                self.ensure_sentry_stopped()?;
+                self.run_command(command)?;
+                self.ensure_tag_installs(step, command)?;
+                Ok(Outputs::new())
+            }
+            Action::WriteSettings(kind) => self.write_settings(*kind),
+            Action::Run(command) => {
+                self.ensure_sentry_stopped()?;
+                self.ensure_settings_for(step.phase)?;
+                self.ensure_sentry_version_for(step.phase)?;
+                self.run_command(command)
+            }
+            Action::ScanValues { fit } => self.scan_values(*fit).map(|()| Outputs::new()),
+            Action::FitValues { working_copy } => {
+                self.ensure_sentry_stopped()?;
+                self.fit_values(working_copy)
+            }
+            Action::VerifyDumps => self.verify_dumps().map(|()| Outputs::new()),
+            Action::CountSource => self.count_source().map(|()| Outputs::new()),
+            Action::PgCopy {
+                time_zone,
+                reset_sequence_sql,
+            } => self
+                .pg_copy(step, time_zone.as_deref(), reset_sequence_sql)
+                .map(|()| Outputs::new()),
+            Action::PgCreateDatabase { create_sql } => {
+                self.create_database(create_sql).map(|()| Outputs::new())
+            }
+            Action::PgClearGeneratedRows {
+                demo_project,
+                truncate_sql,
+            } => {
+                let mut client = self.target_client()?;
+                self.journal.cleared_rows =
+                    pg::clear_generated_rows(&mut client, demo_project, truncate_sql)?;
+                Ok(Outputs::new())
+            }
+            Action::PgAbstimeShim { sql } => {
+                let mut client = self.target_client()?;
+                let outcome = pg::install_abstime_shim(&mut client, sql)?;
+                self.journal.shim = Some(match outcome {
+                    pg::ShimOutcome::NotNeeded { version } => {
+                        format!("not needed (server_version_num {version} < 120000)")
+                    }
+                    pg::ShimOutcome::AlreadyInstalled => "already installed".into(),
+                    pg::ShimOutcome::Installed => "installed".into(),
+                });
+                Ok(Outputs::new())
+            }
+            Action::PgLoad {
+                command,
+                reset_sequence_sql,
+            } => self
+                .load(step, command, reset_sequence_sql)
+                .map(|()| Outputs::new()),
+            Action::VerifyPostgres => self.verify_postgres().map(|()| Outputs::new()),
+            Action::VerifySentry6 => self.verify_sentry6().map(|()| Outputs::new()),
+        }
+    }
+}
+
+/// The cause first, then what to do about it.
+fn with_remedy<T>(result: Result<T>, remedy: String) -> Result<T> {
+    result.map_err(|cause| anyhow!("{cause:#}; {remedy}"))
+}
+
+fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
+    println!("\nSummary ({} -> {})", journal.sqlite, journal.target);
+    println!(
+        "  {:<22} {:>7} {:>7} {:>9} {:>10} {:>8}",
+        "check", "tables", "equal", "intended", "different", ""
+    );
+    for (name, checks) in &journal.checks {
+        let tally = verify::tally(checks);
+        println!(
+            "  {:<22} {:>7} {:>7} {:>9} {:>10}",
+            name,
+            tally.tables,
+            tally.equal,
+            tally.intended + tally.not_carried_over,
+            tally.differs
+        );
+    }
+    for phase in [Phase::Sqlite, Phase::Postgres, Phase::Sentry6] {
+        let secs: f64 = steps
+            .iter()
+            .filter(|s| s.phase == phase)
+            .filter_map(|s| journal.record_of(s.id))
+            .map(|r| r.elapsed_secs)
+            .sum();
+        println!("  {:<40} {:>8.1}s", phase.title(), secs);
+    }
+    if !journal.leftover_tables.is_empty() {
+        let tables: Vec<String> = journal
+            .leftover_tables
+            .iter()
+            .map(|(table, rows)| format!("{table} ({rows} rows)"))
+            .collect();
+        println!(
+            "  not carried over (SQLite-only tables): {}",
+            tables.join(", ")
+        );
+    }
+    if let Some(backup) = &journal.backup {
+        // The journal is a file a user can edit: never slice what it says.
+        let short: String = backup.sha256.chars().take(16).collect();
+        println!("  backup: {} (sha256 {short}…)", backup.path);
+    }
+    println!(
+        "\nreport: {}",
+        config.display_path(&config.dumps_dir().join("report.md"))
+    );
+    println!("next:   bin/sentry --config=settings/settings.py start --noupgrade   (Sentry 6 on PostgreSQL)");
+}
+
+/// `dumps/migrate.lock`: one `migrate` at a time per repo. An OS file lock (flock) on the file
+/// decides, held as long as the file is open: the kernel releases it when the process ends,
+/// however it ends, so a lock file left behind never blocks. The pid written into the file only
+/// names the holder in the message.
+pub struct Lock {
+    _file: fs::File,
+}
+
+impl Lock {
+    pub fn acquire(path: &Path) -> Result<Lock> {
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open the lock {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                };
+                bail!(
+                    "another `cargo xtask migrate`{holder} is running on this repo (it holds {}): wait for it to finish",
+                    path.display()
+                )
+            }
+            Err(fs::TryLockError::Error(err)) => {
+                return Err(err).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+        // Ours now: say who holds it (a file from an older run may be wider than 0600).
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        file.set_len(0)?;
+        file.seek(SeekFrom::Start(0))?;
+        writeln!(file, "{}", std::process::id())?;
+        file.sync_all()?;
+        Ok(Lock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_is_exclusive_and_released_with_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("migrate.lock");
+        let held = Lock::acquire(&path).unwrap();
+        // flock conflicts between open files, even in one process.
+        let err = format!("{:#}", Lock::acquire(&path).err().unwrap());
+        assert!(
+            err.contains(&format!(
+                "another `cargo xtask migrate` (pid {}) is running",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(held);
+        // A child another test forks in this moment shares the open file until it execs (the
+        // descriptor is close-on-exec): give the lock that long to go.
+        let again = (0..100).find_map(|_| {
+            Lock::acquire(&path).ok().or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            })
+        });
+        assert!(again.is_some(), "the lock is released with its holder");
+        assert!(path.exists(), "the file may stay");
+    }
+}

@@ -1,0 +1,194 @@
+//! The steps on the PostgreSQL side: the target database, both engines' loads, and the checks
+//! after the load and after Sentry 6's upgrade.
+
+use super::*;
+
+impl StepRunner<'_> {
+    pub(super) fn target_client(&self) -> Result<postgres::Client> {
+        pg::connect(
+            &self.config.pg,
+            &self.config.pg.dbname,
+            Duration::from_secs(5),
+        )
+    }
+
+    pub(super) fn pg_copy(
+        &mut self,
+        step: &Step,
+        time_zone: Option<&str>,
+        reset_sequence_sql: &str,
+    ) -> Result<()> {
+        let zone = time_zone.with_context(|| {
+            format!(
+                "the settings say no TIME_ZONE, so the dates cannot be read: set it (README, step 2), then `{}`",
+                self.resume.from(StepId::Preflight)
+            )
+        })?;
+        ensure!(
+            self.journal.is_done(StepId::CountSource),
+            "the copy's source was not counted: resume with `{}`",
+            self.resume.from(StepId::CountSource)
+        );
+        let mut client = self.ready_to_load(step, "copy")?;
+        let tables = self.model_tables()?;
+        let source = self.engine_source();
+        let copies = crate::copy::copy(&source, &mut client, &tables, zone)?;
+        let mut log = self.log()?;
+        for copy in &copies {
+            writeln!(
+                log,
+                "{}: {} rows in {:.1}s",
+                copy.table, copy.rows, copy.secs
+            )?;
+            if !copy.skipped_columns.is_empty() {
+                writeln!(
+                    log,
+                    "{}: SQLite-only columns not carried over (no model field, as with loaddata): {}",
+                    copy.table,
+                    copy.skipped_columns.join(", ")
+                )?;
+            }
+        }
+        let total: u64 = copies.iter().map(|c| c.rows).sum();
+        self.journal.loaddata_summary = Some(format!(
+            "copy engine: {total} rows into {} tables, dates read in {zone}",
+            copies.len()
+        ));
+        self.journal.copied = copies;
+        let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
+        writeln!(log, "sequences reset: {}", sequences.len())?;
+        Ok(())
+    }
+
+    pub(super) fn create_database(&mut self, create_sql: &str) -> Result<()> {
+        let target = &self.config.pg;
+        let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
+        let mut log = self.log()?;
+        if !pg::database_exists(&mut admin, &target.dbname)? {
+            pg::create_database(&mut admin, create_sql, &target.dbname)?;
+            self.journal.created_database = true;
+            writeln!(log, "created database {}", target.dbname)?;
+            return Ok(());
+        }
+        let tables = pg::public_tables(&mut self.target_client()?)?;
+        if tables.is_empty() {
+            writeln!(
+                log,
+                "database {} exists and is empty: using it",
+                target.dbname
+            )?;
+            return Ok(());
+        }
+        if self.journal.created_database {
+            writeln!(log, "database {} was created by an earlier run of this migration and is not empty: recreating it", target.dbname)?;
+            pg::drop_database(&mut admin, &target.dbname)?;
+            pg::create_database(&mut admin, create_sql, &target.dbname)?;
+            return Ok(());
+        }
+        bail!(
+            "database `{}` on {}:{} is not empty ({} tables, e.g. {}): refusing to load into it; \
+             point PGDATABASE or --database-url at a new or empty database, or drop this one yourself",
+            target.dbname,
+            target.host,
+            target.port,
+            tables.len(),
+            tables.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+        )
+    }
+
+    pub(super) fn load(
+        &mut self,
+        step: &Step,
+        command: &Command,
+        reset_sequence_sql: &str,
+    ) -> Result<()> {
+        let expected = self.journal.dump_objects;
+        ensure!(
+            self.journal.is_done(StepId::VerifyDumps),
+            "no verified dumps: resume with `{}`",
+            self.resume.from(StepId::VerifyDumps)
+        );
+        let config = self.config;
+        for producer in [StepId::DumpAuth, StepId::DumpRest] {
+            recheck_outputs(config, self.journal, producer, self.resume)?;
+        }
+        let mut client = self.ready_to_load(step, "load")?;
+        let start = fs::metadata(self.log_path).map(|m| m.len()).unwrap_or(0);
+        let ran = self.run_command(command);
+        let mut output = String::new();
+        let mut log = fs::File::open(self.log_path)?;
+        log.seek(SeekFrom::Start(start))?;
+        log.read_to_string(&mut output)?;
+        if let Err(err) = ran {
+            // The cause (with the model and pk Django names) first, then the rest.
+            return Err(match sentry::python_cause(&output) {
+                Some(cause) => anyhow!("{cause}\n  (the load rolled back; {err:#})"),
+                None => err,
+            });
+        }
+        let summary = sentry::check_loaddata_output(&output, expected, 2)?;
+        self.journal.loaddata_summary = Some(summary);
+        let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
+        let _ = writeln!(self.log()?, "sequences reset: {}", sequences.len());
+        Ok(())
+    }
+
+    pub(super) fn verify_postgres(&mut self) -> Result<()> {
+        let mut client = self.target_client()?;
+        // This compares the Sentry 4 state; after Sentry 6's upgrade it cannot be redone.
+        if let Some(migration) = pg::latest_sentry_migration(&mut client)? {
+            ensure!(
+                migration <= sqlite::SENTRY4_LAST_MIGRATION,
+                "the target is already at Sentry migration {migration:04} (Sentry 6): the Sentry 4 state this step checks is gone; \
+                 to redo the load and its check, resume with `{}`",
+                self.resume.from(StepId::BuildoutTag1)
+            );
+        }
+        let counts = pg::table_counts(&mut client)?;
+        let checks = verify::postgres_vs_dumps(&self.journal.dump_rows, &counts);
+        self.journal.postgres_counts = counts;
+        self.journal.max_event_id = pg::max_event_id(&mut client)?;
+        let sequences = pg::sequences(&mut client)?;
+        let behind: Vec<String> = sequences
+            .iter()
+            .filter(|s| s.is_behind())
+            .map(|s| format!("{} (next {}, max(id) {})", s.table, s.next_value, s.max_id))
+            .collect();
+        self.journal.sequences = sequences;
+        // Before Sentry 6 touches it: the duplicate groups its migration 0083 may merge.
+        self.journal.merge_candidates = merge::candidates(&mut client)?;
+        self.finish_check(
+            "postgres-vs-sqlite",
+            checks,
+            self.resume.redo(StepId::PgClearGeneratedRows),
+        )?;
+        ensure!(
+            behind.is_empty(),
+            "id sequences behind their tables: {}; {}",
+            behind.join(", "),
+            self.resume.redo(StepId::PgLoad)
+        );
+        Ok(())
+    }
+
+    pub(super) fn verify_sentry6(&mut self) -> Result<()> {
+        let mut client = self.target_client()?;
+        let counts = pg::table_counts(&mut client)?;
+        let candidates = &self.journal.merge_candidates;
+        let outcome = merge::outcome(&mut client, candidates)?;
+        let facts = verify::Sentry6Facts {
+            projects: counts.get("sentry_project").copied().unwrap_or(0),
+            orphan_events: pg::orphan_events(&mut client)?,
+            merge: merge::Merge::new(candidates, &outcome),
+        };
+        let checks = verify::sentry6_vs_loaded(&self.journal.postgres_counts, &counts, &facts);
+        self.journal.merged_groups = outcome.merged;
+        self.journal.sentry6_counts = counts;
+        self.finish_check(
+            "sentry6-vs-postgres",
+            checks,
+            "inspect dumps/report.md; the Sentry 4 data is still in the backup and the dumps"
+                .into(),
+        )
+    }
+}
