@@ -1684,3 +1684,149 @@ fn a_tag_that_installs_the_wrong_sentry_is_named() {
         repo.calls()
     );
 }
+
+/// What a finished run's report must hold whatever happened on the way (times aside): every
+/// comparison, the rows per table at each phase, the backup's hash.
+fn report_facts(repo: &Repo) -> serde_json::Value {
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/report.json")).unwrap())
+            .unwrap();
+    serde_json::json!({
+        "checks": report["checks"],
+        "sqlite_counts": report["sqlite_counts"],
+        "dump_rows": report["dump_rows"],
+        "postgres_counts": report["postgres_counts"],
+        "sentry6_counts": report["sentry6_counts"],
+        "merged_groups": report["merged_groups"],
+        "backup_sha256": report["backup"]["sha256"],
+        "steps": report["steps"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// `migrate` in its own process group, as a terminal runs it; killed with `signal` (the whole
+/// group, children included, as a closing terminal or a dropped SSH session does) once `ready`
+/// says so.
+fn kill_migrate_when(
+    repo: &Repo,
+    slow: Option<&str>,
+    signal: nix::sys::signal::Signal,
+    ready: impl Fn(&Repo) -> bool,
+) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = repo.command(&["migrate"], None);
+    if let Some(slow) = slow {
+        cmd.env("FAKE_SLOW", slow);
+    }
+    let mut child = cmd
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !ready(repo) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "migrate ended before the moment to kill it"
+        );
+        assert!(started.elapsed().as_secs() < 60, "the moment never came");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, signal);
+    child.wait().unwrap();
+}
+
+fn journal_has(repo: &Repo, step: &str) -> bool {
+    fs::read_to_string(repo.root.join("dumps/journal.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|journal| {
+            journal["steps"]
+                .as_array()
+                .is_some_and(|steps| steps.iter().any(|s| s["name"] == step))
+        })
+}
+
+/// The fault matrix with the recording fake and real PostgreSQL: SIGKILL right after every
+/// step, and in the middle of each step that runs a long program (SIGHUP for one of them, as
+/// a closing terminal sends); each time `migrate` is run again and must finish with the same
+/// report as an uninterrupted run, the SQLite source as that run leaves it, the backup
+/// byte-identical to the original db.
+#[test]
+fn a_run_killed_anywhere_resumes_to_the_same_result() {
+    use nix::sys::signal::Signal;
+    if skip() {
+        return;
+    }
+    let reference = Repo::new("faultref");
+    let original = fs::read(reference.root.join("var/sentry.db")).unwrap();
+    let out = reference.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    let expected = report_facts(&reference);
+    let steps: Vec<String> = expected["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(steps.len(), 21);
+
+    let check = |repo: &Repo, fault: &str| {
+        let out = repo.xtask(&["migrate"], None);
+        assert!(out.ok, "{fault}: the run after the fault failed: {out:#?}");
+        assert_eq!(report_facts(repo), expected, "{fault}: a different result");
+        assert_eq!(
+            fs::read(repo.root.join("var/sentry.db")).unwrap(),
+            original,
+            "{fault}: the source changed"
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/report.json")).unwrap())
+                .unwrap();
+        let backup = repo.root.join(report["backup"]["path"].as_str().unwrap());
+        assert_eq!(
+            fs::read(backup).unwrap(),
+            original,
+            "{fault}: the backup differs"
+        );
+    };
+
+    let mut faults = 0;
+    // Right after each step (the last one's is a finished run).
+    for step in &steps[..steps.len() - 1] {
+        let repo = Repo::new("faultafter");
+        kill_migrate_when(&repo, None, Signal::SIGKILL, |repo| journal_has(repo, step));
+        check(&repo, &format!("SIGKILL after {step}"));
+        faults += 1;
+    }
+    // In the middle of the long programs.
+    for (slow, call, signal) in [
+        ("dump-rest", "dumpdata --exclude auth", Signal::SIGKILL),
+        ("upgrade-pg", "upgrade --noinput", Signal::SIGHUP),
+        ("load", " load ", Signal::SIGKILL),
+        (
+            "upgrade6",
+            "buildout -c buildout/tag2-sentry6.cfg",
+            Signal::SIGKILL,
+        ),
+    ] {
+        let repo = Repo::new("faultmid");
+        kill_migrate_when(&repo, Some(slow), signal, |repo| {
+            let calls = repo.calls();
+            match slow {
+                // The PostgreSQL upgrade is the second `upgrade` call (the first is SQLite's).
+                "upgrade-pg" => calls.iter().filter(|c| c.contains(call)).count() >= 2,
+                // Sentry 6's upgrade is the call after tag 2's buildout.
+                "upgrade6" => calls
+                    .iter()
+                    .position(|c| c.contains(call))
+                    .is_some_and(|at| calls.len() > at + 1),
+                _ => calls.iter().any(|c| c.contains(call)),
+            }
+        });
+        check(&repo, &format!("{signal:?} in the middle of {slow}"));
+        faults += 1;
+    }
+    assert_eq!(faults, 24);
+}

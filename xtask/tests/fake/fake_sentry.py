@@ -14,6 +14,15 @@ ROOT = os.getcwd()
 NAME = os.path.basename(sys.argv[0])
 ARGS = sys.argv[1:]
 FAIL = os.environ.get('FAKE_FAIL', '')
+# FAKE_SLOW=<what>: that call takes 30 s (for a test that kills the run in the middle of it):
+# dump-rest (after writing its output), load, upgrade-pg, upgrade6 (before their work).
+SLOW = os.environ.get('FAKE_SLOW', '')
+
+
+def slow(what):
+    if SLOW == what:
+        import time
+        time.sleep(30)
 
 with open(os.environ['FAKE_CALLS'], 'a') as calls:
     calls.write(' '.join([NAME] + ARGS) + '\n')
@@ -63,6 +72,14 @@ def settings():
     with open(os.path.join(ROOT, 'settings', 'settings_local.py')) as f:
         exec(f.read(), scope)
     return scope['DATABASES']['default']
+
+
+def psql_value(sql, db):
+    env = dict(os.environ, PGPASSWORD=db['PASSWORD'])
+    out = subprocess.run(['psql', '-X', '-q', '-A', '-t', '-h', db['HOST'], '-p', db['PORT'],
+                          '-U', db['USER'], '-d', db['NAME'], '-c', sql], text=True, env=env, check=True,
+                         stdout=subprocess.PIPE)
+    return out.stdout.strip()
 
 
 def psql(sql, db):
@@ -150,12 +167,17 @@ def main():
         if command == 'models':
             json.dump(MODELS, sys.stdout)
         elif command == 'load':
+            slow('load')
             load(ARGS[3:])
         return
     command = ARGS[1]
     db = settings()
     if command == 'upgrade' and 'postgresql' in db['ENGINE']:
         if tag == '6':
+            slow('upgrade6')
+            # Like South: an applied migration is not applied again.
+            if psql_value("SELECT count(*) FROM south_migrationhistory WHERE migration = '0100_fake'", db) != '0':
+                return
             if FAIL == 'upgrade6':
                 sys.stderr.write('Traceback (most recent call last):\nDatabaseError: boom\n')
                 sys.exit(1)
@@ -185,7 +207,9 @@ def main():
             psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;"
                  "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
         else:
-            psql(SCHEMA, db)
+            slow('upgrade-pg')
+            if psql_value("SELECT count(*) FROM pg_tables WHERE tablename = 'sentry_project'", db) == '0':
+                psql(SCHEMA, db)
     elif command == 'dumpdata':
         if FAIL in ('dump-rest', 'dump-rest-and-report') and '--exclude' in ARGS:
             if FAIL == 'dump-rest-and-report':
@@ -197,6 +221,9 @@ def main():
             sys.stderr.write('Traceback (most recent call last):\nOperationalError: disk I/O error\n')
             sys.exit(1)
         dumpdata('--exclude' not in ARGS)
+        if '--exclude' in ARGS:
+            sys.stdout.flush()
+            slow('dump-rest')
 
 
 main()
