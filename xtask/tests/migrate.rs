@@ -1708,12 +1708,13 @@ fn report_facts(repo: &Repo) -> serde_json::Value {
 /// says so.
 fn kill_migrate_when(
     repo: &Repo,
+    args: &[&str],
     slow: Option<&str>,
     signal: nix::sys::signal::Signal,
     ready: impl Fn(&Repo) -> bool,
 ) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = repo.command(&["migrate"], None);
+    let mut cmd = repo.command(args, None);
     if let Some(slow) = slow {
         cmd.env("FAKE_SLOW", slow);
     }
@@ -1755,13 +1756,26 @@ fn journal_has(repo: &Repo, step: &str) -> bool {
 /// byte-identical to the original db.
 #[test]
 fn a_run_killed_anywhere_resumes_to_the_same_result() {
-    use nix::sys::signal::Signal;
     if skip() {
         return;
     }
+    fault_matrix(&["migrate"], 21, true);
+}
+
+/// The same for the copy engine: SIGKILL right after each of its steps.
+#[test]
+fn a_copy_killed_anywhere_resumes_to_the_same_result() {
+    if skip() {
+        return;
+    }
+    fault_matrix(&["migrate", "--engine", "copy"], 19, false);
+}
+
+fn fault_matrix(args: &[&str], step_count: usize, in_the_middle: bool) {
+    use nix::sys::signal::Signal;
     let reference = Repo::new("faultref");
     let original = fs::read(reference.root.join("var/sentry.db")).unwrap();
-    let out = reference.xtask(&["migrate"], None);
+    let out = reference.xtask(args, None);
     assert!(out.ok, "{out:#?}");
     let expected = report_facts(&reference);
     let steps: Vec<String> = expected["steps"]
@@ -1770,10 +1784,10 @@ fn a_run_killed_anywhere_resumes_to_the_same_result() {
         .iter()
         .map(|s| s.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(steps.len(), 21);
+    assert_eq!(steps.len(), step_count);
 
     let check = |repo: &Repo, fault: &str| {
-        let out = repo.xtask(&["migrate"], None);
+        let out = repo.xtask(args, None);
         assert!(out.ok, "{fault}: the run after the fault failed: {out:#?}");
         assert_eq!(report_facts(repo), expected, "{fault}: a different result");
         assert_eq!(
@@ -1796,9 +1810,15 @@ fn a_run_killed_anywhere_resumes_to_the_same_result() {
     // Right after each step (the last one's is a finished run).
     for step in &steps[..steps.len() - 1] {
         let repo = Repo::new("faultafter");
-        kill_migrate_when(&repo, None, Signal::SIGKILL, |repo| journal_has(repo, step));
+        kill_migrate_when(&repo, args, None, Signal::SIGKILL, |repo| {
+            journal_has(repo, step)
+        });
         check(&repo, &format!("SIGKILL after {step}"));
         faults += 1;
+    }
+    if !in_the_middle {
+        assert_eq!(faults, step_count - 1);
+        return;
     }
     // In the middle of the long programs.
     for (slow, call, signal) in [
@@ -1812,7 +1832,7 @@ fn a_run_killed_anywhere_resumes_to_the_same_result() {
         ),
     ] {
         let repo = Repo::new("faultmid");
-        kill_migrate_when(&repo, Some(slow), signal, |repo| {
+        kill_migrate_when(&repo, args, Some(slow), signal, |repo| {
             let calls = repo.calls();
             match slow {
                 // The PostgreSQL upgrade is the second `upgrade` call (the first is SQLite's).
