@@ -22,6 +22,8 @@ pub struct PgCluster {
     pub remove_on_drop: bool,
     bindir: PathBuf,
     run_as_postgres: bool,
+    /// Server options beyond the defaults (`-c name=value …`), kept for a restart.
+    extra_options: String,
     _on_interrupt: Option<crate::util::InterruptGuard>,
 }
 
@@ -75,6 +77,7 @@ impl PgCluster {
             remove_on_drop: true,
             bindir,
             run_as_postgres,
+            extra_options: String::new(),
             _on_interrupt: None,
         };
         // The folder (and any log in it) is removed when `cluster` drops on an error, so errors
@@ -94,14 +97,27 @@ impl PgCluster {
         }
         fs::remove_file(&pwfile)?;
         cluster.port = free_port()?;
-        let pg_ctl = cluster.bindir.join("pg_ctl");
+        cluster.extra_options = extra_options.to_string();
+        cluster.pg_ctl_start(sh)?;
+        Ok(cluster)
+    }
+
+    /// Starts the stopped server again, same port and options (a test stops it on purpose).
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl_start(&Shell::new()?)
+    }
+
+    fn pg_ctl_start(&self, sh: &Shell) -> Result<()> {
+        let pg_ctl = self.bindir.join("pg_ctl");
+        let data = self.dir.join("data");
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off {extra_options}",
-            cluster.port,
-            dir.display()
+            "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} -c fsync=off -c full_page_writes=off -c synchronous_commit=off {}",
+            self.port,
+            self.dir.display(),
+            self.extra_options
         );
-        let log = cluster.log();
-        let started = cluster
+        let log = self.log();
+        let started = self
             .as_server_user(
                 sh,
                 cmd!(sh, "{pg_ctl} -D {data} -l {log} -o {opts} -w start"),
@@ -113,13 +129,13 @@ impl PgCluster {
         if !started.status.success() {
             bail!(
                 "PostgreSQL did not start on port {} (pg_ctl start: {}):\n{}\nlast lines of its log:\n{}",
-                cluster.port,
+                self.port,
                 started.status,
                 text_tail(&String::from_utf8_lossy(&started.stderr), 10),
                 log_tail(&log, 20)
             );
         }
-        Ok(cluster)
+        Ok(())
     }
 
     /// The server's log (inside `dir`: gone once the cluster is dropped).

@@ -1850,3 +1850,63 @@ fn fault_matrix(args: &[&str], step_count: usize, in_the_middle: bool) {
     }
     assert_eq!(faults, 24);
 }
+
+/// PostgreSQL stopped in the middle of the load: the step fails naming the lost connection, the
+/// target keeps nothing of the half load (one transaction), and once the server is back the
+/// same command finishes the migration.
+#[test]
+fn postgres_stopped_in_the_middle_of_the_load_is_named_and_the_run_resumes() {
+    if skip() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let sh = xshell::Shell::new().unwrap();
+    let cluster = xtask::pgcluster::PgCluster::start(&sh, scratch.path()).unwrap();
+    let repo = Repo::new("pgdown");
+    let env = cluster.env(&cluster.superuser, &cluster.password, &repo.target);
+    let run = |slow: Option<&str>| {
+        let mut cmd = repo.command(&["migrate"], None);
+        cmd.envs(env.iter().cloned());
+        if let Some(slow) = slow {
+            cmd.env("FAKE_SLOW", slow).env("FAKE_SLOW_SECS", "3");
+        }
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run(Some("load"));
+    let started = std::time::Instant::now();
+    while !repo.calls().iter().any(|call| call.contains(" load ")) {
+        assert!(started.elapsed().as_secs() < 60, "the load never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    cluster.stop().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("step `pg-load` failed") && stderr.contains("resume: cargo xtask migrate"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Connection refused") || stderr.contains("connection to server"),
+        "the cause is named: {stderr}"
+    );
+
+    cluster.start_again().unwrap();
+    let out = run(None).wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[21/21] verify-sentry6 … ok"), "{stdout}");
+    let mut client = cluster.client(&repo.target).unwrap();
+    let events: i64 = client
+        .query_one("SELECT count(*) FROM sentry_message", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 5, "every event, once");
+}

@@ -22,7 +22,7 @@ SLOW = os.environ.get('FAKE_SLOW', '')
 def slow(what):
     if SLOW == what:
         import time
-        time.sleep(30)
+        time.sleep(float(os.environ.get('FAKE_SLOW_SECS', '30')))
 
 with open(os.environ['FAKE_CALLS'], 'a') as calls:
     calls.write(' '.join([NAME] + ARGS) + '\n')
