@@ -420,6 +420,25 @@ impl Config {
         })
     }
 
+    /// The config of a task's flags: the source and target as `new` reads them, and the
+    /// buildout configs of the tags when given (relative to the root).
+    pub fn for_flags(
+        root: &Path,
+        sqlite: Option<&Path>,
+        database_url: Option<&str>,
+        tag1: Option<&Path>,
+        tag2: Option<&Path>,
+    ) -> Result<Config> {
+        let mut config = Config::new(root, sqlite, database_url, |key| std::env::var(key).ok())?;
+        if let Some(tag1) = tag1 {
+            config.tag1_cfg = config.root.join(tag1);
+        }
+        if let Some(tag2) = tag2 {
+            config.tag2_cfg = config.root.join(tag2);
+        }
+        Ok(config)
+    }
+
     pub fn settings_py(&self) -> PathBuf {
         self.root.join("settings/settings.py")
     }

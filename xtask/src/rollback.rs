@@ -22,15 +22,13 @@ use crate::{
 
 impl flags::Rollback {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let mut config = Config::new(
+        let config = Config::for_flags(
             &sh.current_dir(),
             self.sqlite.as_deref(),
             self.database_url.as_deref(),
-            |key| std::env::var(key).ok(),
+            self.tag1.as_deref(),
+            None,
         )?;
-        if let Some(tag1) = &self.tag1 {
-            config.tag1_cfg = config.root.join(tag1);
-        }
         rollback(
             sh,
             &config,

@@ -87,18 +87,13 @@ impl Resume {
 
 impl flags::Migrate {
     pub fn run(self, sh: &Shell) -> Result<()> {
-        let mut config = Config::new(
+        let mut config = Config::for_flags(
             &sh.current_dir(),
             self.sqlite.as_deref(),
             self.database_url.as_deref(),
-            |key| std::env::var(key).ok(),
+            self.tag1.as_deref(),
+            self.tag2.as_deref(),
         )?;
-        if let Some(tag1) = &self.tag1 {
-            config.tag1_cfg = config.root.join(tag1);
-        }
-        if let Some(tag2) = &self.tag2 {
-            config.tag2_cfg = config.root.join(tag2);
-        }
         config.fit_values = self.fit_values;
         config.engine = self.engine.unwrap_or_default();
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());

@@ -28,9 +28,8 @@ use crate::{
 };
 use server::Server;
 
-/// Runs `cmd` with stdin closed, appending its stdout and stderr to `log`; returns stdout.
-/// On failure the error names the command and the log, with its last lines.
-pub(crate) fn log_run(cmd: Cmd<'_>, log: &Path) -> Result<String> {
+/// Runs `cmd` with stdin closed, appending the command line, its stdout and its stderr to `log`.
+fn run_into_log(cmd: Cmd<'_>, log: &Path) -> Result<(String, std::process::Output)> {
     let shown = cmd.to_string();
     let mut command: std::process::Command = cmd.into();
     command.stdin(std::process::Stdio::null());
@@ -41,6 +40,13 @@ pub(crate) fn log_run(cmd: Cmd<'_>, log: &Path) -> Result<String> {
     writeln!(file, "$ {shown}")?;
     file.write_all(&output.stdout)?;
     file.write_all(&output.stderr)?;
+    Ok((shown, output))
+}
+
+/// Runs `cmd` with stdin closed, appending its stdout and stderr to `log`; returns stdout.
+/// On failure the error names the command and the log, with its last lines.
+pub(crate) fn log_run(cmd: Cmd<'_>, log: &Path) -> Result<String> {
+    let (shown, output) = run_into_log(cmd, log)?;
     if !output.status.success() {
         let tail = util::log_tail(log, 15);
         bail!(
@@ -665,16 +671,7 @@ fn stored_bad_values(root: &Path) -> Result<StoredBadValues> {
 /// Runs `cmd` with stdin closed, writing its stdout and stderr to `log`; returns whether it
 /// succeeded, and its stderr.
 fn run_logged(cmd: Cmd<'_>, log: &Path) -> Result<(bool, String)> {
-    let shown = cmd.to_string();
-    let mut command: std::process::Command = cmd.into();
-    command.stdin(std::process::Stdio::null());
-    let output = command
-        .output()
-        .with_context(|| format!("cannot run `{shown}`"))?;
-    let mut file = fs::File::create(log)?;
-    writeln!(file, "$ {shown}")?;
-    file.write_all(&output.stdout)?;
-    file.write_all(&output.stderr)?;
+    let (_, output) = run_into_log(cmd, log)?;
     Ok((
         output.status.success(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
