@@ -34,9 +34,10 @@ xflags::xflags! {
             /// working copy of the db, dumps/sentry-fitted.db, which the dumps then read; every
             /// changed row is listed in the report. Without it, `scan-values` stops on them.
             optional --fit-values
-            /// How the rows go into PostgreSQL: `loaddata` (the runbook's dumpdata/loaddata,
-            /// the default) or `copy` (SQLite streamed straight into PostgreSQL with COPY: flat
-            /// memory, minutes for a million events).
+            /// How the rows go into PostgreSQL: `copy` (the default: SQLite streamed straight
+            /// into PostgreSQL with COPY, flat memory, minutes for a million events) or
+            /// `loaddata` (the runbook's own dumpdata/loaddata). A plain re-run resumes with
+            /// the engine the journal records.
             optional --engine engine: Engine
         }
         /// Back to the state before `migrate`: settings_local.py to SQLite, buildout tag 1, and
@@ -96,6 +97,27 @@ xflags::xflags! {
             /// SENTRY_REHEARSE_PASSWORD (default: a temporary superuser made in the throwaway target).
             optional --login user: String
         }
+        /// A benchmark, not a test: seeds a real Sentry 4.10 db as the rehearsal does, scales it
+        /// to each size (xtask/python/bench/scale_sqlite.py), and loads each size with every
+        /// method into a throwaway PostgreSQL, one after the other: the copy engine, dumpdata +
+        /// loaddata (as far as it can go), pgloader's data-only mode and the floor (sqlite3 CSV
+        /// export + psql COPY). Wall time, rows/s and peak RSS per method and size, rows checked
+        /// against SQLite, written to dumps/bench/bench.{json,md,svg}. Needs pgloader and sqlite3.
+        cmd bench {
+            /// Sizes in events, comma-separated (default: 10k,100k,1M).
+            optional --sizes sizes: String
+            /// Methods, comma-separated (default: copy,loaddata,pgloader,floor).
+            optional --methods methods: String
+            /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).
+            optional --cache dir: PathBuf
+            /// Keep the scratch folder (scaled dbs, logs) for inspection.
+            optional --keep
+            /// Where the results go (default: dumps/bench).
+            optional --out dir: PathBuf
+            /// Measure nothing: redraw bench.md and bench.svg from an earlier run's bench.json
+            /// (into --out).
+            optional --redraw json: PathBuf
+        }
         /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically).
         /// The first file replaced is kept as settings_local.py.orig, the last as .bak, every
         /// other as .bak-<UTC time>; a SECRET_KEY it cannot read is refused, never replaced.
@@ -115,10 +137,25 @@ xflags::xflags! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Engine {
     /// Django's `dumpdata` then `loaddata`, as the runbook does.
-    #[default]
     Loaddata,
-    /// SQLite rows streamed into PostgreSQL with COPY.
+    /// SQLite rows streamed into PostgreSQL with COPY (the default).
+    #[default]
     Copy,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Loaddata => "loaddata",
+            Engine::Copy => "copy",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl FromStr for Engine {

@@ -30,6 +30,10 @@ pub struct Journal {
     pub sqlite: String,
     pub target: String,
     pub steps: Vec<StepRecord>,
+    /// The engine the run was started with (`copy` or `loaddata`): a plain re-run resumes
+    /// with it.
+    #[serde(default)]
+    pub engine: Option<String>,
     pub backup: Option<Backup>,
     /// This tool created the target database (so an interrupted run may recreate it).
     #[serde(default)]

@@ -1,6 +1,7 @@
 //! sentry-migrate as a library: every module of the `xtask` binary, so the integration tests use
 //! the same code (the test cluster, the helpers) instead of including source files by path.
 
+pub mod bench;
 pub mod config;
 pub mod copy;
 pub mod dumps;

@@ -14,6 +14,13 @@ fn main() {
 
 fn try_main() -> anyhow::Result<()> {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
+    // The benchmark runs the copy engine in a process of its own, to measure its memory alone.
+    if args
+        .first()
+        .is_some_and(|it| it == xtask::bench::COPY_WORKER)
+    {
+        return xtask::bench::copy_worker(&args[1..]);
+    }
     let args = if args.is_empty() {
         vec!["--help".into()]
     } else {
@@ -34,6 +41,7 @@ fn try_main() -> anyhow::Result<()> {
         flags::XtaskCmd::SwitchSettings(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Rehearse(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Rollback(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::Bench(cmd) => cmd.run(&sh),
     }
 }
 

@@ -87,6 +87,10 @@ pub enum Action {
     VerifySentry6,
 }
 
+/// Memory Django 1.4's `dumpdata` takes per event (measured: it builds the whole JSON in
+/// memory), bytes.
+pub const LOADDATA_MEMORY_PER_EVENT: u64 = 68 * 1024;
+
 /// The numbers preflight holds the source and the machine to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -107,7 +111,7 @@ pub fn limits(config: &Config) -> Limits {
         // Dumps take about 3x the db; the copy engine writes none; the working copy 1x.
         dump_space_factor: u64::from(!copy) * 3 + u64::from(config.fit_values),
         last_sentry4_migration: crate::sqlite::SENTRY4_LAST_MIGRATION,
-        memory_per_event: (!copy).then_some(68 * 1024),
+        memory_per_event: (!copy).then_some(LOADDATA_MEMORY_PER_EVENT),
     }
 }
 
@@ -471,7 +475,11 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             "check: bin/buildout, both buildout configs, settings/settings.py and the load helper exist".into(),
             format!("check: {db} exists, opens, passes PRAGMA quick_check, is a Sentry 4 db (sentry tables, South history <= {:04})", limits.last_sentry4_migration),
             format!("check: no process has {db} open, no bin/sentry process is running"),
-            format!("check: free disk in dumps/ for the dumps ({}x the db) and next to the db for the backup", limits.dump_space_factor),
+            match (config.engine, limits.dump_space_factor) {
+                (crate::flags::Engine::Copy, 0) => "check: free disk next to the db for the backup (the copy engine writes no dumps)".to_string(),
+                (crate::flags::Engine::Copy, factor) => format!("check: free disk in dumps/ for the working copy ({factor}x the db) and next to the db for the backup"),
+                (_, factor) => format!("check: free disk in dumps/ for the dumps ({factor}x the db) and next to the db for the backup"),
+            },
             format!("check: the settings say which zone Sentry 4 wrote its dates in: {}", config.time_zone.describe()),
             match limits.memory_per_event {
                 Some(bytes) => format!("check: memory for dumpdata/loaddata: about {} KiB per event must fit in the machine's available memory (else: --engine copy)", bytes / 1024),
@@ -610,8 +618,18 @@ mod tests {
     }
 
     #[test]
-    fn default_plan_as_text() {
+    fn default_plan_is_the_copy_engine_as_text() {
         let config = config(None, None);
+        let text = render(&plan(&config), &config);
+        let expected = include_str!("../tests/plans/default-copy.txt");
+        assert_eq!(text, expected);
+        assert!(!text.contains("s3cret"));
+    }
+
+    #[test]
+    fn loaddata_plan_as_text() {
+        let mut config = config(None, None);
+        config.engine = crate::flags::Engine::Loaddata;
         let text = render(&plan(&config), &config);
         let expected = r#"== tag 1 (Sentry 4), SQLite ==
 [1/21] preflight: check the repo, the SQLite db, disk space and PostgreSQL before touching anything
@@ -703,6 +721,7 @@ mod tests {
         }
         let mut fitting = config.clone();
         fitting.fit_values = true;
+        fitting.engine = crate::flags::Engine::Loaddata;
         let mut copying = fitting.clone();
         copying.engine = crate::flags::Engine::Copy;
         let loaddata: Vec<StepId> = plan(&fitting).iter().map(|s| s.id).collect();
@@ -722,7 +741,9 @@ mod tests {
             .collect();
         assert_eq!(all, StepId::ALL, "every step name is in a plan");
         assert!(copy.contains(&StepId::PgCopy) && !copy.contains(&StepId::DumpAuth));
-        let ids: Vec<StepId> = plan(&config).iter().map(|s| s.id).collect();
+        let mut loaddata_config = config.clone();
+        loaddata_config.engine = crate::flags::Engine::Loaddata;
+        let ids: Vec<StepId> = plan(&loaddata_config).iter().map(|s| s.id).collect();
         assert_eq!(
             ids,
             StepId::ALL

@@ -206,7 +206,7 @@ fn full_migration_verifies_every_phase_and_reports() {
         return;
     }
     let repo = Repo::new("full");
-    let out = repo.xtask(&["migrate"], None);
+    let out = repo.xtask(&["migrate", "--engine", "loaddata"], None);
     assert!(out.ok, "{out:#?}");
     for (index, step) in [
         "preflight",
@@ -367,7 +367,7 @@ fn full_migration_verifies_every_phase_and_reports() {
     let out = repo.xtask(&["migrate", "--from", "pg-upgrade"], None);
     assert!(!out.ok);
     assert!(
-        out.stderr.contains("bin/sentry runs Sentry 6.4.4, but this step needs Sentry 4.x: resume with `cargo xtask migrate --from buildout-tag1`"),
+        out.stderr.contains("bin/sentry runs Sentry 6.4.4, but this step needs Sentry 4.x: resume with `cargo xtask migrate --engine loaddata --from buildout-tag1`"),
         "{}",
         out.stderr
     );
@@ -380,7 +380,7 @@ fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there()
         return;
     }
     let repo = Repo::new("resume");
-    let out = repo.xtask(&["migrate"], Some("dump-rest"));
+    let out = repo.xtask(&["migrate", "--engine", "loaddata"], Some("dump-rest"));
     assert!(!out.ok);
     assert!(
         out.stdout.contains("[10/21] dump-rest … FAILED"),
@@ -404,7 +404,7 @@ fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there()
     );
     assert!(
         out.stderr
-            .contains("resume: cargo xtask migrate (starts again at `dump-rest`"),
+            .contains("resume: cargo xtask migrate --engine loaddata (starts again at `dump-rest`"),
         "{}",
         out.stderr
     );
@@ -461,14 +461,34 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     assert!(repo.calls().is_empty(), "the dry run ran a program");
     assert!(!repo.target_exists(), "the dry run created the database");
     for line in [
+        "with the copy engine (--engine loaddata: the runbook's dumpdata/loaddata); nothing is touched",
+        "[1/19] preflight",
+        "[15/19] pg-copy",
+        "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN",
+        "CREATE CAST (timestamptz AS integer)",
+        "[19/19] verify-sentry6",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    assert!(
+        !out.stdout.contains("settings.py dumpdata"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(&repo.db.cluster.password));
+
+    let out = repo.xtask(&["migrate", "--dry-run", "--engine", "loaddata"], None);
+    assert!(out.ok, "{out:#?}");
+    for line in [
+        "with the loaddata engine; nothing is touched",
         "[1/21] preflight",
         "run: bin/sentry --config=settings/settings.py dumpdata auth > dumps/dumpdata-auth.json",
-        "CREATE CAST (timestamptz AS integer)",
         "[21/21] verify-sentry6",
     ] {
         assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
     }
-    assert!(!out.stdout.contains(&repo.db.cluster.password));
+    assert_eq!(snapshot(&repo.root), before, "the dry run changed files");
+    assert!(repo.calls().is_empty(), "the dry run ran a program");
 }
 
 #[test]
@@ -522,11 +542,14 @@ fn two_migrates_started_at_once_one_runs_one_is_refused() {
     fs::write(repo.root.join("dumps/migrate.lock"), "999999999\n").unwrap();
     let children: Vec<std::process::Child> = (0..2)
         .map(|_| {
-            repo.command(&["migrate", "--until", "verify-dumps"], None)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
+            repo.command(
+                &["migrate", "--engine", "loaddata", "--until", "verify-dumps"],
+                None,
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
         })
         .collect();
     let outs: Vec<std::process::Output> = children
@@ -557,9 +580,20 @@ fn two_migrates_started_at_once_one_runs_one_is_refused() {
 
 /// Runs `migrate` after `spoil` and expects `message` on stderr, no panic, no Python stack.
 fn expect_error(tag: &str, spoil: impl FnOnce(&Repo), fail: Option<&str>, message: &str) {
+    expect_error_with(tag, &["migrate"], spoil, fail, message)
+}
+
+/// [`expect_error`] with the given arguments (`--engine loaddata` for its own failures).
+fn expect_error_with(
+    tag: &str,
+    args: &[&str],
+    spoil: impl FnOnce(&Repo),
+    fail: Option<&str>,
+    message: &str,
+) {
     let repo = Repo::new(tag);
     spoil(&repo);
-    let out = repo.xtask(&["migrate"], fail);
+    let out = repo.xtask(args, fail);
     assert!(!out.ok, "{tag}: should fail: {out:#?}");
     assert!(
         out.stderr.contains(message),
@@ -662,14 +696,16 @@ fn bad_input_gets_a_clear_error() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    expect_error(
+    expect_error_with(
         "truncated",
+        &["migrate", "--engine", "loaddata"],
         |_| {},
         Some("truncate-dump"),
         "dumps/dumpdata.json is truncated",
     );
-    expect_error(
+    expect_error_with(
         "silentload",
+        &["migrate", "--engine", "loaddata"],
         |_| {},
         Some("load-silently"),
         "step `pg-load` failed: IntegrityError: duplicate key value violates unique constraint \"sentry_teammember_team_id_uniq\"\n  (loaddata failed and rolled back, though it exits 0",
@@ -680,8 +716,9 @@ fn bad_input_gets_a_clear_error() {
         Some("upgrade6-loses"),
         "sentry_message: expected 5, found 4 (-1 rows lost)",
     );
-    expect_error(
+    expect_error_with(
         "extrarows",
+        &["migrate", "--engine", "loaddata"],
         |_| {},
         Some("load-extra"),
         "sentry_projectkey: expected 3, found 4 (1 rows more than SQLite)",
@@ -739,6 +776,8 @@ fn resume_hints_are_pasteable_with_spaces_in_paths() {
     let out = repo.xtask(
         &[
             "migrate",
+            "--engine",
+            "loaddata",
             "--sqlite",
             db,
             "--tag1",
@@ -803,7 +842,10 @@ fn a_failed_step_keeps_its_cause_when_saving_the_report_fails_too() {
         return;
     }
     let repo = Repo::new("cause");
-    let out = repo.xtask(&["migrate"], Some("dump-rest-and-report"));
+    let out = repo.xtask(
+        &["migrate", "--engine", "loaddata"],
+        Some("dump-rest-and-report"),
+    );
     assert!(!out.ok);
     assert!(
         out.stderr.starts_with("error: step `dump-rest` failed: "),
@@ -889,7 +931,7 @@ fn values_postgres_rejects_stop_the_run_early_and_are_fitted_on_request() {
         )
         .unwrap();
     }
-    let out = repo.xtask(&["migrate"], None);
+    let out = repo.xtask(&["migrate", "--engine", "loaddata"], None);
     assert!(!out.ok, "{out:#?}");
     assert!(
         out.stdout.contains("[8/21] scan-values … FAILED"),
@@ -900,7 +942,7 @@ fn values_postgres_rejects_stop_the_run_early_and_are_fitted_on_request() {
         "error: step `scan-values` failed: 1 column(s) hold values PostgreSQL rejects; nothing was written to PostgreSQL:",
         "sentry_project.name: 1 value(s) longer than the column allows, longest 250 > 200 characters (ids 4)",
         "sentry_project.name: 1 value(s) with NUL characters (ids 3)",
-        "resume with `cargo xtask migrate --fit-values`",
+        "resume with `cargo xtask migrate --engine loaddata --fit-values`",
     ] {
         assert!(out.stderr.contains(line), "{line}: {}", out.stderr);
     }
@@ -1068,7 +1110,7 @@ fn dumps_and_the_backup_are_private() {
     fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
     fs::set_permissions(repo.root.join("dumps"), fs::Permissions::from_mode(0o755)).unwrap();
     // A dump left 0644 by an older version of the tool, before a --from redo.
-    let out = repo.xtask(&["migrate"], Some("dump-rest"));
+    let out = repo.xtask(&["migrate", "--engine", "loaddata"], Some("dump-rest"));
     assert!(!out.ok);
     fs::write(repo.root.join("dumps/dumpdata.json.partial"), "[").unwrap();
     fs::set_permissions(
@@ -1129,7 +1171,7 @@ fn the_password_is_on_no_command_line_and_in_no_file_under_dumps() {
     let repo = Repo::new("argv");
     let password = &repo.db.cluster.password;
     assert!(!password.is_empty());
-    let out = repo.xtask(&["migrate"], None);
+    let out = repo.xtask(&["migrate", "--engine", "loaddata"], None);
     assert!(out.ok, "{out:#?}");
 
     let seen = fs::read_to_string(repo.root.join("calls.log.cmdline")).unwrap();
@@ -1447,7 +1489,16 @@ fn the_copy_engine_loads_what_loaddata_loads() {
     let zone = "TIME_ZONE = 'America/Chicago'\n";
     let loaddata = Repo::new("eqload");
     fs::write(loaddata.root.join("settings/sentry_conf.py"), zone).unwrap();
-    let out = loaddata.xtask(&["migrate", "--until", "verify-postgres"], None);
+    let out = loaddata.xtask(
+        &[
+            "migrate",
+            "--engine",
+            "loaddata",
+            "--until",
+            "verify-postgres",
+        ],
+        None,
+    );
     assert!(out.ok, "{out:#?}");
 
     let copy = Repo::new("eqcopy");
@@ -1539,7 +1590,7 @@ fn a_failed_copy_rolls_back_and_names_the_constraint() {
         "all of it rolled back: the target is as before",
         "violates foreign key constraint",
         "Key (group_id)=(99) is not present in table \"sentry_groupedmessage\"",
-        "resume: cargo xtask migrate --engine copy",
+        "resume: cargo xtask migrate (starts again at `pg-copy`",
     ] {
         assert!(out.stderr.contains(text), "{text}: {}", out.stderr);
     }
@@ -1581,7 +1632,10 @@ fn the_loaddata_engine_is_refused_where_it_cannot_fit() {
             100 + events
         ))
         .unwrap();
-    let out = repo.xtask(&["migrate", "--until", "preflight"], None);
+    let out = repo.xtask(
+        &["migrate", "--engine", "loaddata", "--until", "preflight"],
+        None,
+    );
     assert!(!out.ok);
     assert!(
         out.stderr.contains("the loaddata engine needs about")
@@ -1759,7 +1813,7 @@ fn a_run_killed_anywhere_resumes_to_the_same_result() {
     if skip() {
         return;
     }
-    fault_matrix(&["migrate"], 21, true);
+    fault_matrix(&["migrate", "--engine", "loaddata"], 21, true);
 }
 
 /// The same for the copy engine: SIGKILL right after each of its steps.
@@ -1865,7 +1919,7 @@ fn postgres_stopped_in_the_middle_of_the_load_is_named_and_the_run_resumes() {
     let repo = Repo::new("pgdown");
     let env = cluster.env(&cluster.superuser, &cluster.password, &repo.target);
     let run = |slow: Option<&str>| {
-        let mut cmd = repo.command(&["migrate"], None);
+        let mut cmd = repo.command(&["migrate", "--engine", "loaddata"], None);
         cmd.envs(env.iter().cloned());
         if let Some(slow) = slow {
             cmd.env("FAKE_SLOW", slow).env("FAKE_SLOW_SECS", "3");

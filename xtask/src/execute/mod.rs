@@ -95,7 +95,13 @@ impl flags::Migrate {
             self.tag2.as_deref(),
         )?;
         config.fit_values = self.fit_values;
-        config.engine = self.engine.unwrap_or_default();
+        // A plain re-run resumes with the engine the run was started with.
+        let journaled = Journal::load(&config.dumps_dir().join("journal.json"))
+            .ok()
+            .flatten()
+            .and_then(|it| it.engine)
+            .and_then(|it| it.parse::<flags::Engine>().ok());
+        config.engine = self.engine.or(journaled).unwrap_or_default();
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
@@ -104,7 +110,10 @@ impl flags::Migrate {
             ("--tag2", path(&self.tag2)),
         ])
         .switch("--fit-values", self.fit_values)
-        .switch("--engine copy", self.engine == Some(flags::Engine::Copy));
+        .switch(
+            "--engine loaddata",
+            config.engine == flags::Engine::Loaddata,
+        );
         let options = Options {
             dry_run: self.dry_run,
             from: self.from,
@@ -135,8 +144,14 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
 
     if options.dry_run {
         println!(
-            "dry run: {} -> {}; nothing is touched\n",
-            sqlite_id, target_id
+            "dry run: {} -> {} with the {} engine{}; nothing is touched\n",
+            sqlite_id,
+            target_id,
+            config.engine,
+            match config.engine {
+                flags::Engine::Copy => " (--engine loaddata: the runbook's dumpdata/loaddata)",
+                flags::Engine::Loaddata => "",
+            }
         );
         print!("{}", plan::render(&steps, config));
         if let Some(journal) = &existing {
@@ -177,6 +192,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             ..Journal::default()
         },
     };
+    journal.engine = Some(config.engine.name().to_string());
     if let Some(from) = from {
         let ids: Vec<StepId> = steps[from..].iter().map(|it| it.id).collect();
         journal.forget(&ids);

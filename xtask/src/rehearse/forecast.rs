@@ -113,7 +113,7 @@ impl Forecast {
         if let (Some(peak), Some(available)) = (self.children_peak_kib, self.mem_available_kib) {
             if peak > available {
                 reasons.push(format!(
-                    "memory: Django's dump/load peaked at {} here, {} is available now",
+                    "memory: `migrate`'s programs (Sentry; with --engine loaddata, Django's dump/load) peaked at {} here, {} is available now",
                     human_bytes(peak * 1024),
                     human_bytes(available * 1024)
                 ));
@@ -184,7 +184,7 @@ impl Forecast {
              same steps on the same rows, so the same times; the dump and load steps grow about \
              linearly with the events the db gains before the cut-over. The rehearsal's PostgreSQL \
              runs with fsync off on this machine's disk: a target with fsync on, or across a network, \
-             makes `pg-load` slower; `buildout-tag1`/`buildout-tag2` ran against the rehearsal's \
+             makes the load (`pg-copy`, or `pg-load` with loaddata) slower; `buildout-tag1`/`buildout-tag2` ran against the rehearsal's \
              warm egg cache.",
             secs(self.migrate_wall_secs.max(total))
         );
@@ -227,7 +227,7 @@ impl Forecast {
         let kib = |k: Option<u64>| k.map_or("not measured".to_string(), |k| human_bytes(k * 1024));
         let _ = writeln!(
             out,
-            "- peak of `migrate`'s children (Django's dumpdata/loaddata, the largest process): {}",
+            "- peak of `migrate`'s children (Sentry's steps; with --engine loaddata, Django's dumpdata/loaddata; the largest process): {}",
             kib(self.children_peak_kib)
         );
         let _ = writeln!(

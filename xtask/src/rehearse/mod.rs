@@ -1387,6 +1387,52 @@ fn print_summary(
     Ok(())
 }
 
+/// A scratch install with a seeded Sentry 4 db (see [`seeded_install`]).
+pub(crate) struct SeededInstall {
+    /// The toolchain's environment for the install's programs.
+    pub env: Vec<(&'static str, String)>,
+    /// The zone its Sentry 4 wrote its dates in.
+    pub zone: &'static str,
+}
+
+/// For `cargo xtask bench`: a scratch install at `root` (this repo's files, tag 1 built) with a
+/// Sentry 4.10 db seeded over HTTP exactly as the plain rehearsal seeds it, values PostgreSQL
+/// refuses included, its dates in [`REHEARSAL_ZONE`]. Returns the toolchain's environment for
+/// the install's programs and the zone.
+pub(crate) fn seeded_install(
+    repo: &Path,
+    cache: Option<&Path>,
+    root: &Path,
+    events: u64,
+) -> Result<SeededInstall> {
+    let logs = root.join("logs");
+    fs::create_dir_all(&logs)?;
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+    let cache = cache.map(Path::to_path_buf).unwrap_or_else(default_cache);
+    let toolchain = provision::toolchain(&sh, &cache, &logs)?;
+    copy_repo_files(repo, root, Some(REHEARSAL_ZONE))?;
+    provision::bootstrap(&sh, &toolchain, root, &logs)?;
+    let env = toolchain.env();
+    for (key, value) in &env {
+        sh.set_var(key, value);
+    }
+    stop_servers_on_interrupt(root)?;
+    seed_sentry4(
+        &sh,
+        root,
+        &logs,
+        events,
+        "buildout/tag1-sentry4.cfg",
+        Strictness::AllStored,
+        true,
+    )?;
+    Ok(SeededInstall {
+        env,
+        zone: REHEARSAL_ZONE,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
