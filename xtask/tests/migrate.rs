@@ -1690,6 +1690,34 @@ fn a_tag_that_installs_the_wrong_sentry_is_named() {
         "no Sentry command ran: {:?}",
         repo.calls()
     );
+
+    // A `--tag2` that installs Sentry 4: named right after its buildout, before Sentry 6's
+    // upgrade would run on the loaded target.
+    let repo = Repo::new("wrongtag2");
+    let out = repo.xtask(
+        &[
+            "migrate",
+            "--engine",
+            "loaddata",
+            "--tag2",
+            "buildout/tag1-sentry4.cfg",
+        ],
+        None,
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "step `buildout-tag2` failed: buildout/tag1-sentry4.cfg (--tag2) installed Sentry 4.10.0, not Sentry 6.x"
+        ),
+        "{}",
+        out.stderr
+    );
+    let calls = repo.calls();
+    let upgrades = calls
+        .iter()
+        .filter(|call| call.contains("upgrade --noinput"))
+        .count();
+    assert_eq!(upgrades, 2, "only Sentry 4's upgrades ran: {calls:?}");
 }
 
 /// What a finished run's report must hold whatever happened on the way (times aside): every
