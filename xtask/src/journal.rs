@@ -35,6 +35,11 @@ pub struct Journal {
     #[serde(default)]
     pub engine: Option<String>,
     pub backup: Option<Backup>,
+    /// The source's sha256 as this tool last left it: the backup's at `backup-sqlite`, renewed
+    /// after each step that writes the source (Sentry 4's `upgrade` and `repair`). A run that
+    /// finds another db at the source's path is refused (`execute::check_same_source`).
+    #[serde(default)]
+    pub source_sha256: Option<String>,
     /// This tool created the target database (so an interrupted run may recreate it).
     #[serde(default)]
     pub created_database: bool,

@@ -69,6 +69,27 @@ pub fn event_count(path: &Path) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// What identifies a Sentry 4 db across the writes Sentry 4's own `upgrade` and `repair` make
+/// (they never touch events): the sha256 of every event's id, group and date, in id order.
+pub fn event_fingerprint(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let conn = open_read_only(path)?;
+    let mut hasher = Sha256::new();
+    let mut stmt = conn
+        .prepare("SELECT id, group_id, CAST(datetime AS TEXT) FROM sentry_message ORDER BY id")
+        .with_context(|| format!("cannot read the events of {}", path.display()))?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows
+        .next()
+        .with_context(|| format!("cannot read the events of {}", path.display()))?
+    {
+        let (id, group, date): (i64, Option<i64>, Option<String>) =
+            (row.get(0)?, row.get(1)?, row.get(2)?);
+        hasher.update(format!("{id}\t{group:?}\t{date:?}\n"));
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
 /// Refuses anything but a Sentry 4 database: sentry tables and South history up to 0062.
 /// A Sentry 4 db: its sentry tables exist and its South history is at most `last_migration`.
 pub fn check_sentry4(path: &Path, last_migration: u32) -> Result<SentryDb> {

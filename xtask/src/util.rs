@@ -45,8 +45,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|err| write_error(&tmp, err))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
     fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
@@ -93,6 +94,23 @@ pub fn free_port() -> Result<u16> {
         .local_addr()
         .context("cannot read the address of a bound port on 127.0.0.1")?
         .port())
+}
+
+/// A failed write to `path` in words: a full disk says so plainly, with the folder and what is
+/// free there, and what to do.
+pub fn write_error(path: &Path, err: std::io::Error) -> anyhow::Error {
+    if err.raw_os_error() == Some(nix::libc::ENOSPC) {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let free = free_bytes(dir)
+            .map(human_bytes)
+            .unwrap_or_else(|_| "?".into());
+        return anyhow::anyhow!(
+            "no space left on device writing {} ({} has {free} free): free space there (or move it to a bigger disk), then run the same command again",
+            path.display(),
+            dir.display()
+        );
+    }
+    anyhow::Error::new(err).context(format!("cannot write {}", path.display()))
 }
 
 /// Bytes an unprivileged user may still write on the file system holding `dir`.

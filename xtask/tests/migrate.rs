@@ -650,6 +650,12 @@ fn bad_input_gets_a_clear_error() {
         "bin/buildout is missing: bootstrap buildout",
     );
     expect_error(
+        "nosettings",
+        |r| fs::remove_file(r.root.join("settings/settings.py")).unwrap(),
+        None,
+        "settings/settings.py is missing: the Sentry settings",
+    );
+    expect_error(
         "hotjournal",
         |r| fs::write(r.root.join("var/sentry.db-journal"), "x").unwrap(),
         None,
@@ -763,14 +769,15 @@ fn wrong_password_is_named_without_printing_it() {
 }
 
 /// The `resume:` line of a failure, and every `redo with` hint, are commands that work when
-/// pasted into a shell, with a db path that holds spaces and the flags the run was given.
+/// pasted into a shell, with a db path that holds spaces and non-ASCII characters (written to
+/// settings_local.py as Python 2 reads it) and the flags the run was given.
 #[test]
 fn resume_hints_are_pasteable_with_spaces_in_paths() {
     if skip() {
         return;
     }
     let repo = Repo::new("paste");
-    let db = "var/my data/sentry db.sqlite";
+    let db = "var/my data/séntry db ✓.sqlite";
     fs::create_dir_all(repo.root.join("var/my data")).unwrap();
     fs::rename(repo.root.join("var/sentry.db"), repo.root.join(db)).unwrap();
     let out = repo.xtask(
@@ -1737,6 +1744,34 @@ fn a_tag_that_installs_the_wrong_sentry_is_named() {
         "no Sentry command ran: {:?}",
         repo.calls()
     );
+
+    // A `--tag2` that installs Sentry 4: named right after its buildout, before Sentry 6's
+    // upgrade would run on the loaded target.
+    let repo = Repo::new("wrongtag2");
+    let out = repo.xtask(
+        &[
+            "migrate",
+            "--engine",
+            "loaddata",
+            "--tag2",
+            "buildout/tag1-sentry4.cfg",
+        ],
+        None,
+    );
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains(
+            "step `buildout-tag2` failed: buildout/tag1-sentry4.cfg (--tag2) installed Sentry 4.10.0, not Sentry 6.x"
+        ),
+        "{}",
+        out.stderr
+    );
+    let calls = repo.calls();
+    let upgrades = calls
+        .iter()
+        .filter(|call| call.contains("upgrade --noinput"))
+        .count();
+    assert_eq!(upgrades, 2, "only Sentry 4's upgrades ran: {calls:?}");
 }
 
 /// What a finished run's report must hold whatever happened on the way (times aside): every
@@ -1963,4 +1998,385 @@ fn postgres_stopped_in_the_middle_of_the_load_is_named_and_the_run_resumes() {
         .unwrap()
         .get(0);
     assert_eq!(events, 5, "every event, once");
+}
+
+/// The journal's recorded sha256 of the source, and the backup's.
+fn recorded_hashes(repo: &Repo) -> (String, String) {
+    let journal: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(repo.root.join("dumps/journal.json")).unwrap())
+            .unwrap();
+    (
+        journal["source_sha256"].as_str().unwrap().to_string(),
+        journal["backup"]["sha256"].as_str().unwrap().to_string(),
+    )
+}
+
+/// A journal whose migration started from another db than the one now at the source's path
+/// (another install's dumps/, or the db replaced since) is refused before anything is touched,
+/// naming both sha256s and how to start over; doing what it says migrates the db given.
+#[test]
+fn a_journal_from_another_source_db_is_refused_naming_both() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("otherdb");
+    let args = ["migrate", "--engine", "loaddata"];
+    let out = repo.xtask(&[&args[..], &["--until", "dump-auth"]].concat(), None);
+    assert!(out.ok, "{out:#?}");
+    let (recorded, backup) = recorded_hashes(&repo);
+    // Another install's db at the same path: one more event.
+    let db = repo.root.join("var/sentry.db");
+    fs::remove_file(&db).unwrap();
+    make_sentry4_db(&db, 62);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("INSERT INTO sentry_message VALUES (11, 7, '2014-01-01 00:00:00')")
+        .unwrap();
+    let other = xtask::util::sha256_file(&db).unwrap();
+    let before = snapshot_but_lock(&repo.root);
+    let calls = repo.calls().len();
+
+    let out = repo.xtask(&args, None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: var/sentry.db is not the db dumps/journal.json is migrating: its sha256 is {other}, the journal recorded {recorded}"
+        )) && out.stderr.contains(&format!("sha256 {backup}"))
+            && out.stderr.contains("nothing was touched"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+    assert_eq!(snapshot_but_lock(&repo.root), before, "files changed");
+    assert_eq!(repo.calls().len(), calls, "a program ran");
+    assert!(!repo.target_exists());
+
+    // The way it names: dumps/ moved aside, then the same command migrates this db.
+    let mv = out
+        .stderr
+        .split("start over: move dumps/ aside (`")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("a move command: {}", out.stderr));
+    let argv = shlex::split(mv).unwrap();
+    assert_eq!(argv[..2], ["mv", "dumps"], "{mv}");
+    fs::rename(repo.root.join("dumps"), repo.root.join(&argv[2])).unwrap();
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    let events: i64 = repo
+        .target_client()
+        .query_one("SELECT count(*) FROM sentry_message", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 6, "this db's events, the one added included");
+}
+
+/// Sentry 4's `upgrade` killed halfway may leave other bytes in the db, never other events: the
+/// resume goes on. Once the steps that write the source are done, any change is refused, and so
+/// is a change of the events at any time.
+#[test]
+fn only_an_interrupted_write_of_sentry4_may_change_the_source() {
+    if skip() {
+        return;
+    }
+    let args = ["migrate", "--engine", "loaddata"];
+    let until = |step: &'static str| [&args[..], &["--until", step]].concat();
+    let write = |repo: &Repo, sql: &str| {
+        rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap()
+    };
+    let refused = |out: &Output| {
+        !out.ok
+            && out
+                .stderr
+                .starts_with("error: var/sentry.db is not the db dumps/journal.json is migrating")
+    };
+
+    let repo = Repo::new("srcwrite");
+    let out = repo.xtask(&until("settings-sqlite"), None);
+    assert!(out.ok, "{out:#?}");
+    // What an upgrade killed in the middle leaves: a write that is not an event.
+    write(
+        &repo,
+        "INSERT INTO auth_message VALUES (3, 'half an upgrade')",
+    );
+    let out = repo.xtask(&until("sqlite-repair"), None);
+    assert!(
+        out.ok,
+        "an interrupted upgrade's write wedged the run: {out:#?}"
+    );
+    // The steps that write the source are done: the db must be as they left it.
+    write(
+        &repo,
+        "INSERT INTO auth_message VALUES (4, 'written later')",
+    );
+    let out = repo.xtask(&args, None);
+    assert!(refused(&out), "{out:#?}");
+
+    let repo = Repo::new("srcevents");
+    let out = repo.xtask(&until("settings-sqlite"), None);
+    assert!(out.ok, "{out:#?}");
+    write(
+        &repo,
+        "UPDATE sentry_message SET datetime = '2014-01-01 00:00:00' WHERE id = 1",
+    );
+    let out = repo.xtask(&args, None);
+    assert!(refused(&out), "other events are another db: {out:#?}");
+    assert!(
+        !repo
+            .calls()
+            .iter()
+            .any(|call| call.contains("upgrade --noinput")),
+        "{:?}",
+        repo.calls()
+    );
+}
+
+/// A tmpfs mounted on `dir` for one test, unmounted when dropped. None (the test is skipped,
+/// saying so) when not root: mounting needs it; CI runs as root.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, options: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs on {} needs root", dir.display());
+            return None;
+        }
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount -t tmpfs -o {options} on {}",
+            dir.display()
+        );
+        Some(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn remount(&self, options: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// dumps/ on a read-only file system: refused before anything is written (no lock, no backup,
+/// no program, no database), saying why and what to do.
+#[test]
+fn dumps_not_writable_is_refused_before_anything() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("rodumps");
+    let Some(_ro) = Tmpfs::mount(&repo.root.join("dumps"), "ro,size=1m,mode=0700") else {
+        return;
+    };
+    let before = snapshot(&repo.root);
+    let out = repo.xtask(&["migrate", "--engine", "loaddata"], None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("error: cannot write in dumps: it is on a read-only file system")
+            && out
+                .stderr
+                .contains("make it writable for this user (or remount its file system read-write)")
+            && out.stderr.contains("nothing was touched"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot(&repo.root), before, "files changed");
+    assert!(repo.calls().is_empty(), "a program ran");
+    assert!(!repo.target_exists(), "a database was created");
+}
+
+/// `n` more events in the repo's source db (ids from 100, group 7).
+fn add_events(repo: &Repo, n: u32) {
+    rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+        .unwrap()
+        .execute_batch(&format!(
+            "WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+             INSERT INTO sentry_message SELECT i, 7, '2013-02-01 12:00:00' FROM n",
+            99 + n
+        ))
+        .unwrap();
+}
+
+/// The disk under dumps/ fills up while `dump-rest` writes: the step fails saying so, naming the
+/// file; the partial dump is not taken for a finished one; source and backup are untouched. With
+/// the disk enlarged, the same command finishes with the report of an uninterrupted run.
+#[test]
+fn a_full_disk_while_dumping_is_named_and_the_same_command_finishes() {
+    if skip() {
+        return;
+    }
+    let args = ["migrate", "--engine", "loaddata"];
+    let reference = Repo::new("fullref");
+    add_events(&reference, 3000);
+    let out = reference.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    let expected = report_facts(&reference);
+
+    let repo = Repo::new("fulldisk");
+    add_events(&repo, 3000);
+    let db = repo.root.join("var/sentry.db");
+    let original = fs::read(&db).unwrap();
+    let dumps = repo.root.join("dumps");
+    let Some(disk) = Tmpfs::mount(&dumps, "size=2m,mode=0700") else {
+        return;
+    };
+    let out = repo.xtask(&[&args[..], &["--until", "dump-auth"]].concat(), None);
+    assert!(out.ok, "{out:#?}");
+    // Something else fills the disk but 16 KiB: the step's log fits, the main dump does not.
+    let free = xtask::util::free_bytes(&dumps).unwrap();
+    fs::write(
+        dumps.join("other-data"),
+        vec![0u8; (free - 16 * 1024) as usize],
+    )
+    .unwrap();
+
+    let out = repo.xtask(&args, None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stdout.contains("[10/21] dump-rest … FAILED"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.starts_with("error: step `dump-rest` failed: ")
+            && out.stderr.contains(&format!(
+                "no space left on device writing {}",
+                dumps.join("dumpdata.json.partial").display()
+            )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !journal_has(&repo, "dump-rest"),
+        "a partial dump taken as done"
+    );
+    assert!(!dumps.join("dumpdata.json").exists());
+    assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
+    assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
+
+    disk.remount("size=8m");
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(report_facts(&repo), expected);
+    assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
+    assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
+}
+
+/// SIGKILL in the middle of `pg-copy`: the test holds a lock on the last table the copy fills,
+/// so the run is caught with every other table streamed into its transaction. The target is
+/// then as before the copy (rows, keys and indexes), and the same command finishes with the
+/// report of an uninterrupted run.
+#[test]
+fn a_copy_killed_in_the_middle_of_pg_copy_changes_nothing_and_resumes() {
+    if skip() {
+        return;
+    }
+    let args = ["migrate", "--engine", "copy"];
+    let reference = Repo::new("cpmidref");
+    let out = reference.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    let expected = report_facts(&reference);
+
+    let repo = Repo::new("cpmid");
+    let db = repo.root.join("var/sentry.db");
+    let original = fs::read(&db).unwrap();
+    let out = repo.xtask(&[&args[..], &["--until", "pg-abstime-shim"]].concat(), None);
+    assert!(out.ok, "{out:#?}");
+    let schema_sql = "SELECT pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+         WHERE t.relnamespace = 'public'::regnamespace \
+         UNION ALL SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+         WHERE connamespace = 'public'::regnamespace ORDER BY 1";
+    let schema = |client: &mut postgres::Client| -> Vec<String> {
+        client
+            .query(schema_sql, &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    let rows_before = table_hashes(&mut repo.target_client());
+    let schema_before = schema(&mut repo.target_client());
+    assert!(schema_before.len() > 10, "{schema_before:?}");
+
+    let mut holder = repo.target_client();
+    let mut lock = holder.transaction().unwrap();
+    lock.batch_execute("LOCK TABLE south_migrationhistory IN SHARE MODE")
+        .unwrap();
+    let monitor = std::cell::RefCell::new(repo.db.cluster.admin_client("postgres"));
+    let copy_waiting = |repo: &Repo| -> bool {
+        monitor
+            .borrow_mut()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                 AND wait_event_type = 'Lock' AND query LIKE 'COPY %south_migrationhistory%'",
+                &[&repo.target],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+    };
+    kill_migrate_when(
+        &repo,
+        &args,
+        None,
+        nix::sys::signal::Signal::SIGKILL,
+        copy_waiting,
+    );
+    lock.rollback().unwrap();
+    // The server ends the dead client's transaction once it reads from its closed socket.
+    let started = std::time::Instant::now();
+    while monitor
+        .borrow_mut()
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'COPY %'",
+            &[&repo.target],
+        )
+        .unwrap()
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the killed copy's backend stays"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!journal_has(&repo, "pg-copy"));
+    assert_eq!(
+        table_hashes(&mut repo.target_client()),
+        rows_before,
+        "rows changed"
+    );
+    assert_eq!(
+        schema(&mut repo.target_client()),
+        schema_before,
+        "keys or indexes changed"
+    );
+
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(report_facts(&repo), expected);
+    assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
+    assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
 }

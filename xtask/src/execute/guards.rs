@@ -109,7 +109,8 @@ impl StepRunner<'_> {
             bail!("{} is missing: {hint}", command.program.display());
         }
         let mut log = self.log()?;
-        writeln!(log, "$ {}", command.render())?;
+        writeln!(log, "$ {}", command.render())
+            .map_err(|err| util::write_error(self.log_path, err))?;
         let mut cmd = self
             .sh
             .cmd(&program)
@@ -125,7 +126,7 @@ impl StepRunner<'_> {
             .stdout_to
             .as_ref()
             .map(|path| util::sibling(&config.root.join(path), ".partial"));
-        match &partial {
+        let dump_file = match &partial {
             Some(partial) => {
                 // A dump holds password hashes and DSN keys: the owner's only, from creation.
                 let file = fs::OpenOptions::new()
@@ -136,28 +137,62 @@ impl StepRunner<'_> {
                     .open(partial)
                     .with_context(|| format!("cannot create {}", partial.display()))?;
                 file.set_permissions(fs::Permissions::from_mode(0o600))?;
-                process.stdout(file);
+                // Through a pipe, so that a failed write (a full disk) is ours to name: the
+                // program's own complaint would go to a log on the same full disk.
+                process.stdout(Stdio::piped());
+                Some(file)
             }
             None => {
                 process.stdout(log.try_clone()?);
+                None
             }
-        }
+        };
         let mut child = process
             .spawn()
             .with_context(|| format!("cannot start {}", command.program.display()))?;
+        let mut copier = match (dump_file, child.stdout.take(), &partial) {
+            (Some(file), Some(stdout), Some(partial)) => {
+                let partial = partial.clone();
+                Some(std::thread::spawn(move || {
+                    copy_output(stdout, file, &partial)
+                }))
+            }
+            _ => None,
+        };
+        let join = |copier: std::thread::JoinHandle<Result<u64>>| {
+            copier
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("the copy of the program's output panicked")))
+        };
+        let mut copied = None;
         let mut reported = 0;
         let status = loop {
+            if let Some(done) = copier.take_if(|it| it.is_finished()) {
+                let result = join(done);
+                if result.is_err() {
+                    // The output cannot be kept (a full disk): the program stops here.
+                    let _ = child.kill();
+                }
+                copied = Some(result);
+            }
             if let Some(status) = child.try_wait()? {
                 break status;
             }
             self.progress(partial.as_deref(), &mut reported);
             std::thread::sleep(Duration::from_millis(250));
         };
+        if let Some(copier) = copier {
+            copied = Some(join(copier));
+        }
         if std::io::stdout().is_terminal() {
             // Clear the live line and write the step's name again for `ok`/`FAILED`.
             print!("\r\x1b[K{} … ", self.label);
         } else if reported > 0 {
             print!("{} … ", self.label);
+        }
+        // A failed write is the cause, whatever the program made of it.
+        if let Some(Err(err)) = copied {
+            return Err(err.context(format!("`{}` stopped", command.render())));
         }
         if !status.success() {
             bail!(
@@ -222,4 +257,29 @@ impl StepRunner<'_> {
         self.ensure_sentry_stopped()?;
         Ok(client)
     }
+}
+
+/// Copies a program's output into `file` (at `path`), then syncs it: a dump is complete on disk
+/// or the step fails, naming the file.
+fn copy_output(
+    mut from: std::process::ChildStdout,
+    mut file: fs::File,
+    path: &Path,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err).context("cannot read the program's output"),
+        };
+        file.write_all(&buf[..n])
+            .map_err(|err| util::write_error(path, err))?;
+        written += n as u64;
+    }
+    file.sync_all()
+        .map_err(|err| util::write_error(path, err))?;
+    Ok(written)
 }

@@ -173,6 +173,8 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         return Ok(());
     }
 
+    // Before anything is written: every file of the run goes into dumps/.
+    ensure_dumps_writable(config)?;
     // The dumps hold every password hash and DSN secret key: dumps/ and logs/ are the owner's
     // only, even when an earlier run (or a checkout) made them wider.
     fs::create_dir_all(config.dumps_dir().join("logs")).context("cannot create dumps/logs")?;
@@ -184,6 +186,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     let mut journal = match existing {
         Some(journal) => {
             journal.check_same_migration(&sqlite_id, &target_id, &journal_path)?;
+            check_same_source(config, &journal, &steps, &options.resume)?;
             journal
         }
         None => Journal {
@@ -282,6 +285,109 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     Ok(())
 }
 
+/// dumps/ (and dumps/logs/ when it exists) must take new files: refused before anything is
+/// written, with the reason (a read-only file system, a folder this user may not write).
+fn ensure_dumps_writable(config: &Config) -> Result<()> {
+    let dumps = config.dumps_dir();
+    let shown = config.display_path(&dumps);
+    let hint = "the dumps, journal, report, logs and lock go there: make it writable for this user \
+                (or remount its file system read-write), then run the same command again; nothing was touched";
+    let explain = |what: &Path, err: std::io::Error| {
+        let why = match err.raw_os_error() {
+            Some(nix::libc::EROFS) => "it is on a read-only file system".to_string(),
+            Some(nix::libc::EACCES | nix::libc::EPERM) => format!(
+                "this user (uid {}) may not write there ({err})",
+                nix::unistd::geteuid()
+            ),
+            _ => err.to_string(),
+        };
+        anyhow!(
+            "cannot write in {}: {why}; {hint}",
+            config.display_path(what)
+        )
+    };
+    if !dumps.exists() {
+        return fs::create_dir_all(&dumps).map_err(|err| explain(&dumps, err));
+    }
+    ensure!(
+        dumps.is_dir(),
+        "{shown} is not a folder: move it away, then run the same command again; nothing was touched"
+    );
+    for dir in [dumps.clone(), dumps.join("logs")] {
+        if !dir.is_dir() {
+            continue;
+        }
+        let probe = dir.join(format!(".write-test-{}", std::process::id()));
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&probe)
+            .map_err(|err| explain(&dir, err))?;
+        fs::remove_file(&probe).map_err(|err| explain(&dir, err))?;
+    }
+    Ok(())
+}
+
+/// The steps that write the SQLite source (as the runbook's phase 1 does).
+fn writes_source(step: StepId) -> bool {
+    matches!(step, StepId::SqliteUpgrade | StepId::SqliteRepair)
+}
+
+/// The db at the source's path must be the one this journal's migration started from: its
+/// sha256 as the journal last recorded it. Only a step that writes the source, interrupted
+/// halfway, may leave other bytes: then the events must still be the backup's (Sentry 4's
+/// `upgrade` and `repair` never touch them). Anything else (another install's journal, a db
+/// replaced since) is refused before anything is touched.
+fn check_same_source(
+    config: &Config,
+    journal: &Journal,
+    steps: &[Step],
+    resume: &Resume,
+) -> Result<()> {
+    let (Some(backup), Some(recorded)) = (&journal.backup, &journal.source_sha256) else {
+        return Ok(());
+    };
+    let db = &config.sqlite_path;
+    let shown = config.display_path(db);
+    let start_over = format!(
+        "to migrate this db instead, start over: move dumps/ aside (`mv dumps dumps.{}`) and run `{}` \
+         (a target database that migration created must be dropped first)",
+        util::utc_timestamp(util::unix_now()).replace([':', '-'], ""),
+        resume.command()
+    );
+    let current = util::sha256_file(db).with_context(|| {
+        format!(
+            "dumps/journal.json records a migration of {shown}, which cannot be read: put it back; {start_over}"
+        )
+    })?;
+    if current == *recorded {
+        return Ok(());
+    }
+    let interrupted_write = steps
+        .iter()
+        .find(|step| !journal.is_done(step.id))
+        .is_some_and(|step| writes_source(step.id));
+    if interrupted_write {
+        let backup_path = config.root.join(&backup.path);
+        let same_events = util::sha256_file(&backup_path).ok().as_deref()
+            == Some(backup.sha256.as_str())
+            && matches!(
+                (sqlite::event_fingerprint(db), sqlite::event_fingerprint(&backup_path)),
+                (Ok(now), Ok(then)) if now == then
+            );
+        if same_events {
+            return Ok(());
+        }
+    }
+    bail!(
+        "{shown} is not the db dumps/journal.json is migrating: its sha256 is {current}, the journal recorded {recorded} \
+         (backup {}, sha256 {}); nothing was touched. If the db was replaced by mistake, put that one back; {start_over}",
+        backup.path,
+        backup.sha256
+    )
+}
+
 /// A finished step's files must still be what it produced.
 fn recheck_outputs(
     config: &Config,
@@ -340,7 +446,12 @@ impl StepRunner<'_> {
                 self.ensure_sentry_stopped()?;
                 self.ensure_settings_for(step.phase)?;
                 self.ensure_sentry_version_for(step.phase)?;
-                self.run_command(command)
+                let outputs = self.run_command(command)?;
+                if writes_source(step.id) {
+                    // Recorded with the step: the source as this step left it.
+                    self.journal.source_sha256 = Some(util::sha256_file(&self.config.sqlite_path)?);
+                }
+                Ok(outputs)
             }
             Action::ScanValues { fit } => self.scan_values(*fit).map(|()| Outputs::new()),
             Action::FitValues { working_copy } => {

@@ -151,9 +151,13 @@ impl StepRunner<'_> {
                 .mode(0o600)
                 .open(&backup)
                 .with_context(|| format!("cannot create the backup {}", backup.display()))?;
-            std::io::copy(&mut input, &mut output)?;
+            if let Err(err) = std::io::copy(&mut input, &mut output).and_then(|_| output.sync_all())
+            {
+                // Never left under a backup's name half written.
+                let _ = fs::remove_file(&backup);
+                return Err(util::write_error(&backup, err));
+            }
             output.set_permissions(fs::Permissions::from_mode(source_mode))?;
-            output.sync_all()?;
         }
         sqlite::check_integrity(&backup, true)
             .context("the backup copy fails its integrity check")?;
@@ -164,6 +168,7 @@ impl StepRunner<'_> {
             "the backup differs from the source (was the db written during the copy?)"
         );
         let path = self.config.display_path(&backup);
+        self.journal.source_sha256 = Some(source_hash.clone());
         self.journal.backup = Some(Backup {
             path: path.clone(),
             sha256: backup_hash.clone(),
@@ -257,8 +262,8 @@ impl StepRunner<'_> {
                 .open(&partial)
                 .with_context(|| format!("cannot create the working copy {}", partial.display()))?;
             std::io::copy(&mut input, &mut output)
-                .with_context(|| format!("cannot copy the db to {}", partial.display()))?;
-            output.sync_all()?;
+                .and_then(|_| output.sync_all())
+                .map_err(|err| util::write_error(&partial, err))?;
         }
         let tables = self.model_tables()?;
         let scan = values::scan(&partial, &tables)?;

@@ -71,7 +71,11 @@ def settings():
     scope = {}
     with open(os.path.join(ROOT, 'settings', 'settings_local.py')) as f:
         exec(f.read(), scope)
-    return scope['DATABASES']['default']
+    db = scope['DATABASES']['default']
+    # The file holds Python 2 byte strings ('\xc3\xa9' for a UTF-8 'é'): Python 3 reads those
+    # escapes as code points 0-255, so take them back to the bytes Python 2 would hold.
+    db['NAME'] = db['NAME'].encode('latin-1').decode('utf-8')
+    return db
 
 
 def psql_value(sql, db):
