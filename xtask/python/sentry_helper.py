@@ -11,6 +11,10 @@
         disconnected. Those handlers ignore raw=True and insert teams, members and keys during
         loaddata; with them connected, a load fails on ids with gaps or silently adds rows.
 
+    bin/py xtask/python/sentry_helper.py check-syntax FILE...
+        Compiles each settings file (nothing runs): one line per file that is not valid
+        Python 2, exit 1 if any. Preflight runs it before anything is touched.
+
 Settings are loaded exactly as bin/sentry loads them (logan's run_app); the helper takes the
 place of the Django command dispatch, which logan calls once settings are configured.
 """
@@ -68,8 +72,28 @@ def load_command(fixtures):
     sys.stdout.flush()
 
 
+def check_syntax_command(paths):
+    """Compiles each settings file as this Python (2.7 under bin/py) would: one line per file
+    that is not valid Python. Nothing is executed, so nothing is imported or connected."""
+    bad = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                source = f.read()
+            compile(source, path, 'exec')
+        except SyntaxError as e:
+            bad.append('%s is not valid Python (line %s: %s)' % (path, e.lineno, e.msg))
+        except (IOError, OSError) as e:
+            bad.append('%s cannot be read: %s' % (path, e))
+    for line in bad:
+        sys.stdout.write(line + '\n')
+    return 1 if bad else 0
+
+
 def main():
     args = sys.argv[1:]
+    if args and args[0] == 'check-syntax':
+        sys.exit(check_syntax_command(args[1:]))
     logan_args = [arg for arg in args if arg.startswith('--config')]
     rest = [arg for arg in args if not arg.startswith('--config')]
     if not rest or rest[0] not in ('models', 'load'):

@@ -114,6 +114,10 @@ xflags::xflags! {
             optional --keep
             /// Where the results go (default: dumps/bench).
             optional --out dir: PathBuf
+            /// After the methods, run the whole `cargo xtask migrate` (default engine, every step
+            /// through Sentry 6's upgrade) on these sizes (comma-separated, from --sizes; default
+            /// none) and report its total and each step's time.
+            optional --whole-run sizes: String
             /// Measure nothing: redraw bench.md and bench.svg from an earlier run's bench.json
             /// (into --out).
             optional --redraw json: PathBuf

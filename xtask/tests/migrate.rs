@@ -2380,3 +2380,67 @@ fn a_copy_killed_in_the_middle_of_pg_copy_changes_nothing_and_resumes() {
     assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
     assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
 }
+
+/// A settings file Python cannot compile is refused in preflight by the install's own bin/py,
+/// naming the file and the line, before the backup or any Sentry step.
+#[test]
+fn settings_that_are_not_python_are_refused_in_preflight() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("syntax");
+    // An installed Sentry 4 has bin/py (the fake's buildout makes it the same way).
+    fs::copy(repo.root.join("bin/buildout"), repo.root.join("bin/py")).unwrap();
+    fs::write(repo.root.join("bin/.tag"), "4").unwrap();
+    fs::write(
+        repo.root.join("settings/sentry_conf.py"),
+        "TIME_ZONE = 'UTC'\nif DEBUG\n    ALLOWED_HOSTS = ['*']\n",
+    )
+    .unwrap();
+    let out = repo.xtask(&["migrate", "--engine", "copy"], None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("  - settings/sentry_conf.py is not valid Python (line 2: ")
+            && out
+                .stderr
+                .contains("): fix it (Sentry would stop on it at its first step)"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("step `preflight` failed"),
+        "{}",
+        out.stderr
+    );
+    let calls = repo.calls();
+    assert!(
+        calls.iter().all(|call| call.contains("check-syntax")),
+        "only the syntax check ran: {calls:?}"
+    );
+    let backups = fs::read_dir(repo.root.join("var"))
+        .unwrap()
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("backup")
+        })
+        .count();
+    assert_eq!(backups, 0, "no backup was made");
+    assert!(!repo.target_exists());
+
+    // Fixed, the same command runs.
+    fs::write(
+        repo.root.join("settings/sentry_conf.py"),
+        "TIME_ZONE = 'UTC'\n",
+    )
+    .unwrap();
+    let out = repo.xtask(
+        &["migrate", "--engine", "copy", "--until", "preflight"],
+        None,
+    );
+    assert!(out.ok, "{out:#?}");
+}

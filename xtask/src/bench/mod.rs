@@ -134,6 +134,17 @@ impl flags::Bench {
             .collect::<Result<_>>()?;
         sizes.sort_unstable();
         sizes.dedup();
+        let whole_runs: Vec<u64> = match self.whole_run.as_deref() {
+            Some(list) => list.split(',').map(parse_size).collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        for size in &whole_runs {
+            ensure!(
+                sizes.contains(size),
+                "--whole-run {} is not one of --sizes",
+                label(*size)
+            );
+        }
         let methods = parse_methods(
             self.methods
                 .as_deref()
@@ -171,6 +182,7 @@ impl flags::Bench {
             &root,
             &sizes,
             &methods,
+            &whole_runs,
             &out_dir,
         );
         if result.is_err() {
@@ -202,6 +214,7 @@ fn bench(
     root: &Path,
     sizes: &[u64],
     methods: &[&'static str],
+    whole_runs: &[u64],
     out_dir: &Path,
 ) -> Result<()> {
     let started = Instant::now();
@@ -268,6 +281,7 @@ fn bench(
             "a Sentry 4.10 db seeded over HTTP by the rehearsal ({base_events} events, values fitted by `migrate --fit-values`), scaled with xtask/python/bench/scale_sqlite.py"
         ),
         sizes: Vec::new(),
+        whole_runs: Vec::new(),
     };
     println!("[3/3] each size, each method ({})", methods.join(", "));
     for &events in sizes {
@@ -320,6 +334,35 @@ fn bench(
             // Written after every run: a long benchmark that stops keeps what it measured.
             report::write_all(&results, out_dir)?;
         }
+        if !whole_runs.contains(&events) {
+            fs::remove_file(&scaled)?;
+        }
+    }
+    // Last: the whole migration installs Sentry 6 in the scratch install.
+    for &events in whole_runs {
+        let label = label(events);
+        let scaled = root.join(format!("bench-{label}.db"));
+        let phase = Instant::now();
+        let whole = whole_run(&bench, &scaled, &label)?;
+        println!(
+            "  the whole `migrate` at {label}: {}{} ({})",
+            util::human_duration(std::time::Duration::from_secs_f64(whole.secs)),
+            whole
+                .failure
+                .as_ref()
+                .map(|it| format!(", FAILED: {it}"))
+                .unwrap_or_default(),
+            util::human_duration(phase.elapsed())
+        );
+        results.whole_runs.push(report::WholeRun {
+            events: results
+                .sizes
+                .iter()
+                .find(|size| size.label == label)
+                .map_or(events, |size| size.events),
+            ..whole
+        });
+        report::write_all(&results, out_dir)?;
         fs::remove_file(&scaled)?;
     }
     println!("\n{}", report::markdown(&results));
@@ -329,6 +372,51 @@ fn bench(
         out_dir.display()
     );
     Ok(())
+}
+
+/// The whole `cargo xtask migrate` (default engine) on `scaled`, into a database of its own, as a
+/// user runs it: every step, Sentry 6's upgrade included; the journal's step times.
+fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeRun> {
+    let root = &bench.root;
+    // The template's run left its journal in dumps/: this is another migration.
+    let dumps = root.join("dumps");
+    let aside = root.join(format!("dumps-before-whole-{label}"));
+    fs::rename(&dumps, &aside)?;
+    fs::create_dir(&dumps)?;
+    let sh = bench.shell()?;
+    let exe = &bench.exe;
+    let dbname = format!("bench_whole_{}", label.to_lowercase());
+    let log = bench
+        .logs
+        .join(format!("whole-{}.log", label.to_lowercase()));
+    let measured = measure::run(
+        cmd!(sh, "{exe} migrate --sqlite {scaled}")
+            .env("SENTRY_MIGRATE_ROOT", root)
+            .envs(bench.pg_env(&dbname)),
+        &log,
+        None,
+    )?;
+    let journal = crate::journal::Journal::load(&dumps.join("journal.json"))?
+        .context("the whole run left no journal")?;
+    Ok(report::WholeRun {
+        events: 0,
+        secs: measured.secs,
+        peak_rss_kib: measured.peak_rss_kib,
+        tool_peak_rss_kib: journal.tool_peak_rss_kib,
+        steps: journal
+            .steps
+            .iter()
+            .map(|step| (step.name.clone(), step.elapsed_secs))
+            .collect(),
+        failure: (!measured.status.success()).then(|| {
+            format!(
+                "{}; log {}: {}",
+                measured.status,
+                log.display(),
+                util::log_tail(&log, 4).replace('\n', " | ")
+            )
+        }),
+    })
 }
 
 fn one_line(run: &Run) -> String {

@@ -18,6 +18,24 @@ pub struct Results {
     /// The db every size was scaled from.
     pub source: String,
     pub sizes: Vec<Size>,
+    /// Whole migrations (`--whole-run`), Sentry 6's upgrade included.
+    #[serde(default)]
+    pub whole_runs: Vec<WholeRun>,
+}
+
+/// The whole `cargo xtask migrate` on one size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WholeRun {
+    pub events: u64,
+    pub secs: f64,
+    /// The largest process of the run (Sentry's, Django's or this tool's), KiB.
+    pub peak_rss_kib: u64,
+    /// This tool's own peak, KiB (the journal's figure).
+    pub tool_peak_rss_kib: Option<u64>,
+    /// Each step and its seconds, in order (the journal's figures).
+    pub steps: Vec<(String, f64)>,
+    /// Set when the run failed: what it said.
+    pub failure: Option<String>,
 }
 
 /// One scaled db and what each method did with it.
@@ -167,6 +185,25 @@ pub fn markdown(results: &Results) -> String {
                 ratio("floor"),
                 ratio("pgloader"),
             );
+        }
+    }
+    for whole in &results.whole_runs {
+        let _ = writeln!(
+            out,
+            "\nThe whole `cargo xtask migrate` at {} events (copy engine, every step through Sentry 6's upgrade): {}{}, peak RSS {} (largest process), this tool {}.\n",
+            whole.events,
+            util::human_duration(std::time::Duration::from_secs_f64(whole.secs)),
+            whole
+                .failure
+                .as_ref()
+                .map(|it| format!(" **FAILED: {it}**"))
+                .unwrap_or_default(),
+            mb(whole.peak_rss_kib),
+            whole.tool_peak_rss_kib.map(mb).unwrap_or_else(|| "?".into())
+        );
+        out.push_str("| step | time |\n|---|---:|\n");
+        for (step, secs) in &whole.steps {
+            let _ = writeln!(out, "| {step} | {} |", seconds(*secs));
         }
     }
     for size in &results.sizes {
@@ -383,6 +420,14 @@ mod tests {
             time_zone: "America/Chicago".into(),
             source: "a rehearsal's db".into(),
             sizes: vec![small, big],
+            whole_runs: vec![WholeRun {
+                events: 10_000,
+                secs: 95.5,
+                peak_rss_kib: 180 << 10,
+                tool_peak_rss_kib: Some(20 << 10),
+                steps: vec![("pg-copy".into(), 1.0), ("sentry6-upgrade".into(), 40.31)],
+                failure: None,
+            }],
         }
     }
 

@@ -2,6 +2,8 @@
 //! what each engine will load, checked against SQLite's rows.
 
 use super::*;
+use std::path::PathBuf;
+use xshell::cmd;
 
 impl StepRunner<'_> {
     pub(super) fn preflight(&mut self, limits: &plan::Limits) -> Result<()> {
@@ -26,6 +28,7 @@ impl StepRunner<'_> {
                 ));
             }
         }
+        problems.extend(self.settings_syntax()?);
         let db = &config.sqlite_path;
         match sqlite::check_integrity(db, false)
             .and_then(|()| sqlite::check_sentry4(db, limits.last_sentry4_migration))
@@ -188,6 +191,64 @@ impl StepRunner<'_> {
     }
 
     /// Every table the dumps (or a load engine) carry over: the models' and their m2m tables.
+    /// The settings files Sentry will execute, compiled by the install's own Python 2.7
+    /// (`bin/py`, there on an installed Sentry 4): a syntax error is known before anything is
+    /// touched, not at `sqlite-upgrade` after the backup. Without bin/py yet, the check is
+    /// left to Sentry's first step, and the log says so.
+    fn settings_syntax(&self) -> Result<Vec<String>> {
+        let config = self.config;
+        let py = config.bin("py");
+        let files: Vec<PathBuf> = [
+            config.settings_py(),
+            config.root.join("settings/sentry_conf.py"),
+            config.settings_local(),
+        ]
+        .into_iter()
+        .filter(|path| path.exists())
+        .collect();
+        if !py.exists() || !config.helper_py().exists() || files.is_empty() {
+            writeln!(
+                self.log()?,
+                "settings syntax: not checked here (no bin/py yet); Sentry's first step reads them"
+            )?;
+            return Ok(Vec::new());
+        }
+        let helper = config.helper_py();
+        let count = files.len();
+        let output = cmd!(self.sh, "{py} {helper} check-syntax {files...}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| {
+                format!("cannot run {} to check the settings' syntax", py.display())
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let root = format!("{}/", config.root.display());
+        let bad: Vec<String> = stdout
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                format!(
+                    "{}: fix it (Sentry would stop on it at its first step)",
+                    line.replace(&root, "")
+                )
+            })
+            .collect();
+        if !output.status.success() && bad.is_empty() {
+            return Ok(vec![format!(
+                "bin/py could not check the settings' syntax ({}): {}",
+                output.status,
+                util::text_tail(&String::from_utf8_lossy(&output.stderr), 3)
+            )]);
+        }
+        writeln!(
+            self.log()?,
+            "settings syntax: {} files compile",
+            count - bad.len()
+        )?;
+        Ok(bad)
+    }
+
     pub(super) fn model_tables(&self) -> Result<Vec<String>> {
         let models = with_remedy(
             dumps::read_models(&self.config.models_json()),

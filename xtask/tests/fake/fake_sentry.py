@@ -165,6 +165,11 @@ def main():
                 f.write(source + "\n# sys.path[0:0] = ['/srv/eggs/%s']\n" % egg)
             os.chmod(path, 0o755)
         return
+    if NAME == 'py' and ARGS[1] == 'check-syntax':
+        # The helper's own code (it needs no Django), run by this Python.
+        sys.path.insert(0, os.path.dirname(os.path.abspath(ARGS[0])))
+        import sentry_helper
+        sys.exit(sentry_helper.check_syntax_command(ARGS[2:]))
     tag = open(os.path.join(ROOT, 'bin', '.tag')).read()
     if NAME == 'py':
         command = ARGS[2]
