@@ -2444,3 +2444,53 @@ fn settings_that_are_not_python_are_refused_in_preflight() {
     );
     assert!(out.ok, "{out:#?}");
 }
+
+/// `dumps/` this user may not write (modes, not a read-only file system): the install belongs
+/// to `nobody`, who runs `migrate`, but dumps/ is root's 0755. Refused before anything, naming
+/// the user. Needs root to switch users (CI runs as root); elsewhere it says it is skipped.
+#[test]
+fn dumps_without_write_permission_are_refused_before_anything() {
+    use std::os::unix::process::CommandExt;
+    if skip() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: switching to `nobody` needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("a `nobody` user");
+    let repo = Repo::new("permdumps");
+    fn chown_all(path: &Path, uid: u32, gid: u32) {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+        if path.is_dir() && !path.is_symlink() {
+            for entry in fs::read_dir(path).unwrap() {
+                chown_all(&entry.unwrap().path(), uid, gid);
+            }
+        }
+    }
+    chown_all(&repo.root, nobody.uid.as_raw(), nobody.gid.as_raw());
+    let dumps = repo.root.join("dumps");
+    std::os::unix::fs::chown(&dumps, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&dumps, fs::Permissions::from_mode(0o755)).unwrap();
+    let before = snapshot(&repo.root);
+    let mut cmd = repo.command(&["migrate", "--engine", "copy"], None);
+    cmd.uid(nobody.uid.as_raw())
+        .gid(nobody.gid.as_raw())
+        .env("HOME", &repo.root);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "error: cannot write in dumps: this user (uid {}) may not write there",
+            nobody.uid
+        )) && stderr.contains("make it writable for this user")
+            && stderr.contains("nothing was touched"),
+        "{stderr}"
+    );
+    assert_eq!(snapshot(&repo.root), before, "files changed");
+    assert!(repo.calls().is_empty(), "a program ran");
+    assert!(!repo.target_exists(), "a database was created");
+}
