@@ -15,7 +15,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{dumps, flags, pgcluster::PgCluster, util};
+use crate::{dumps, flags, pgcluster::PgCluster, rehearse::Scratch, util};
 use report::{Results, Run, Size};
 
 pub use methods::{copy_worker, COPY_WORKER};
@@ -162,7 +162,7 @@ impl flags::Bench {
             std::env::temp_dir().join(format!("sentry-migrate-bench-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("logs"))?;
-        let scratch = Scratch {
+        let mut scratch = Scratch {
             path: root.clone(),
             keep: self.keep,
         };
@@ -187,24 +187,11 @@ impl flags::Bench {
         );
         if result.is_err() {
             println!("scratch kept for inspection: {}", root.display());
-            std::mem::forget(scratch);
+            scratch.keep = true;
         } else if self.keep {
             println!("scratch kept: {}", root.display());
         }
         result
-    }
-}
-
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = fs::remove_dir_all(&self.path);
-        }
     }
 }
 

@@ -69,9 +69,9 @@ fn default_cache() -> PathBuf {
 }
 
 /// The scratch folder: removed at the end unless `--keep`, kept after a failure for its logs.
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
+pub(crate) struct Scratch {
+    pub path: PathBuf,
+    pub keep: bool,
 }
 
 impl Drop for Scratch {
