@@ -2494,3 +2494,70 @@ fn dumps_without_write_permission_are_refused_before_anything() {
     assert!(repo.calls().is_empty(), "a program ran");
     assert!(!repo.target_exists(), "a database was created");
 }
+
+/// The disk beside the db fills up after preflight (which checked it had room): the backup
+/// fails saying so, naming the file, leaves no half-written backup behind and the source as it
+/// was; with room again, the same command makes the backup and finishes with the report of an
+/// uninterrupted run.
+#[test]
+fn a_full_disk_beside_the_db_fails_the_backup_and_the_same_command_finishes() {
+    if skip() {
+        return;
+    }
+    let args = ["migrate", "--engine", "copy"];
+    let reference = Repo::new("fullvarref");
+    add_events(&reference, 3000);
+    let out = reference.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    let expected = report_facts(&reference);
+
+    let repo = Repo::new("fullvar");
+    add_events(&repo, 3000);
+    let var = repo.root.join("var");
+    let db = var.join("sentry.db");
+    let original = fs::read(&db).unwrap();
+    fs::remove_file(&db).unwrap();
+    let size_kib = original.len() / 1024 + 1;
+    let Some(disk) = Tmpfs::mount(&var, &format!("size={}k,mode=0755", size_kib * 4)) else {
+        return;
+    };
+    fs::write(&db, &original).unwrap();
+    let out = repo.xtask(&[&args[..], &["--until", "preflight"]].concat(), None);
+    assert!(out.ok, "{out:#?}");
+    // Something else takes the room preflight saw, but 16 KiB.
+    let free = xtask::util::free_bytes(&var).unwrap();
+    fs::write(
+        var.join("other-data"),
+        vec![0u8; (free - 16 * 1024) as usize],
+    )
+    .unwrap();
+
+    let out = repo.xtask(&args, None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stdout.contains("[2/19] backup-sqlite … FAILED"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("no space left on device") && out.stderr.contains("sentry.db.backup-"),
+        "{}",
+        out.stderr
+    );
+    let leftovers: Vec<String> = fs::read_dir(&var)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("backup"))
+        .collect();
+    assert!(leftovers.is_empty(), "a half-written backup: {leftovers:?}");
+    assert!(!journal_has(&repo, "backup-sqlite"));
+    assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
+    assert!(!repo.target_exists(), "nothing reached PostgreSQL");
+
+    fs::remove_file(var.join("other-data")).unwrap();
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(report_facts(&repo), expected);
+    assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
+    drop(disk);
+}
