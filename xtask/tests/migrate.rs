@@ -2561,3 +2561,74 @@ fn a_full_disk_beside_the_db_fails_the_backup_and_the_same_command_finishes() {
     assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
     drop(disk);
 }
+
+/// SIGKILL in the middle of `backup-sqlite` (a db big enough for the copy to take a moment):
+/// no file is left under a backup's name unless it is a whole copy, and the same command makes
+/// the backup again (the interrupted copy removed) and ends with the report of an
+/// uninterrupted run.
+#[test]
+fn a_run_killed_in_the_middle_of_the_backup_leaves_no_partial_backup_and_resumes() {
+    if skip() {
+        return;
+    }
+    let args = ["migrate", "--engine", "copy"];
+    // 96 MiB in a table no model has (carried over by no engine, reported as SQLite-only).
+    let bloat = |repo: &Repo| {
+        rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE bloat (b blob); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 96) \
+                 INSERT INTO bloat SELECT zeroblob(1048576) FROM n",
+            )
+            .unwrap();
+    };
+    let reference = Repo::new("bkref");
+    bloat(&reference);
+    let out = reference.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    let expected = report_facts(&reference);
+
+    let repo = Repo::new("bkkill");
+    bloat(&repo);
+    let db = repo.root.join("var/sentry.db");
+    let original = fs::read(&db).unwrap();
+    let backups = |repo: &Repo| -> Vec<PathBuf> {
+        fs::read_dir(repo.root.join("var"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.to_string_lossy().contains("sentry.db.backup-"))
+            .collect()
+    };
+    kill_migrate_when(
+        &repo,
+        &args,
+        None,
+        nix::sys::signal::Signal::SIGKILL,
+        |repo| !backups(repo).is_empty(),
+    );
+    assert!(
+        !journal_has(&repo, "backup-sqlite"),
+        "killed after the step"
+    );
+    for path in backups(&repo) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.ends_with(".partial") || fs::read(&path).unwrap() == original,
+            "{name} is under a backup's name but not a whole copy"
+        );
+    }
+    assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
+
+    let out = repo.xtask(&args, None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(report_facts(&repo), expected);
+    assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
+    assert!(
+        backups(&repo)
+            .iter()
+            .all(|path| !path.to_string_lossy().ends_with(".partial")),
+        "the interrupted copy is gone: {:?}",
+        backups(&repo)
+    );
+}

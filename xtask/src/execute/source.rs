@@ -135,6 +135,9 @@ impl StepRunner<'_> {
 
     pub(super) fn backup(&mut self) -> Result<Outputs> {
         let source = &self.config.sqlite_path;
+        // A run killed in the middle of this step left its copy under a partial name: never
+        // a backup's. It is ours (the name says so) and incomplete: gone.
+        remove_partial_backups(source)?;
         let stamp = util::utc_timestamp(util::unix_now()).replace([':', '-'], "");
         let mut backup = util::sibling(source, &format!(".backup-{stamp}"));
         let mut n = 2;
@@ -142,6 +145,9 @@ impl StepRunner<'_> {
             backup = util::sibling(source, &format!(".backup-{stamp}-{n}"));
             n += 1;
         }
+        // Written, synced and checked under a partial name, then renamed: a file under a
+        // backup's name is always a whole, verified copy, even after a SIGKILL or a power cut.
+        let partial = util::sibling(&backup, PARTIAL_BACKUP);
         {
             let mut input = fs::File::open(source)
                 .with_context(|| format!("cannot read {}", source.display()))?;
@@ -152,24 +158,36 @@ impl StepRunner<'_> {
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&backup)
-                .with_context(|| format!("cannot create the backup {}", backup.display()))?;
+                .open(&partial)
+                .with_context(|| format!("cannot create the backup {}", partial.display()))?;
             if let Err(err) = std::io::copy(&mut input, &mut output).and_then(|_| output.sync_all())
             {
-                // Never left under a backup's name half written.
-                let _ = fs::remove_file(&backup);
+                let _ = fs::remove_file(&partial);
                 return Err(util::write_error(&backup, err));
             }
             output.set_permissions(fs::Permissions::from_mode(source_mode))?;
         }
-        sqlite::check_integrity(&backup, true)
-            .context("the backup copy fails its integrity check")?;
+        if let Err(err) = sqlite::check_integrity(&partial, true) {
+            let _ = fs::remove_file(&partial);
+            return Err(err.context("the backup copy fails its integrity check"));
+        }
         let source_hash = util::sha256_file(source)?;
-        let backup_hash = util::sha256_file(&backup)?;
-        ensure!(
-            source_hash == backup_hash,
-            "the backup differs from the source (was the db written during the copy?)"
-        );
+        let backup_hash = util::sha256_file(&partial)?;
+        if source_hash != backup_hash {
+            let _ = fs::remove_file(&partial);
+            bail!("the backup differs from the source (was the db written during the copy?)");
+        }
+        fs::rename(&partial, &backup).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                partial.display(),
+                backup.display()
+            )
+        })?;
+        if let Some(dir) = backup.parent() {
+            // The rename itself made durable.
+            let _ = fs::File::open(dir).and_then(|dir| dir.sync_all());
+        }
         let path = self.config.display_path(&backup);
         self.journal.source_sha256 = Some(source_hash.clone());
         self.journal.backup = Some(Backup {
@@ -190,7 +208,6 @@ impl StepRunner<'_> {
         Ok(Outputs::new())
     }
 
-    /// Every table the dumps (or a load engine) carry over: the models' and their m2m tables.
     /// The settings files Sentry will execute, compiled by the install's own Python 2.7
     /// (`bin/py`, there on an installed Sentry 4): a syntax error is known before anything is
     /// touched, not at `sqlite-upgrade` after the backup. Without bin/py yet, the check is
@@ -249,6 +266,7 @@ impl StepRunner<'_> {
         Ok(bad)
     }
 
+    /// Every table the dumps (or a load engine) carry over: the models' and their m2m tables.
     pub(super) fn model_tables(&self) -> Result<Vec<String>> {
         let models = with_remedy(
             dumps::read_models(&self.config.models_json()),
@@ -495,4 +513,30 @@ impl StepRunner<'_> {
         }
         Ok(())
     }
+}
+
+/// The suffix a backup has while it is written.
+const PARTIAL_BACKUP: &str = ".partial";
+
+/// Removes `<db>.backup-*.partial`: copies an interrupted `backup-sqlite` left.
+fn remove_partial_backups(source: &Path) -> Result<()> {
+    let (Some(dir), Some(name)) = (source.parent(), source.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!("{}.backup-", name.to_string_lossy());
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        if file.starts_with(&prefix) && file.ends_with(PARTIAL_BACKUP) {
+            fs::remove_file(&path).with_context(|| {
+                format!("cannot remove the interrupted backup {}", path.display())
+            })?;
+        }
+    }
+    Ok(())
 }
