@@ -7,7 +7,8 @@ xflags::xflags! {
     ///
     /// Tasks: `migrate` (the whole runbook), `rollback` (back to Sentry 4 on SQLite),
     /// `switch-settings` (point settings_local.py at a db), `rehearse` (the whole migration on
-    /// the real stack, on throwaway data).
+    /// the real stack, on throwaway data), `bench` (the engines against pgloader and a COPY
+    /// floor on scaled real data).
     /// PostgreSQL connection as libpq takes it: PGHOST (a host or a socket folder), PGPORT, PGUSER,
     /// PGDATABASE, PGSSLMODE, PGSSLROOTCERT, or --database-url without a password; the password
     /// from ~/.pgpass (or PGPASSFILE; recommended) or PGPASSWORD, never from the command line.

@@ -214,12 +214,14 @@ fn bench(
     print!(
         "[1/3] a real Sentry 4.10 db: provision, install, seed {SEED_EVENTS} events over HTTP … "
     );
+    flush();
     let phase = Instant::now();
     let install = crate::rehearse::seeded_install(repo, cache, root, SEED_EVENTS)?;
     let (toolchain_env, zone) = (install.env, install.zone);
     println!("ok ({})", util::human_duration(phase.elapsed()));
 
     print!("[2/3] PostgreSQL, and Sentry 4.10's schema on it (`migrate --fit-values --until pg-clear-generated-rows`) … ");
+    flush();
     let phase = Instant::now();
     let sh = Shell::new()?;
     let mut cluster = PgCluster::start(&sh, &root.join("pg"))?;
@@ -404,6 +406,11 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
             )
         }),
     })
+}
+
+/// Shows a `print!`ed "step … " before the step's work starts.
+fn flush() {
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 fn one_line(run: &Run) -> String {
