@@ -22,6 +22,17 @@ pub struct ModelInfo {
     pub m2m: BTreeMap<String, String>,
 }
 
+/// Every table the models fill, their m2m tables included, sorted, each once.
+pub fn model_tables(models: &[ModelInfo]) -> Vec<String> {
+    let mut tables: Vec<String> = models
+        .iter()
+        .flat_map(|m| std::iter::once(m.table.clone()).chain(m.m2m.values().cloned()))
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables
+}
+
 pub fn read_models(path: &Path) -> Result<Vec<ModelInfo>> {
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

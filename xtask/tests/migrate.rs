@@ -2171,6 +2171,13 @@ impl Tmpfs {
     }
 }
 
+/// Something else takes all the room on `dir`'s file system but `keep` bytes
+/// (`dir/other-data`).
+fn fill_all_but(dir: &Path, keep: u64) {
+    let free = xtask::util::free_bytes(dir).unwrap();
+    fs::write(dir.join("other-data"), vec![0u8; (free - keep) as usize]).unwrap();
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
@@ -2244,12 +2251,7 @@ fn a_full_disk_while_dumping_is_named_and_the_same_command_finishes() {
     let out = repo.xtask(&[&args[..], &["--until", "dump-auth"]].concat(), None);
     assert!(out.ok, "{out:#?}");
     // Something else fills the disk but 16 KiB: the step's log fits, the main dump does not.
-    let free = xtask::util::free_bytes(&dumps).unwrap();
-    fs::write(
-        dumps.join("other-data"),
-        vec![0u8; (free - 16 * 1024) as usize],
-    )
-    .unwrap();
+    fill_all_but(&dumps, 16 * 1024);
 
     let out = repo.xtask(&args, None);
     assert!(!out.ok, "{out:#?}");
@@ -2525,12 +2527,7 @@ fn a_full_disk_beside_the_db_fails_the_backup_and_the_same_command_finishes() {
     let out = repo.xtask(&[&args[..], &["--until", "preflight"]].concat(), None);
     assert!(out.ok, "{out:#?}");
     // Something else takes the room preflight saw, but 16 KiB.
-    let free = xtask::util::free_bytes(&var).unwrap();
-    fs::write(
-        var.join("other-data"),
-        vec![0u8; (free - 16 * 1024) as usize],
-    )
-    .unwrap();
+    fill_all_but(&var, 16 * 1024);
 
     let out = repo.xtask(&args, None);
     assert!(!out.ok, "{out:#?}");

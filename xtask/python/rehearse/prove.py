@@ -10,15 +10,13 @@ event with the installed raven to the migrated key, creates a project. Prints JS
 import cookielib
 import json
 import os
-import re
 import sys
 import time
-import urllib
 import urllib2
 import urlparse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sentry_setup import configure
+from sentry_setup import configure, login
 
 
 def main():
@@ -29,14 +27,9 @@ def main():
 
     jar = cookielib.CookieJar()
     opener = urllib2.build_opener(urllib2.HTTPCookieProcessor(jar))
-    page = opener.open(base + '/login/').read()
-    token = re.search(r"name='csrfmiddlewaretoken' value='([^']+)'", page) or re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    form = {'username': state['login']['username'], 'password': state['login']['password'],
-            'csrfmiddlewaretoken': token.group(1) if token else ''}
-    request = urllib2.Request(base + '/login/', urllib.urlencode(form), {'Referer': base + '/login/'})
-    response = opener.open(request)
-    facts['login_final_url'] = response.geturl()
-    facts['login_ok'] = '/login/' not in response.geturl() and any(c.name == 'sentrysid' or 'session' in c.name for c in jar)
+    landed = login(opener, base, state['login']['username'], state['login']['password'])
+    facts['login_final_url'] = landed
+    facts['login_ok'] = '/login/' not in landed and any(c.name == 'sentrysid' or 'session' in c.name for c in jar)
 
     stream = opener.open('%s/%s/%s/' % (base, state['team'], state['project'])).read()
     facts['stream_ok'] = state['expect'].encode('utf-8') in stream or state['expect'] in stream.decode('utf-8', 'replace')

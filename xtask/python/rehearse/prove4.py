@@ -9,13 +9,11 @@ Prints JSON facts.
 import cookielib
 import json
 import os
-import re
 import sys
-import urllib
 import urllib2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sentry_setup import configure
+from sentry_setup import configure, login
 
 
 def main():
@@ -31,13 +29,8 @@ def main():
 
     jar = cookielib.CookieJar()
     opener = urllib2.build_opener(urllib2.HTTPCookieProcessor(jar))
-    page = opener.open(base + '/login/').read()
-    token = re.search(r"name='csrfmiddlewaretoken' value='([^']+)'", page) or re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    form = {'username': state['login']['username'], 'password': state['login']['password'],
-            'csrfmiddlewaretoken': token.group(1) if token else ''}
-    request = urllib2.Request(base + '/login/', urllib.urlencode(form), {'Referer': base + '/login/'})
-    response = opener.open(request)
-    facts['login_ok'] = '/login/' not in response.geturl()
+    landed = login(opener, base, state['login']['username'], state['login']['password'])
+    facts['login_ok'] = '/login/' not in landed
 
     # Sentry 4's stream lives at /<project>/ (slug or id, as the version routes it).
     facts['stream_ok'] = False

@@ -16,22 +16,11 @@ import os
 import re
 import sys
 import time
-import urllib
 import urllib2
 import urlparse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sentry_setup import configure
-
-
-def login(opener, base, username, password):
-    page = opener.open(base + '/login/').read()
-    token = re.search(r"name='csrfmiddlewaretoken' value='([^']+)'", page) or re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
-    form = {'username': username.encode('utf-8'), 'password': password,
-            'csrfmiddlewaretoken': token.group(1) if token else ''}
-    request = urllib2.Request(base + '/login/', urllib.urlencode(form), {'Referer': base + '/login/'})
-    response = opener.open(request)
-    return response.geturl()
+from sentry_setup import configure, login
 
 
 def main():

@@ -433,12 +433,7 @@ fn one_line(run: &Run) -> String {
 }
 
 fn model_tables(models_json: &Path) -> Result<Vec<String>> {
-    let mut tables: Vec<String> = dumps::read_models(models_json)?
-        .iter()
-        .flat_map(|m| std::iter::once(m.table.clone()).chain(m.m2m.values().cloned()))
-        .collect();
-    tables.sort();
-    tables.dedup();
+    let tables = dumps::model_tables(&dumps::read_models(models_json)?);
     for table in &tables {
         crate::config::validate_identifier("the model table", table)?;
     }

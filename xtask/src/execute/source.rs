@@ -272,13 +272,7 @@ impl StepRunner<'_> {
             dumps::read_models(&self.config.models_json()),
             self.resume.redo(StepId::InspectModels),
         )?;
-        let mut tables: Vec<String> = models
-            .iter()
-            .flat_map(|m| std::iter::once(m.table.clone()).chain(m.m2m.values().cloned()))
-            .collect();
-        tables.sort();
-        tables.dedup();
-        Ok(tables)
+        Ok(dumps::model_tables(&models))
     }
 
     pub(super) fn scan_values(&mut self, fit: bool) -> Result<()> {
