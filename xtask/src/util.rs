@@ -113,6 +113,27 @@ pub fn write_error(path: &Path, err: std::io::Error) -> anyhow::Error {
     anyhow::Error::new(err).context(format!("cannot write {}", path.display()))
 }
 
+/// Copies `from` to the new file `to` (0600 while written, never over an existing file) and
+/// syncs it; returns `from`'s permission bits. A failed copy removes `to` and is reported by
+/// [`write_error`] under `shown` (the name the user knows the file by).
+pub fn copy_synced(from: &Path, to: &Path, shown: &Path) -> Result<u32> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut input =
+        fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let mode = input.metadata()?.permissions().mode() & 0o777;
+    let mut output = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)
+        .with_context(|| format!("cannot create {}", to.display()))?;
+    if let Err(err) = std::io::copy(&mut input, &mut output).and_then(|_| output.sync_all()) {
+        let _ = fs::remove_file(to);
+        return Err(write_error(shown, err));
+    }
+    Ok(mode)
+}
+
 /// Bytes an unprivileged user may still write on the file system holding `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64> {
     let stat = nix::sys::statvfs::statvfs(dir).with_context(|| {

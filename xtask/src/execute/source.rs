@@ -148,25 +148,10 @@ impl StepRunner<'_> {
         // Written, synced and checked under a partial name, then renamed: a file under a
         // backup's name is always a whole, verified copy, even after a SIGKILL or a power cut.
         let partial = util::sibling(&backup, PARTIAL_BACKUP);
-        {
-            let mut input = fs::File::open(source)
-                .with_context(|| format!("cannot read {}", source.display()))?;
-            // Private while it is written, then the source's mode: never readable by more
-            // people than the db itself.
-            let source_mode = input.metadata()?.permissions().mode() & 0o777;
-            let mut output = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&partial)
-                .with_context(|| format!("cannot create the backup {}", partial.display()))?;
-            if let Err(err) = std::io::copy(&mut input, &mut output).and_then(|_| output.sync_all())
-            {
-                let _ = fs::remove_file(&partial);
-                return Err(util::write_error(&backup, err));
-            }
-            output.set_permissions(fs::Permissions::from_mode(source_mode))?;
-        }
+        // Private while it is written, then the source's mode: never readable by more people
+        // than the db itself.
+        let source_mode = util::copy_synced(source, &partial, &backup)?;
+        fs::set_permissions(&partial, fs::Permissions::from_mode(source_mode))?;
         if let Err(err) = sqlite::check_integrity(&partial, true) {
             let _ = fs::remove_file(&partial);
             return Err(err.context("the backup copy fails its integrity check"));
@@ -325,19 +310,7 @@ impl StepRunner<'_> {
         let working = config.root.join(working_copy);
         let partial = util::sibling(&working, ".partial");
         let _ = fs::remove_file(&partial);
-        {
-            let mut input = fs::File::open(&config.sqlite_path)
-                .with_context(|| format!("cannot read {}", config.sqlite_path.display()))?;
-            let mut output = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&partial)
-                .with_context(|| format!("cannot create the working copy {}", partial.display()))?;
-            std::io::copy(&mut input, &mut output)
-                .and_then(|_| output.sync_all())
-                .map_err(|err| util::write_error(&partial, err))?;
-        }
+        util::copy_synced(&config.sqlite_path, &partial, &partial)?;
         let tables = self.model_tables()?;
         let scan = values::scan(&partial, &tables)?;
         let fit = values::fit(&partial, &scan)?;
