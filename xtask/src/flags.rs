@@ -204,3 +204,57 @@ impl FromStr for DbKind {
         }
     }
 }
+
+/// The part of xflags' help text `args` asked for: `migrate --help` gets the `xtask migrate`
+/// section alone (xflags prints every task's), anything else the whole text.
+pub fn help_for(help: &str, args: &[std::ffi::OsString]) -> String {
+    let task = args
+        .first()
+        .and_then(|it| it.to_str())
+        .filter(|it| !it.starts_with('-'));
+    let Some(task) = task else {
+        return help.to_string();
+    };
+    let header = format!("\nxtask {task}\n");
+    let Some(start) = help.find(&header) else {
+        return help.to_string();
+    };
+    let section = &help[start + 1..];
+    let end = section.find("\n\nxtask ").map_or(section.len(), |end| end + 1);
+    format!(
+        "{}\nThe PostgreSQL connection and the other tasks: `cargo xtask --help`.\n",
+        section[..end].trim_end()
+    )
+}
+
+/// What `--version` prints.
+pub fn version() -> String {
+    format!("sentry-migrate {}", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help(args: &[&str]) -> String {
+        let args: Vec<std::ffi::OsString> = args.iter().map(|it| it.into()).collect();
+        let err = Xtask::from_vec(args.clone()).unwrap_err();
+        assert!(err.is_help());
+        help_for(&err.to_string(), &args)
+    }
+
+    #[test]
+    fn a_task_s_help_is_that_task_s_alone() {
+        let migrate = help(&["migrate", "--help"]);
+        assert!(migrate.starts_with("xtask migrate\n"), "{migrate}");
+        assert!(migrate.contains("--dry-run") && migrate.contains("--engine"));
+        assert!(!migrate.contains("xtask rollback"), "{migrate}");
+        assert!(migrate.ends_with("`cargo xtask --help`.\n"));
+        let last = help(&["switch-settings", "--help"]);
+        assert!(last.starts_with("xtask switch-settings\n") && last.contains("--sqlite"));
+        assert!(!last.contains("xtask bench"));
+        let all = help(&["--help"]);
+        assert!(all.contains("xtask migrate") && all.contains("xtask rollback"));
+        assert!(all.contains("PGHOST"));
+    }
+}

@@ -21,15 +21,19 @@ fn try_main() -> anyhow::Result<()> {
     {
         return xtask::bench::copy_worker(&args[1..]);
     }
+    if args.first().is_some_and(|it| it == "--version" || it == "-V") {
+        println!("{}", flags::version());
+        return Ok(());
+    }
     let args = if args.is_empty() {
         vec!["--help".into()]
     } else {
         args
     };
-    let flags = match flags::Xtask::from_vec(args) {
+    let flags = match flags::Xtask::from_vec(args.clone()) {
         Ok(flags) => flags,
         Err(err) if err.is_help() => {
-            print!("{err}");
+            print!("{}", flags::help_for(&err.to_string(), &args));
             return Ok(());
         }
         Err(err) => anyhow::bail!("{err}\nrun `cargo xtask --help` for the list of tasks"),

@@ -294,6 +294,40 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
     assert_eq!(snapshot(&repo.root), before, "the dry run changed files");
     assert!(repo.calls().is_empty(), "the dry run ran a program");
 }
+
+#[test]
+fn the_dry_run_warns_of_what_preflight_will_stop_on() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("drywarn");
+    let out = repo.xtask(&["migrate", "--dry-run"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(!out.stdout.contains("preflight will stop"), "{}", out.stdout);
+
+    fs::remove_file(repo.root.join("var/sentry.db")).unwrap();
+    fs::remove_file(repo.root.join("bin/buildout")).unwrap();
+    fs::write(repo.root.join("settings/sentry_conf.py"), "# no zone\n").unwrap();
+    let out = repo.xtask(&["migrate", "--dry-run"], None);
+    assert!(out.ok, "{out:#?}");
+    for line in [
+        "warning: preflight will stop on:",
+        "  - bin/buildout is missing: bootstrap buildout in this repo first",
+        "/var/sentry.db does not exist: pass its path with --sqlite PATH",
+        "TIME_ZONE is not set in the settings: migrate stops in preflight",
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
+    // Preflight stops on the same two, in the same words.
+    let out = repo.xtask(&["migrate"], None);
+    assert!(!out.ok);
+    assert!(out.stderr.contains("bin/buildout is missing"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/var/sentry.db does not exist"),
+        "{}",
+        out.stderr
+    );
+}
 #[test]
 fn a_second_migrate_is_refused_while_one_runs() {
     if skip() {

@@ -154,6 +154,13 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             }
         );
         print!("{}", plan::render(&steps, config));
+        let missing = source::missing_files(config);
+        if !missing.is_empty() {
+            println!("\nwarning: preflight will stop on:");
+            for problem in &missing {
+                println!("  - {problem}");
+            }
+        }
         if let Some(journal) = &existing {
             let done: Vec<_> = steps
                 .iter()

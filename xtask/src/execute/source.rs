@@ -8,40 +8,24 @@ use xshell::cmd;
 impl StepRunner<'_> {
     pub(super) fn preflight(&mut self, limits: &plan::Limits) -> Result<()> {
         let config = self.config;
-        let mut problems: Vec<String> = Vec::new();
-        if !config.bin("buildout").exists() {
-            problems.push(
-                "bin/buildout is missing: bootstrap buildout in this repo first (README, `Setup`)"
-                    .into(),
-            );
-        }
-        for (path, what) in [
-            (&config.tag1_cfg, "tag 1 buildout config (--tag1)"),
-            (&config.tag2_cfg, "tag 2 buildout config (--tag2)"),
-            (&config.settings_py(), "Sentry settings"),
-            (&config.helper_py(), "load helper"),
-        ] {
-            if !path.exists() {
-                problems.push(format!(
-                    "{} is missing: the {what}",
-                    config.display_path(path)
-                ));
-            }
-        }
+        let mut problems = missing_files(config);
         problems.extend(self.settings_syntax()?);
         let db = &config.sqlite_path;
-        match sqlite::check_integrity(db, false)
-            .and_then(|()| sqlite::check_sentry4(db, limits.last_sentry4_migration))
-        {
-            Ok(info) => {
-                let _ = writeln!(
-                    self.log()?,
-                    "sqlite: {} tables, sentry migration {:04}",
-                    info.tables,
-                    info.latest_migration
-                );
+        // A missing db is named by `missing_files`.
+        if db.exists() {
+            match sqlite::check_integrity(db, false)
+                .and_then(|()| sqlite::check_sentry4(db, limits.last_sentry4_migration))
+            {
+                Ok(info) => {
+                    let _ = writeln!(
+                        self.log()?,
+                        "sqlite: {} tables, sentry migration {:04}",
+                        info.tables,
+                        info.latest_migration
+                    );
+                }
+                Err(err) => problems.push(format!("{err:#}")),
             }
-            Err(err) => problems.push(format!("{err:#}")),
         }
         for suffix in ["-journal", "-wal"] {
             let hot = util::sibling(db, suffix);
@@ -506,4 +490,36 @@ fn remove_partial_backups(source: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The files preflight needs that are not there, each in words: preflight stops on them, and
+/// the dry run warns of them.
+pub(super) fn missing_files(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !config.bin("buildout").exists() {
+        problems.push(
+            "bin/buildout is missing: bootstrap buildout in this repo first (README, `Setup`)"
+                .into(),
+        );
+    }
+    if !config.sqlite_path.exists() {
+        problems.push(format!(
+            "SQLite database {} does not exist: pass its path with --sqlite PATH",
+            config.sqlite_path.display()
+        ));
+    }
+    for (path, what) in [
+        (&config.tag1_cfg, "tag 1 buildout config (--tag1)"),
+        (&config.tag2_cfg, "tag 2 buildout config (--tag2)"),
+        (&config.settings_py(), "Sentry settings"),
+        (&config.helper_py(), "load helper"),
+    ] {
+        if !path.exists() {
+            problems.push(format!(
+                "{} is missing: the {what}",
+                config.display_path(path)
+            ));
+        }
+    }
+    problems
 }
