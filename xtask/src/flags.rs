@@ -220,7 +220,9 @@ pub fn help_for(help: &str, args: &[std::ffi::OsString]) -> String {
         return help.to_string();
     };
     let section = &help[start + 1..];
-    let end = section.find("\n\nxtask ").map_or(section.len(), |end| end + 1);
+    let end = section
+        .find("\n\nxtask ")
+        .map_or(section.len(), |end| end + 1);
     format!(
         "{}\nThe PostgreSQL connection and the other tasks: `cargo xtask --help`.\n",
         section[..end].trim_end()

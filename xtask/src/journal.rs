@@ -90,6 +90,10 @@ pub struct Journal {
     /// The candidates that Sentry 6's upgrade merged away.
     #[serde(default)]
     pub merged_groups: Vec<i64>,
+    /// Per project, the groups Sentry 6's stream hides by default (last seen more than 5 days
+    /// before the cut-over), read after its upgrade.
+    #[serde(default)]
+    pub streams: Vec<crate::streams::Stream>,
     #[serde(default)]
     pub sentry6_counts: BTreeMap<String, u64>,
     #[serde(default)]

@@ -19,6 +19,7 @@ pub mod rollback;
 pub mod sentry;
 pub mod settings;
 pub mod sqlite;
+pub mod streams;
 pub mod util;
 pub mod values;
 pub mod verify;

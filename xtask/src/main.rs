@@ -21,7 +21,10 @@ fn try_main() -> anyhow::Result<()> {
     {
         return xtask::bench::copy_worker(&args[1..]);
     }
-    if args.first().is_some_and(|it| it == "--version" || it == "-V") {
+    if args
+        .first()
+        .is_some_and(|it| it == "--version" || it == "-V")
+    {
         println!("{}", flags::version());
         return Ok(());
     }

@@ -189,6 +189,17 @@ pub fn markdown(journal: &Journal) -> String {
             }
         }
     }
+    let hidden = crate::streams::notes(&journal.streams);
+    if !hidden.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Sentry 6's event stream\n\nSentry 6 lists only groups seen in the last {} days unless the stream's URL gives a date:\n",
+            crate::streams::DEFAULT_WINDOW_DAYS
+        );
+        for note in hidden {
+            let _ = writeln!(out, "- {note}");
+        }
+    }
     if !journal.sequences.is_empty() {
         let behind: Vec<_> = journal.sequences.iter().filter(|s| s.is_behind()).collect();
         let _ = writeln!(

@@ -94,6 +94,20 @@ fn full_migration_verifies_every_phase_and_reports() {
     assert_eq!(next, 5, "the sequence is past the migrated ids");
 
     let report = fs::read_to_string(repo.root.join("dumps/report.md")).unwrap();
+    // The fake's events are from 2013: Sentry 6's stream (5 days by default) hides them all.
+    for line in [
+        "## Sentry 6's event stream",
+        "- web (id 3): 1 of 1 groups last seen more than 5 days ago are not on its stream by default",
+        "- api (id 4): 1 of 1 groups",
+        "it has no team, so Sentry 6 gives it no stream page",
+    ] {
+        assert!(report.contains(line), "{line}: {report}");
+    }
+    assert!(
+        out.stdout.contains("  stream: web (id 3): 1 of 1 groups"),
+        "{}",
+        out.stdout
+    );
     assert!(
         report.contains("| auth_message | 2 | - | - | - |"),
         "{report}"
@@ -303,7 +317,11 @@ fn the_dry_run_warns_of_what_preflight_will_stop_on() {
     let repo = Repo::new("drywarn");
     let out = repo.xtask(&["migrate", "--dry-run"], None);
     assert!(out.ok, "{out:#?}");
-    assert!(!out.stdout.contains("preflight will stop"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains("preflight will stop"),
+        "{}",
+        out.stdout
+    );
 
     fs::remove_file(repo.root.join("var/sentry.db")).unwrap();
     fs::remove_file(repo.root.join("bin/buildout")).unwrap();
@@ -321,7 +339,11 @@ fn the_dry_run_warns_of_what_preflight_will_stop_on() {
     // Preflight stops on the same two, in the same words.
     let out = repo.xtask(&["migrate"], None);
     assert!(!out.ok);
-    assert!(out.stderr.contains("bin/buildout is missing"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("bin/buildout is missing"),
+        "{}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains("/var/sentry.db does not exist"),
         "{}",

@@ -556,6 +556,9 @@ fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
         let short: String = backup.sha256.chars().take(16).collect();
         println!("  backup: {} (sha256 {short}…)", backup.path);
     }
+    for note in crate::streams::notes(&journal.streams) {
+        println!("  stream: {note}");
+    }
     println!(
         "\nreport: {}",
         config.display_path(&config.dumps_dir().join("report.md"))

@@ -183,6 +183,7 @@ impl StepRunner<'_> {
         };
         let checks = verify::sentry6_vs_loaded(&self.journal.postgres_counts, &counts, &facts);
         self.journal.merged_groups = outcome.merged;
+        self.journal.streams = crate::streams::read(&mut client)?;
         self.journal.sentry6_counts = counts;
         self.finish_check(
             "sentry6-vs-postgres",

@@ -222,11 +222,12 @@ fn rehearse(
     let sh = Shell::new()?;
     sh.change_dir(root);
 
-    let toolchain = phases.run("provision", || {
+    let (toolchain, browser) = phases.run("provision", || {
         let toolchain = provision::toolchain(&sh, cache, &logs)?;
+        let browser = provision::browser(&sh, cache, &repo.join(BROWSER_REQUIREMENTS), &logs)?;
         copy_repo_files(repo, root, Some(REHEARSAL_ZONE))?;
         provision::bootstrap(&sh, &toolchain, root, &logs)?;
-        Ok(toolchain)
+        Ok((toolchain, browser))
     })?;
     for (key, value) in toolchain.env() {
         sh.set_var(key, value);
@@ -284,7 +285,9 @@ fn rehearse(
     })?;
 
     let mut facts = phases.run("prove-sentry6", || {
-        prove_sentry6(&sh, root, &logs, &cluster, &seeded)
+        let mut facts = prove_sentry6(&sh, root, &logs, &cluster, &seeded)?;
+        facts["browser"] = look_in_browser(&sh, root, &logs, &browser, &seeded, !long_lived)?;
+        Ok(facts)
     })?;
     // The way back, as a user takes it (the plain rehearsal only: CI time).
     if !long_lived {
@@ -1442,6 +1445,108 @@ fn max_id(client: &mut postgres::Client, table: &str) -> Result<i64> {
     );
     Ok(client.query_one(&sql, &[])?.get(0))
 }
+
+/// The pinned selenium and its dependencies for `browse.py`.
+const BROWSER_REQUIREMENTS: &str = "xtask/python/rehearse/browser-requirements.txt";
+
+/// Sentry 6 as a person sees it, in headless Chromium (`browse.py`): log in with the migrated
+/// password; the project's stream lists migrated events and its first group's page renders
+/// them; a project whose groups were last seen weeks ago hides them on its default stream
+/// (Sentry 6's 5 days) and the URL the report gives (`streams::SHOW_ALL_QUERY`) lists them.
+/// No page may log a script error; a screenshot of each is kept in `logs/browser/`. With
+/// `quiet_required`, the rehearsal's quiet group must be among the hidden ones.
+fn look_in_browser(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    browser: &provision::Browser,
+    seeded: &Seeded,
+    quiet_required: bool,
+) -> Result<serde_json::Value> {
+    let journal = Journal::load(&root.join("dumps/journal.json"))?
+        .context("no dumps/journal.json after `migrate`")?;
+    let mut pages = vec![serde_json::json!({
+        "name": "stream",
+        "path": format!("/{}/{}/", seeded.state["team"].as_str().unwrap_or_default(), seeded.state["project"].as_str().unwrap_or_default()),
+        "expect": [seeded.state["expect"]],
+        "open_first_group": true,
+    })];
+    let quiet = journal
+        .streams
+        .iter()
+        .find(|stream| stream.hidden > 0 && stream.path.is_some());
+    match (quiet, quiet_required) {
+        (Some(stream), _) => {
+            let path = stream.path.clone().unwrap_or_default();
+            pages.push(serde_json::json!({
+                "name": "stream-default-window",
+                "path": path,
+                "absent": [QUIET_MESSAGE],
+            }));
+            pages.push(serde_json::json!({
+                "name": "stream-show-all",
+                "path": stream.show_all(),
+                "expect": [QUIET_MESSAGE],
+            }));
+        }
+        (None, true) => bail!(
+            "the report counts no project whose stream hides groups, but the rehearsal sent events dated 30 days ago ({QUIET_MESSAGE}…): streams {:?}",
+            journal.streams
+        ),
+        (None, false) => {}
+    }
+    let state = serde_json::json!({ "login": seeded.state["login"], "pages": pages });
+    let state_path = root.join("browse-state.json");
+    // The migrated user's password: the owner's only.
+    util::write_atomic(
+        &state_path,
+        serde_json::to_string(&state)?.as_bytes(),
+        0o600,
+    )?;
+    let shots = logs.join("browser");
+    let port = util::free_port()?;
+    let out = {
+        let _server = sentry6_server(sh, port, &logs.join("sentry6-web-browser.log"))?;
+        let base = format!("http://127.0.0.1:{port}");
+        let python = &browser.python;
+        log_run(
+            cmd!(
+                sh,
+                "{python} xtask/python/rehearse/browse.py {base} {state_path} {shots}"
+            )
+            // Python 2.7's private libraries are not Chromium's.
+            .env_remove("LD_LIBRARY_PATH")
+            .env("CHROMIUM", &browser.chromium)
+            .env("CHROMEDRIVER", &browser.chromedriver),
+            &logs.join("browser.log"),
+        )?
+    };
+    let facts: serde_json::Value = serde_json::from_str(out.trim())
+        .context("browse.py printed no JSON (see logs/browser.log)")?;
+    ensure!(
+        facts["ok"] == true,
+        "Sentry 6 in a real browser: a page did not show what it should or logged a script error (screenshots in {}): {facts}",
+        shots.display()
+    );
+    let shown: Vec<&str> = pages
+        .iter()
+        .filter_map(|page| page["name"].as_str())
+        .collect();
+    println!(
+        "    in headless Chromium: logged in, {} without a script error{}; screenshots in {}",
+        shown.join(", "),
+        if quiet.is_some() {
+            ": the quiet group hidden on the default stream, listed with ?df="
+        } else {
+            ""
+        },
+        shots.display()
+    );
+    Ok(facts)
+}
+
+/// The text of the rehearsal's quiet group (send_events.py), dated 30 days before the cut-over.
+const QUIET_MESSAGE: &str = "quiet message";
 
 fn prove_sentry6(
     sh: &Shell,

@@ -244,3 +244,49 @@ mod tests {
         assert!(bullseye_sources("Types: deb\nSuites: jammy\n").is_err());
     }
 }
+
+/// A real browser for the Sentry 6 proof: Debian's Chromium and its WebDriver, driven by
+/// selenium from a Python 3 virtualenv in the cache (`xtask/python/rehearse/browse.py`).
+pub struct Browser {
+    pub python: PathBuf,
+    pub chromium: PathBuf,
+    pub chromedriver: PathBuf,
+}
+
+/// Finds Chromium and chromedriver (`CHROMIUM`, `CHROMEDRIVER`, or Debian's paths) and makes
+/// the selenium virtualenv from the pinned `requirements` file, remade when the file changes.
+pub fn browser(sh: &Shell, cache: &Path, requirements: &Path, logs: &Path) -> Result<Browser> {
+    let program = |var: &str, default: &str| {
+        std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
+    };
+    let chromium = program("CHROMIUM", "/usr/bin/chromium");
+    let chromedriver = program("CHROMEDRIVER", "/usr/bin/chromedriver");
+    for path in [&chromium, &chromedriver] {
+        if !path.exists() {
+            bail!(
+                "{} is missing: the rehearsal looks at Sentry 6 in a real headless browser (apt-get install chromium chromium-driver, or set CHROMIUM and CHROMEDRIVER)",
+                path.display()
+            );
+        }
+    }
+    let pinned = fs::read_to_string(requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let venv = cache.join("browser-py3");
+    let stamp = venv.join("requirements.txt");
+    let python = venv.join("bin/python");
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(pinned.as_str()) {
+        let log = logs.join("provision-browser.log");
+        let _ = fs::remove_dir_all(&venv);
+        log_run(cmd!(sh, "python3 -m venv {venv}"), &log)
+            .context("python3 -m venv failed (apt-get install python3-venv)")?;
+        let pip = venv.join("bin/pip");
+        log_run(cmd!(sh, "{pip} install -q -r {requirements}"), &log)
+            .with_context(|| format!("pip install -r {} failed", requirements.display()))?;
+        fs::write(&stamp, &pinned)?;
+    }
+    Ok(Browser {
+        python,
+        chromium,
+        chromedriver,
+    })
+}

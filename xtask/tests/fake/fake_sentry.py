@@ -213,7 +213,18 @@ def main():
             if FAIL == 'upgrade6-loses':
                 merge += "DELETE FROM sentry_message WHERE id = (SELECT max(id) FROM sentry_message);"
                 merge += "DELETE FROM sentry_groupbookmark WHERE id = (SELECT max(id) FROM sentry_groupbookmark);"
-            psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;"
+            # Like Sentry 6's schema: slugs for teams and projects, a project's team, a
+            # group's last_seen (here its newest event's time).
+            schema6 = """
+                ALTER TABLE sentry_team ADD COLUMN slug varchar(50);
+                UPDATE sentry_team SET slug = lower(name);
+                ALTER TABLE sentry_project ADD COLUMN slug varchar(50), ADD COLUMN team_id integer;
+                UPDATE sentry_project SET slug = lower(name);
+                ALTER TABLE sentry_groupedmessage ADD COLUMN last_seen timestamp with time zone;
+                UPDATE sentry_groupedmessage g SET last_seen = coalesce(
+                    (SELECT max(datetime) FROM sentry_message m WHERE m.group_id = g.id), now());
+            """
+            psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;" + schema6 +
                  "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
         else:
             slow('upgrade-pg')
