@@ -222,29 +222,6 @@ pub fn bootstrap(sh: &Shell, toolchain: &Toolchain, root: &Path, logs: &Path) ->
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bullseye_sources_from_deb822_and_one_line_formats() {
-        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
-        let out = bullseye_sources(deb822).unwrap();
-        assert!(out.contains("Suites: bullseye\n"), "{out}");
-        assert!(out.contains("Suites: bullseye-security\n"), "{out}");
-        assert!(!out.contains("bookworm"), "{out}");
-        assert!(
-            out.contains("URIs: http://mirror.example/debian\n"),
-            "the host is kept from the system: {out}"
-        );
-
-        let list = "deb http://mirror.example/debian bookworm main\ndeb http://mirror.example/debian bookworm-updates main\n";
-        let out = bullseye_sources(list).unwrap();
-        assert_eq!(out, "deb http://mirror.example/debian bullseye main\n");
-        assert!(bullseye_sources("Types: deb\nSuites: jammy\n").is_err());
-    }
-}
-
 /// A real browser for the Sentry 6 proof: Debian's Chromium and its WebDriver, driven by
 /// selenium from a Python 3 virtualenv in the cache (`xtask/python/rehearse/browse.py`).
 pub struct Browser {
@@ -289,4 +266,27 @@ pub fn browser(sh: &Shell, cache: &Path, requirements: &Path, logs: &Path) -> Re
         chromium,
         chromedriver,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bullseye_sources_from_deb822_and_one_line_formats() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        let out = bullseye_sources(deb822).unwrap();
+        assert!(out.contains("Suites: bullseye\n"), "{out}");
+        assert!(out.contains("Suites: bullseye-security\n"), "{out}");
+        assert!(!out.contains("bookworm"), "{out}");
+        assert!(
+            out.contains("URIs: http://mirror.example/debian\n"),
+            "the host is kept from the system: {out}"
+        );
+
+        let list = "deb http://mirror.example/debian bookworm main\ndeb http://mirror.example/debian bookworm-updates main\n";
+        let out = bullseye_sources(list).unwrap();
+        assert_eq!(out, "deb http://mirror.example/debian bullseye main\n");
+        assert!(bullseye_sources("Types: deb\nSuites: jammy\n").is_err());
+    }
 }
