@@ -76,7 +76,7 @@ pub fn notes(streams: &[Stream]) -> Vec<String> {
         .filter(|s| s.hidden > 0)
         .map(|s| {
             let place = match s.show_all() {
-                Some(url) => format!("open <your Sentry URL>{url} to list them all"),
+                Some(url) => format!("open <your Sentry URL>{url} to list them all (newest first: the oldest on the last pages)"),
                 None => "it has no team, so Sentry 6 gives it no stream page".to_string(),
             };
             format!(

@@ -4,10 +4,11 @@
 (Python 3 with selenium; Debian's chromium and chromium-driver.)
 STATE_JSON: {"login": {"username", "password"},
              "pages": [{"name", "path", "expect": [text...], "absent": [text...],
-                        "open_first_group": bool}]}
+                        "open_first_group": bool, "follow_pages": bool}]}
 Logs in through Sentry's own login form, opens each page, and checks that every `expect` text
-is on it and no `absent` text is; with `open_first_group` it also clicks the first group of the
-stream and checks that its page renders the same text. Every page is kept as a PNG in
+is on it and no `absent` text is (with `follow_pages`, on any of its pages); with
+`open_first_group` it also opens the first group whose title has the first `expect` text and
+checks that its page renders it. Every page is kept as a PNG in
 SHOTS_DIR. Script errors (the browser's log, source `javascript`) fail the page. Prints JSON
 facts; exits 0 (the caller decides).
 """
@@ -19,6 +20,8 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+
+MAX_PAGES = 20
 
 
 def browser():
@@ -56,9 +59,31 @@ def look(driver, base, page, shots, facts):
     shot = os.path.join(shots, '%s.png' % name)
     driver.save_screenshot(shot)
     errors, other = script_errors(driver)
+    first_url = driver.current_url
+    # The stream is paged (newest first): with `follow_pages`, read on until every expected
+    # text was seen or the last page (at most MAX_PAGES).
+    pages_read = 1
+    while (page.get('follow_pages') and pages_read < MAX_PAGES
+           and any(t not in text for t in page.get('expect', []))):
+        nexts = driver.find_elements(By.CSS_SELECTOR, 'a.btn.next:not(.disabled)')
+        if not nexts:
+            break
+        driver.get(nexts[0].get_attribute('href'))
+        time.sleep(0.3)
+        pages_read += 1
+        text += '\n' + body_text(driver)
+        driver.save_screenshot(os.path.join(shots, '%s-page%d.png' % (name, pages_read)))
+        more_errors, more_other = script_errors(driver)
+        errors += more_errors
+        other += more_other
+    if pages_read > 1:
+        driver.get(first_url)
+        time.sleep(0.3)
+        script_errors(driver)
     seen = {
-        'url': driver.current_url,
+        'url': first_url,
         'title': driver.title,
+        'pages_read': pages_read,
         'screenshot': shot,
         'missing': [t for t in page.get('expect', []) if t not in text],
         'present_but_absent_expected': [t for t in page.get('absent', []) if t in text],
@@ -66,8 +91,11 @@ def look(driver, base, page, shots, facts):
         'other_log': other[:20],
     }
     if page.get('open_first_group'):
+        # A migrated group: the first whose title has the page's first expected text.
+        wanted = (page.get('expect') or [''])[0]
         links = [a for a in driver.find_elements(By.CSS_SELECTOR, 'a[href*="/group/"]')
-                 if a.get_attribute('href').rstrip('/').split('/')[-2] == 'group']
+                 if a.get_attribute('href').rstrip('/').split('/')[-2] == 'group'
+                 and wanted in a.text]
         if not links:
             seen['group'] = {'error': 'no link to a group on the stream'}
         else:
@@ -83,7 +111,7 @@ def look(driver, base, page, shots, facts):
                 'url': driver.current_url,
                 'link_text': title,
                 'title_on_page': bool(title) and title.split('\n')[0][:40] in group_text,
-                'expect_on_page': [t for t in page.get('expect', []) if t in group_text],
+                'expect_on_page': [t for t in [wanted] if t in group_text],
                 'screenshot': group_shot,
                 'script_errors': group_errors,
                 'other_log': group_other[:20],
@@ -91,6 +119,7 @@ def look(driver, base, page, shots, facts):
     seen['ok'] = (not seen['missing'] and not seen['present_but_absent_expected'] and not errors
                   and ('group' not in seen or (not seen['group'].get('error')
                                                and seen['group']['title_on_page']
+                                               and seen['group']['expect_on_page'] == [wanted]
                                                and not seen['group']['script_errors'])))
     facts['pages'][name] = seen
 

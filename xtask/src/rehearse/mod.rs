@@ -507,6 +507,8 @@ fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> Result<()> {
         "xtask/python/rehearse/prove4.py",
         "xtask/python/rehearse/compare_encoded.py",
         "xtask/python/rehearse/prove_db.py",
+        "xtask/python/rehearse/browse.py",
+        "xtask/python/rehearse/browser-requirements.txt",
     ] {
         fs::copy(repo.join(file), root.join(file))
             .with_context(|| format!("cannot copy {file} into the scratch repo"))?;
@@ -1487,6 +1489,7 @@ fn look_in_browser(
                 "name": "stream-show-all",
                 "path": stream.show_all(),
                 "expect": [QUIET_MESSAGE],
+                "follow_pages": true,
             }));
         }
         (None, true) => bail!(

@@ -216,9 +216,9 @@ def main():
             # Like Sentry 6's schema: slugs for teams and projects, a project's team, a
             # group's last_seen (here its newest event's time).
             schema6 = """
-                ALTER TABLE sentry_team ADD COLUMN slug varchar(50);
+                ALTER TABLE sentry_team ADD COLUMN slug text;
                 UPDATE sentry_team SET slug = lower(name);
-                ALTER TABLE sentry_project ADD COLUMN slug varchar(50), ADD COLUMN team_id integer;
+                ALTER TABLE sentry_project ADD COLUMN slug text, ADD COLUMN team_id integer;
                 UPDATE sentry_project SET slug = lower(name);
                 ALTER TABLE sentry_groupedmessage ADD COLUMN last_seen timestamp with time zone;
                 UPDATE sentry_groupedmessage g SET last_seen = coalesce(
