@@ -119,9 +119,9 @@ mod tests {
         let notes = notes(&streams);
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].starts_with("web (id 3): 10 of 12 groups last seen more than 5 days ago"));
-        assert!(
-            notes[0].ends_with("open <your Sentry URL>/acme/web/?df=1970-01-01 to list them all")
-        );
+        assert!(notes[0].contains(
+            "open <your Sentry URL>/acme/web/?df=1970-01-01 to list them all (newest first"
+        ));
         assert!(notes[1].contains("no stream page"), "{}", notes[1]);
     }
 }
