@@ -1498,9 +1498,39 @@ fn look_in_browser(
         ),
         (None, false) => {}
     }
-    let state = serde_json::json!({ "login": seeded.state["login"], "pages": pages });
+    let shots = logs.join("browser");
+    let facts = browse(sh, root, logs, browser, &seeded.state["login"], &pages)?;
+    let shown: Vec<&str> = pages
+        .iter()
+        .filter_map(|page| page["name"].as_str())
+        .collect();
+    println!(
+        "    in headless Chromium: logged in, {} without a script error{}; screenshots in {}",
+        shown.join(", "),
+        if quiet.is_some() {
+            ": the quiet group hidden on the default stream, listed with ?df="
+        } else {
+            ""
+        },
+        shots.display()
+    );
+    Ok(facts)
+}
+
+/// Runs `browse.py` in headless Chromium against Sentry 6 started for it: logs in as `login`
+/// (`{"username", "password"}`, written only to a 0600 file, removed after) and looks at
+/// `pages` (see browse.py). Fails unless every page showed what it should without a script
+/// error; the screenshots stay in `logs/browser/`.
+pub(crate) fn browse(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    browser: &provision::Browser,
+    login: &serde_json::Value,
+    pages: &[serde_json::Value],
+) -> Result<serde_json::Value> {
+    let state = serde_json::json!({ "login": login, "pages": pages });
     let state_path = root.join("browse-state.json");
-    // The migrated user's password: the owner's only.
     util::write_atomic(
         &state_path,
         serde_json::to_string(&state)?.as_bytes(),
@@ -1522,27 +1552,14 @@ fn look_in_browser(
             .env("CHROMIUM", &browser.chromium)
             .env("CHROMEDRIVER", &browser.chromedriver),
             &logs.join("browser.log"),
-        )?
+        )
     };
-    let facts: serde_json::Value = serde_json::from_str(out.trim())
+    let _ = fs::remove_file(&state_path);
+    let facts: serde_json::Value = serde_json::from_str(out?.trim())
         .context("browse.py printed no JSON (see logs/browser.log)")?;
     ensure!(
         facts["ok"] == true,
         "Sentry 6 in a real browser: a page did not show what it should or logged a script error (screenshots in {}): {facts}",
-        shots.display()
-    );
-    let shown: Vec<&str> = pages
-        .iter()
-        .filter_map(|page| page["name"].as_str())
-        .collect();
-    println!(
-        "    in headless Chromium: logged in, {} without a script error{}; screenshots in {}",
-        shown.join(", "),
-        if quiet.is_some() {
-            ": the quiet group hidden on the default stream, listed with ?df="
-        } else {
-            ""
-        },
         shots.display()
     );
     Ok(facts)

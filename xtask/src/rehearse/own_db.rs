@@ -24,6 +24,9 @@ use super::{
 };
 use crate::{flags, journal::Journal, pgcluster::PgCluster, util, verify};
 
+/// At most this many projects are looked at in the browser.
+const BROWSED: usize = 5;
+
 /// The environment variable `--login USER`'s password is read from.
 pub const PASSWORD_VAR: &str = "SENTRY_REHEARSE_PASSWORD";
 
@@ -435,10 +438,12 @@ impl flags::Rehearse {
         let copy_secs = copy_started.elapsed().as_secs_f64();
         let before = before(&copy)?;
 
-        let toolchain = phases.run("provision", || {
+        let (toolchain, browser) = phases.run("provision", || {
             let toolchain = provision::toolchain(&sh, cache, &logs)?;
+            let browser =
+                provision::browser(&sh, cache, &root.join(super::BROWSER_REQUIREMENTS), &logs)?;
             provision::bootstrap(&sh, &toolchain, root, &logs)?;
-            Ok(toolchain)
+            Ok((toolchain, browser))
         })?;
         // The toolchain's variables (its libraries) and the target's, as `cargo xtask migrate`
         // would see them in the user's shell.
@@ -516,7 +521,7 @@ impl flags::Rehearse {
         }
         if run.ok {
             let proof = phases.run("prove-sentry6", || {
-                self.prove(&sh, root, &copy, &cluster, &before, &journal)
+                self.prove(&sh, root, &copy, &cluster, &before, &journal, &browser)
             });
             match proof {
                 Ok((projects, login)) => {
@@ -559,7 +564,7 @@ impl flags::Rehearse {
     /// Sentry 6 on the result: a login, every project's stream, a new event through a migrated
     /// key of each project; per project, events and groups before and after. Returns the rows,
     /// the problems found (a no-go), and who logged in.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn prove(
         &self,
         sh: &Shell,
@@ -568,6 +573,7 @@ impl flags::Rehearse {
         cluster: &PgCluster,
         before: &Before,
         journal: &Journal,
+        browser: &provision::Browser,
     ) -> Result<((Vec<ProjectRow>, Vec<String>), String)> {
         let mut client = cluster.client("sentry")?;
         let events_after = per_project_pg(
@@ -593,6 +599,7 @@ impl flags::Rehearse {
                 merged.entry(project.unwrap_or(0)).or_default().push(*group);
             }
         }
+        let browser_login = root.join("browser-login.json");
         let state = serde_json::json!({
             "login": self.login,
             "projects": before.projects.keys().collect::<Vec<_>>(),
@@ -601,11 +608,40 @@ impl flags::Rehearse {
             "old_max_key": before.max_key,
             // A stream that lists no group is saved there, for a look.
             "pages": root.join("logs"),
+            "browser_login": browser_login,
         });
         let state_path = root.join("prove-db-state.json");
         fs::write(&state_path, serde_json::to_string(&state)?)?;
         let logs = root.join("logs");
         let facts = super::prove_on_sentry6(sh, &logs, "prove_db.py", &state_path)?;
+        // Then as a person looks: every project's whole stream (at most BROWSED) and its first
+        // group's page, in headless Chromium.
+        let login: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(&browser_login)
+                .context("prove_db.py left no login for the browser")?,
+        )?;
+        let _ = fs::remove_file(&browser_login);
+        let pages: Vec<serde_json::Value> = journal
+            .streams
+            .iter()
+            .filter(|stream| stream.groups > 0)
+            .filter_map(|stream| {
+                stream.show_all().map(|path| {
+                    serde_json::json!({
+                        "name": format!("project-{}", stream.project_id),
+                        "path": path,
+                        "open_first_group": true,
+                    })
+                })
+            })
+            .take(BROWSED)
+            .collect();
+        let browsed = super::browse(sh, root, &logs, browser, &login, &pages)?;
+        println!(
+            "    in headless Chromium: {} project stream(s) and a group page of each, no script error; screenshots in {}",
+            browsed["pages"].as_object().map_or(0, |pages| pages.len()),
+            logs.join("browser").display()
+        );
         let login = format!(
             "{} {} over HTTP to Sentry 6 (started with `start --noupgrade`)",
             if facts["temporary_user"] == true {
