@@ -103,6 +103,9 @@ fn render_with_key(kind: DbKind, config: &Config, secret_key: &SecretKey) -> Str
             let password = pg.password.as_ref().map(|it| it.expose()).unwrap_or("");
             // psycopg2 hands OPTIONS to libpq: the same TLS mode the tool connects with.
             let mut options = format!("'sslmode': {}", py_str(pg.sslmode.name()));
+            if let Some(addr) = &pg.hostaddr {
+                options.push_str(&format!(", 'hostaddr': {}", py_str(&addr.to_string())));
+            }
             if let Some(root) = &pg.sslrootcert {
                 options.push_str(&format!(
                     ", 'sslrootcert': {}",
