@@ -866,6 +866,85 @@ mod tests {
     }
 
     #[test]
+    fn libpq_defaults_hostaddr_and_refused_variables() {
+        // No PGHOST: libpq's default socket folder, not TCP localhost.
+        let it = PgTarget::from_env_or_url(None, env_of(&[])).unwrap();
+        assert_eq!((it.host.as_str(), it.is_socket()), (DEFAULT_SOCKET_DIR, true));
+        let it = PgTarget::from_env_or_url(None, env_of(&[("PGHOST", "")])).unwrap();
+        assert_eq!(it.host, DEFAULT_SOCKET_DIR);
+        // PGHOSTADDR: connected to without a lookup; with no PGHOST it stands for the host.
+        let it = PgTarget::from_env_or_url(None, env_of(&[("PGHOSTADDR", "127.0.0.1")])).unwrap();
+        assert_eq!((it.host.as_str(), it.is_socket()), ("127.0.0.1", false));
+        let it = PgTarget::from_env_or_url(
+            None,
+            env_of(&[("PGHOST", "db.example"), ("PGHOSTADDR", "10.0.0.5")]),
+        )
+        .unwrap();
+        assert_eq!(it.host, "db.example");
+        assert_eq!(it.hostaddr, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            it.to_string(),
+            "postgres://sentry@db.example:5432/sentry (hostaddr 10.0.0.5)"
+        );
+        let it = PgTarget::from_env_or_url(Some("host=db.example hostaddr=10.0.0.6"), env_of(&[]))
+            .unwrap();
+        assert_eq!(it.hostaddr, Some("10.0.0.6".parse().unwrap()));
+        let err = PgTarget::from_env_or_url(None, env_of(&[("PGHOSTADDR", "db.example")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a numeric IP address"), "{err}");
+        // Not implemented: refused, never ignored.
+        for (name, value, says) in [
+            ("PGSERVICE", "sentry", "this tool does not read pg_service.conf"),
+            ("PGSSLCERT", "/c.crt", "client certificates are not supported"),
+            ("PGSSLKEY", "/c.key", "client certificates are not supported"),
+        ] {
+            let vars: &'static [(&str, &str)] = Box::leak(Box::new([(name, value)]));
+            let err = PgTarget::from_env_or_url(None, env_of(vars)).unwrap_err().to_string();
+            assert!(err.contains(&format!("{name} is set: {says}")), "{err}");
+        }
+        for (url, says) in [
+            ("postgres://h/db?service=x", "sets service: this tool does not read pg_service.conf"),
+            ("postgres://h/db?sslcert=/c.crt", "sets sslcert: client certificates"),
+            ("host=h sslkey=/c.key", "sets sslkey: client certificates"),
+        ] {
+            assert!(refusal(url).contains(says), "{url}: {}", refusal(url));
+        }
+        // A URL's sslrootcert is percent-decoded, as libpq decodes it.
+        let it = PgTarget::from_env_or_url(
+            Some("postgres://h/db?sslmode=verify-ca&sslrootcert=%2Fsrv%2Fmy%20ca.pem"),
+            env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(it.sslrootcert, Some(PathBuf::from("/srv/my ca.pem")));
+        assert!(refusal("postgres://h/db?sslrootcert=%zz").contains("sslrootcert"));
+    }
+
+    #[test]
+    fn the_password_source_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().display().to_string();
+        let file = dir.path().join(".pgpass");
+        std::fs::write(&file, "# x\nh:5432:sentry:sentry:pw\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = |key: &str| match key {
+            "HOME" => Some(home.clone()),
+            "PGHOST" => Some("h".to_string()),
+            "PGUSER" => Some("sentry".to_string()),
+            _ => None,
+        };
+        let it = PgTarget::from_env_or_url(None, env).unwrap();
+        assert_eq!(it.password_source("sentry"), PasswordSource::File(file.clone(), 2));
+        assert_eq!(
+            it.password_source("postgres").to_string(),
+            format!("none (no PGPASSWORD, no matching line in {})", file.display())
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(it.password_source("sentry").to_string().contains("is ignored"));
+    }
+
+    #[test]
     fn identifiers_are_validated() {
         for bad in [
             "",

@@ -604,30 +604,44 @@ pub fn orphan_events(client: &mut Client) -> Result<u64> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// What would stop `sentry upgrade` on the target for lack of a privilege, as a message with
-/// the exact SQL a DBA runs; `None` when the role can go on. Asked in preflight, before the
-/// dumps, so a missing privilege does not fail an hour later.
+/// What would stop the migration on the target for lack of a privilege or a wrong encoding, as
+/// a message with the exact SQL a DBA runs; `None` when the role can go on. Asked in preflight,
+/// before the dumps, so a missing privilege does not fail an hour later. The target is
+/// connected to first (a password file may have a line for it only); the maintenance database
+/// only when the target does not exist yet.
 pub fn privilege_problem(target: &PgTarget) -> Result<Option<String>> {
-    let mut admin = connect_admin(target, Duration::from_secs(5))?;
+    let wait = Duration::from_secs(5);
     let (db, user) = (
         quote_identifier(&target.dbname),
         quote_identifier(&target.user),
     );
-    if !database_exists(&mut admin, &target.dbname)? {
-        let row = admin.query_one(
-            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )?;
-        let may_create: bool = row.get(0);
-        return Ok((!may_create).then(|| {
-            format!(
-                "database `{}` does not exist and role `{}` may not create databases (no CREATEDB): ask a DBA to run\n    \
-                 CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
-                target.dbname, target.user
-            )
-        }));
+    let mut client = match connect(target, &target.dbname, wait) {
+        Ok(client) => client,
+        Err(err) if is_missing_database(&err) => {
+            let mut admin = connect_admin(target, wait).with_context(|| {
+                format!(
+                    "database `{}` does not exist yet, and creating it needs a connection to the maintenance database",
+                    target.dbname
+                )
+            })?;
+            let row = admin.query_one(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )?;
+            let may_create: bool = row.get(0);
+            return Ok((!may_create).then(|| {
+                format!(
+                    "database `{}` does not exist and role `{}` may not create databases (no CREATEDB): ask a DBA to run\n    \
+                     CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
+                    target.dbname, target.user
+                )
+            }));
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(problem) = encoding_problem(&mut client, target)? {
+        return Ok(Some(problem));
     }
-    let mut client = connect(target, &target.dbname, Duration::from_secs(5))?;
     let may_create: bool = client
         .query_one("SELECT has_schema_privilege('public', 'CREATE')", &[])?
         .get(0);
@@ -640,6 +654,42 @@ pub fn privilege_problem(target: &PgTarget) -> Result<Option<String>> {
             target.user, target.dbname, target.dbname
         )
     }))
+}
+
+/// The encoding of the database `client` is connected to (`UTF8`, `SQL_ASCII`, `LATIN1`, …).
+pub fn database_encoding(client: &mut Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .context("cannot read the target database's encoding")?;
+    Ok(row.get(0))
+}
+
+/// An existing target database in another encoding than UTF8, as a message with the SQL that
+/// makes it right: in `SQL_ASCII` a `varchar(n)` counts bytes (`ééé` overflows varchar(3)),
+/// `LATIN1` and the like cannot store what Sentry stores (an emoji), both found only at the
+/// load, after Sentry's upgrade.
+pub fn encoding_problem(client: &mut Client, target: &PgTarget) -> Result<Option<String>> {
+    let encoding = database_encoding(client)?;
+    if encoding == "UTF8" {
+        return Ok(None);
+    }
+    let (db, user) = (
+        quote_identifier(&target.dbname),
+        quote_identifier(&target.user),
+    );
+    Ok(Some(format!(
+        "database `{}` has encoding {encoding}, and Sentry's data needs UTF8 ({}): \
+         the tool creates a missing database in UTF8, so drop this one (it must be empty anyway) or ask a DBA to run\n    \
+         DROP DATABASE {db};\n    CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
+        target.dbname,
+        match encoding.as_str() {
+            "SQL_ASCII" => "in SQL_ASCII a varchar(n) counts bytes, so text the scan counted as fitting fails the load",
+            _ => "it cannot store every character Sentry 4 stored, an emoji for one, and the load would fail",
+        }
+    )))
 }
 
 /// Connects to a maintenance database (`postgres`, else `template1`) to create or drop others.
@@ -657,7 +707,7 @@ pub fn connect_admin(target: &PgTarget, wait: Duration) -> Result<Client> {
 
 /// Whether `err` (from [`connect`]) is the server saying the database does not exist
 /// (SQLSTATE 3D000), not a missing role or anything else whose message reads alike.
-fn is_missing_database(err: &anyhow::Error) -> bool {
+pub fn is_missing_database(err: &anyhow::Error) -> bool {
     err.downcast_ref::<postgres::Error>()
         .and_then(|err| err.code())
         == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME)
