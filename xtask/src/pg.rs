@@ -255,7 +255,7 @@ fn explain_connect_error(
     let user = &target.user;
     let hint = match failure {
         ConnectFailure::Server(code) => match code.as_str() {
-            "28P01" => format!("password authentication failed for role `{user}` (the password from {}): check PGPASSWORD (or the password file, ~/.pgpass or PGPASSFILE)", target.password_source(dbname)),
+            "28P01" => format!("password authentication failed for role `{user}`: check PGPASSWORD (or the password file, ~/.pgpass or PGPASSFILE); the password tried came from {}", target.password_source(dbname)),
             "28000" => format!("role `{user}` may not connect to `{dbname}` (pg_hba.conf or a missing role): check PGUSER and the server's pg_hba.conf"),
             "3D000" => format!("database `{dbname}` does not exist on {at}"),
             "57P03" => format!("the server at {at} is starting or shutting down and did not accept connections in time"),

@@ -341,6 +341,21 @@ fn the_tool_connects_where_psql_connects_and_fails_where_it_fails() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // PGHOST unset means the socket, as in libpq, not TCP to localhost.
+    if server.default_socket {
+        let env = env(&[("PGPASSWORD", APP_PASSWORD)]);
+        let target = PgTarget::from_env_or_url(None, |key| {
+            env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let mut client = pg::connect(&target, "sentry", Duration::from_secs(2)).unwrap();
+        let over_socket: bool = client
+            .query_one("SELECT inet_server_addr() IS NULL", &[])
+            .unwrap()
+            .get(0);
+        assert!(over_socket, "{target}");
+    }
 }
 
 /// A password file with a line for the target database only (a common DBA setup) passes
