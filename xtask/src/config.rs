@@ -343,7 +343,14 @@ fn take_tls_settings(url: &str) -> (String, TakenSettings) {
     let mut found = Vec::new();
     let is_url = url.contains("://");
     let mut keep = |pair: &str| -> bool {
-        for key in ["sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "service"] {
+        for key in [
+            "sslmode",
+            "sslrootcert",
+            "sslcert",
+            "sslkey",
+            "sslpassword",
+            "service",
+        ] {
             if let Some(value) = pair.strip_prefix(key).and_then(|it| it.strip_prefix('=')) {
                 let value = if is_url {
                     percent_decode(value).with_context(|| format!("--database-url: {key}"))
@@ -869,7 +876,10 @@ mod tests {
     fn libpq_defaults_hostaddr_and_refused_variables() {
         // No PGHOST: libpq's default socket folder, not TCP localhost.
         let it = PgTarget::from_env_or_url(None, env_of(&[])).unwrap();
-        assert_eq!((it.host.as_str(), it.is_socket()), (DEFAULT_SOCKET_DIR, true));
+        assert_eq!(
+            (it.host.as_str(), it.is_socket()),
+            (DEFAULT_SOCKET_DIR, true)
+        );
         let it = PgTarget::from_env_or_url(None, env_of(&[("PGHOST", "")])).unwrap();
         assert_eq!(it.host, DEFAULT_SOCKET_DIR);
         // PGHOSTADDR: connected to without a lookup; with no PGHOST it stands for the host.
@@ -895,17 +905,37 @@ mod tests {
         assert!(err.contains("is not a numeric IP address"), "{err}");
         // Not implemented: refused, never ignored.
         for (name, value, says) in [
-            ("PGSERVICE", "sentry", "this tool does not read pg_service.conf"),
-            ("PGSSLCERT", "/c.crt", "client certificates are not supported"),
-            ("PGSSLKEY", "/c.key", "client certificates are not supported"),
+            (
+                "PGSERVICE",
+                "sentry",
+                "this tool does not read pg_service.conf",
+            ),
+            (
+                "PGSSLCERT",
+                "/c.crt",
+                "client certificates are not supported",
+            ),
+            (
+                "PGSSLKEY",
+                "/c.key",
+                "client certificates are not supported",
+            ),
         ] {
             let vars: &'static [(&str, &str)] = Box::leak(Box::new([(name, value)]));
-            let err = PgTarget::from_env_or_url(None, env_of(vars)).unwrap_err().to_string();
+            let err = PgTarget::from_env_or_url(None, env_of(vars))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(&format!("{name} is set: {says}")), "{err}");
         }
         for (url, says) in [
-            ("postgres://h/db?service=x", "sets service: this tool does not read pg_service.conf"),
-            ("postgres://h/db?sslcert=/c.crt", "sets sslcert: client certificates"),
+            (
+                "postgres://h/db?service=x",
+                "sets service: this tool does not read pg_service.conf",
+            ),
+            (
+                "postgres://h/db?sslcert=/c.crt",
+                "sets sslcert: client certificates",
+            ),
             ("host=h sslkey=/c.key", "sets sslkey: client certificates"),
         ] {
             assert!(refusal(url).contains(says), "{url}: {}", refusal(url));
@@ -935,13 +965,22 @@ mod tests {
             _ => None,
         };
         let it = PgTarget::from_env_or_url(None, env).unwrap();
-        assert_eq!(it.password_source("sentry"), PasswordSource::File(file.clone(), 2));
+        assert_eq!(
+            it.password_source("sentry"),
+            PasswordSource::File(file.clone(), 2)
+        );
         assert_eq!(
             it.password_source("postgres").to_string(),
-            format!("none (no PGPASSWORD, no matching line in {})", file.display())
+            format!(
+                "none (no PGPASSWORD, no matching line in {})",
+                file.display()
+            )
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(it.password_source("sentry").to_string().contains("is ignored"));
+        assert!(it
+            .password_source("sentry")
+            .to_string()
+            .contains("is ignored"));
     }
 
     #[test]

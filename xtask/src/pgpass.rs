@@ -162,7 +162,10 @@ mod tests {
             find("/var/run/postgresql", 6543, "x", "ann").as_deref(),
             Some("socket")
         );
-        assert_eq!(find("/srv/pg", 6543, "x", "ann").as_deref(), Some("own-folder"));
+        assert_eq!(
+            find("/srv/pg", 6543, "x", "ann").as_deref(),
+            Some("own-folder")
+        );
         assert_eq!(find("/tmp", 6543, "x", "ann").as_deref(), Some("any"));
         // `\*` is a star, not a wildcard; what follows the password's `:` is dropped.
         assert_eq!(find("h", 1, "*", "cat").as_deref(), Some("literal-star"));

@@ -670,7 +670,10 @@ impl flags::SwitchSettings {
             |key| std::env::var(key).ok(),
         )?;
         if self.db == DbKind::Postgres && config.pg.password.is_none() {
-            eprintln!("note: PGPASSWORD is not set: settings_local.py gets an empty password (fine for trust or peer auth)");
+            eprintln!(
+                "note: PGPASSWORD is not set: settings_local.py gets an empty password, and psycopg2 reads the password file as libpq does (password: {})",
+                config.pg_password_source
+            );
         }
         let changes = switch(self.db, &config)?;
         let path = config.display_path(&config.settings_local());

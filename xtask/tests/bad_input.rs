@@ -500,7 +500,11 @@ fn a_target_database_not_in_utf8_is_refused_in_preflight() {
                 .unwrap();
             (row.get(0), row.get(1))
         };
-        assert_eq!((encoding_now.as_str(), tables), (encoding, 0), "the target is as it was");
+        assert_eq!(
+            (encoding_now.as_str(), tables),
+            (encoding, 0),
+            "the target is as it was"
+        );
         drop(target);
         admin
             .batch_execute(&format!("DROP DATABASE \"{}\"", repo.target))

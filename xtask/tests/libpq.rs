@@ -92,7 +92,9 @@ fn server() -> Server {
 
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// The outcome of one program: `Ok` or its message.
@@ -199,7 +201,9 @@ fn the_tool_connects_where_psql_connects_and_fails_where_it_fails() {
         Case {
             name: "comments: column 0, and one with leading blanks",
             env: env(&[("PGHOST", "127.0.0.1")]),
-            pgpass: pgpass(format!("#*:*:*:app:wrong\n  #*:*:*:app:wrong\n*:*:*:app:{pw}\n")),
+            pgpass: pgpass(format!(
+                "#*:*:*:app:wrong\n  #*:*:*:app:wrong\n*:*:*:app:{pw}\n"
+            )),
             expect: Expect::Connects,
         },
         Case {
@@ -397,7 +401,9 @@ fn a_password_file_line_for_the_target_only_passes_preflight() {
     );
     assert!(
         err.contains("database `sentry_new` does not exist yet")
-            && err.contains(&format!("cannot connect to postgres://app@127.0.0.1:{port}/postgres"))
+            && err.contains(&format!(
+                "cannot connect to postgres://app@127.0.0.1:{port}/postgres"
+            ))
             && err.contains(&format!("127.0.0.1:{port}:postgres:app:PASSWORD")),
         "{err}"
     );
