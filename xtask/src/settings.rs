@@ -806,6 +806,15 @@ mod tests {
             ),
             "{text}"
         );
+        // PGHOSTADDR reaches psycopg2's libpq too.
+        config.pg.hostaddr = Some("10.0.0.5".parse().unwrap());
+        let text = render(DbKind::Postgres, &config, "k");
+        assert!(
+            text.contains(
+                "'OPTIONS': {'sslmode': 'verify-full', 'hostaddr': '10.0.0.5', 'sslrootcert'"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
