@@ -2,16 +2,26 @@
 
 use std::{
     fmt,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use postgres::config::Host;
 
+/// libpq's `DEFAULT_PGSOCKET_DIR` as Debian and Ubuntu build it (the libpq psycopg2 links
+/// against in the buildout): the host when neither `PGHOST` nor `PGHOSTADDR` is set, and the
+/// one socket folder a `localhost` line of the password file matches.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
 /// Where the PostgreSQL target is. The password is kept out of `Debug`/`Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PgTarget {
+    /// A host name, an address, or a Unix socket folder (starting with `/`).
     pub host: String,
+    /// libpq's `hostaddr` (`PGHOSTADDR`): the address connected to, without a name lookup;
+    /// `host` still names the server for the password file and TLS.
+    pub hostaddr: Option<IpAddr>,
     pub port: u16,
     pub user: String,
     pub dbname: String,
@@ -101,24 +111,107 @@ impl fmt::Debug for PgTarget {
 impl fmt::Display for PgTarget {
     /// `postgres://user@host:port/db`, never with the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "postgres://{}@{}:{}/{}",
-            self.user, self.host, self.port, self.dbname
-        )
+        f.write_str(&self.with_dbname(&self.dbname))
     }
 }
 
+/// Where the password of a connection comes from, as the dry run and the errors say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Env,
+    /// The password file's line (from 1) that matches.
+    File(PathBuf, usize),
+    /// A password file readable by group or others, ignored as libpq ignores it.
+    IgnoredFile(PathBuf),
+    /// No password: none in the environment, no matching line (in this file, if there is one).
+    None(Option<PathBuf>),
+}
+
+impl fmt::Display for PasswordSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PasswordSource::Env => f.write_str("PGPASSWORD"),
+            PasswordSource::File(path, line) => write!(f, "{} line {line}", path.display()),
+            PasswordSource::IgnoredFile(path) => write!(
+                f,
+                "none: {} is ignored (readable by group or others; chmod 0600 it)",
+                path.display()
+            ),
+            PasswordSource::None(Some(path)) => write!(
+                f,
+                "none (no PGPASSWORD, no matching line in {})",
+                path.display()
+            ),
+            PasswordSource::None(None) => f.write_str("none (no PGPASSWORD, no password file)"),
+        }
+    }
+}
+
+/// libpq variables this tool does not implement: refused, never ignored, because libpq (and
+/// psycopg2 in Sentry's steps) would act on them.
+const UNSUPPORTED_ENV: &[(&str, &str)] = &[
+    ("PGSERVICE", "this tool does not read pg_service.conf: set PGHOST, PGPORT, PGUSER and PGDATABASE (or --database-url) to the service's values and unset PGSERVICE"),
+    ("PGSSLCERT", "client certificates are not supported: unset PGSSLCERT and PGSSLKEY and authenticate with a password (~/.pgpass)"),
+    ("PGSSLKEY", "client certificates are not supported: unset PGSSLCERT and PGSSLKEY and authenticate with a password (~/.pgpass)"),
+];
+
 impl PgTarget {
-    /// From `--database-url` if given, else from the libpq variables `PGHOST`, `PGPORT`, `PGUSER`,
-    /// `PGDATABASE`; the password only ever comes from `PGPASSWORD`.
+    /// `postgres://user@host:port/dbname` for another database on the same server.
+    pub fn with_dbname(&self, dbname: &str) -> String {
+        let hostaddr = match self.hostaddr {
+            Some(addr) if addr.to_string() != self.host => format!(" (hostaddr {addr})"),
+            _ => String::new(),
+        };
+        format!(
+            "postgres://{}@{}:{}/{dbname}{hostaddr}",
+            self.user, self.host, self.port
+        )
+    }
+
+    /// Whether `host` is a Unix socket folder (libpq: a path starting with `/`).
+    pub fn is_socket(&self) -> bool {
+        self.hostaddr.is_none() && self.host.starts_with('/')
+    }
+
+    /// Where the password for `dbname` comes from: `PGPASSWORD`, else the password file read as
+    /// libpq reads it (this reads the file).
+    pub fn password_source(&self, dbname: &str) -> PasswordSource {
+        if self.password.is_some() {
+            return PasswordSource::Env;
+        }
+        let Some(file) = &self.passfile else {
+            return PasswordSource::None(None);
+        };
+        match crate::pgpass::lookup(file, &self.host, self.port, dbname, &self.user) {
+            crate::pgpass::Lookup::Found { line, .. } => PasswordSource::File(file.clone(), line),
+            crate::pgpass::Lookup::IgnoredPermissions(path) => PasswordSource::IgnoredFile(path),
+            crate::pgpass::Lookup::NotFound => PasswordSource::None(Some(file.clone())),
+        }
+    }
+
+    /// From `--database-url` if given, else from the libpq variables `PGHOST` (default: the
+    /// socket folder [`DEFAULT_SOCKET_DIR`], as libpq), `PGHOSTADDR`, `PGPORT`, `PGUSER`,
+    /// `PGDATABASE`; the password only ever comes from `PGPASSWORD` or the password file.
+    /// `PGSERVICE`, `PGSSLCERT` and `PGSSLKEY` are refused (not implemented).
     pub fn from_env_or_url(
         url: Option<&str>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<PgTarget> {
+        for (name, why) in UNSUPPORTED_ENV {
+            if env(name).is_some_and(|it| !it.is_empty()) {
+                bail!("{name} is set: {why}");
+            }
+        }
         let password = env("PGPASSWORD").filter(|it| !it.is_empty()).map(Secret);
+        let hostaddr = match env("PGHOSTADDR").filter(|it| !it.is_empty()) {
+            Some(addr) => Some(addr.parse::<IpAddr>().map_err(|_| {
+                anyhow!("PGHOSTADDR `{addr}` is not a numeric IP address (libpq looks up no names there): put a host name in PGHOST")
+            })?),
+            None => None,
+        };
         let mut target = PgTarget {
-            host: env("PGHOST").unwrap_or_else(|| "localhost".to_string()),
+            host: env("PGHOST").unwrap_or_default(),
+            hostaddr,
             port: match env("PGPORT") {
                 Some(port) => port
                     .parse()
@@ -145,6 +238,14 @@ impl PgTarget {
         if let Some(url) = url {
             target.apply_url(url)?;
         }
+        if target.host.is_empty() {
+            // libpq: with a hostaddr and no host, the address stands for the host (password
+            // file, TLS); with neither, the default socket folder.
+            target.host = match target.hostaddr {
+                Some(addr) => addr.to_string(),
+                None => DEFAULT_SOCKET_DIR.to_string(),
+            };
+        }
         validate_identifier("database name", &target.dbname)?;
         validate_identifier("role name", &target.user)?;
         Ok(target)
@@ -161,8 +262,15 @@ impl PgTarget {
         let url = rest.as_str();
         for (key, value) in tls {
             match key {
-                "sslmode" => self.sslmode = value.parse().context("--database-url")?,
-                _ => self.sslrootcert = Some(PathBuf::from(value)),
+                "sslmode" => self.sslmode = value?.parse().context("--database-url")?,
+                "sslrootcert" => self.sslrootcert = Some(PathBuf::from(value?)),
+                _ => bail!(
+                    "--database-url sets {key}: {}",
+                    match key {
+                        "service" => "this tool does not read pg_service.conf: write the service's host, port, user and dbname instead",
+                        _ => "client certificates are not supported: remove it and authenticate with a password (~/.pgpass)",
+                    }
+                ),
             }
         }
         let url_rest = url
@@ -187,6 +295,11 @@ impl PgTarget {
             "--database-url sets {}: not supported yet (only user, host, port and dbname are): remove it",
             unsupported.join(", ")
         );
+        match parsed.get_hostaddrs() {
+            [] => {}
+            [addr] => self.hostaddr = Some(*addr),
+            _ => bail!("--database-url names more than one hostaddr: only one host is supported"),
+        }
         match parsed.get_hosts() {
             [] => {}
             [Host::Tcp(host)] if host.is_empty() => {}
@@ -222,19 +335,35 @@ impl PgTarget {
     }
 }
 
-/// `sslmode` and `sslrootcert` taken out of a URL's query or a key=value string, and the rest.
-fn take_tls_settings(url: &str) -> (String, Vec<(&'static str, String)>) {
+/// The settings postgres::Config does not know, taken out of a URL's query (values
+/// percent-decoded, as libpq decodes them) or a key=value string, and the rest: `sslmode` and
+/// `sslrootcert` (applied with libpq's meaning) and those refused (`service`, client certificates).
+type TakenSettings = Vec<(&'static str, Result<String>)>;
+fn take_tls_settings(url: &str) -> (String, TakenSettings) {
     let mut found = Vec::new();
+    let is_url = url.contains("://");
     let mut keep = |pair: &str| -> bool {
-        for key in ["sslmode", "sslrootcert"] {
+        for key in [
+            "sslmode",
+            "sslrootcert",
+            "sslcert",
+            "sslkey",
+            "sslpassword",
+            "service",
+        ] {
             if let Some(value) = pair.strip_prefix(key).and_then(|it| it.strip_prefix('=')) {
-                found.push((key, value.to_string()));
+                let value = if is_url {
+                    percent_decode(value).with_context(|| format!("--database-url: {key}"))
+                } else {
+                    Ok(value.to_string())
+                };
+                found.push((key, value));
                 return false;
             }
         }
         true
     };
-    let rest = if url.contains("://") {
+    let rest = if is_url {
         match url.split_once('?') {
             Some((base, query)) => {
                 let kept: Vec<&str> = query.split('&').filter(|pair| keep(pair)).collect();
@@ -251,6 +380,27 @@ fn take_tls_settings(url: &str) -> (String, Vec<(&'static str, String)>) {
         kept.join(" ")
     };
     (rest, found)
+}
+
+/// `%2F` → `/`, as libpq decodes a URL's parts; the text must be UTF-8 once decoded.
+fn percent_decode(text: &str) -> Result<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = text
+                .get(at + 1..at + 3)
+                .and_then(|it| u8::from_str_radix(it, 16).ok())
+                .context("a `%` not followed by two hex digits")?;
+            out.push(hex);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).context("not UTF-8 once percent-decoded")
 }
 
 const PASSWORD_IN_URL: &str = "--database-url must not contain a password (it would be visible \
@@ -324,7 +474,6 @@ fn unsupported_settings(parsed: &postgres::Config) -> Vec<&'static str> {
             "sslnegotiation",
             parsed.get_ssl_negotiation() != default.get_ssl_negotiation(),
         ),
-        ("hostaddr", !parsed.get_hostaddrs().is_empty()),
         ("connect_timeout", parsed.get_connect_timeout().is_some()),
         ("tcp_user_timeout", parsed.get_tcp_user_timeout().is_some()),
         (
@@ -387,6 +536,8 @@ pub struct Config {
     pub root: PathBuf,
     pub sqlite_path: PathBuf,
     pub pg: PgTarget,
+    /// Where the target database's password comes from (read once, for the plan).
+    pub pg_password_source: PasswordSource,
     pub tag1_cfg: PathBuf,
     pub tag2_cfg: PathBuf,
     /// `--fit-values`: fit what PostgreSQL rejects in a working copy the dumps read.
@@ -408,9 +559,11 @@ impl Config {
     ) -> Result<Config> {
         let root = root.to_path_buf();
         let sqlite_path = root.join(sqlite.unwrap_or(Path::new(DEFAULT_SQLITE)));
+        let pg = PgTarget::from_env_or_url(database_url, env)?;
         Ok(Config {
             sqlite_path,
-            pg: PgTarget::from_env_or_url(database_url, env)?,
+            pg_password_source: pg.password_source(&pg.dbname),
+            pg,
             tag1_cfg: root.join("buildout/tag1-sentry4.cfg"),
             tag2_cfg: root.join("buildout/tag2-sentry6.cfg"),
             fit_values: false,
@@ -717,6 +870,117 @@ mod tests {
         let it = socket("postgres://bob@%2Fvar%2Frun%2Fpostgresql:5433/db2");
         assert_eq!((it.host.as_str(), it.port), ("/var/run/postgresql", 5433));
         assert_eq!(it.user, "bob");
+    }
+
+    #[test]
+    fn libpq_defaults_hostaddr_and_refused_variables() {
+        // No PGHOST: libpq's default socket folder, not TCP localhost.
+        let it = PgTarget::from_env_or_url(None, env_of(&[])).unwrap();
+        assert_eq!(
+            (it.host.as_str(), it.is_socket()),
+            (DEFAULT_SOCKET_DIR, true)
+        );
+        let it = PgTarget::from_env_or_url(None, env_of(&[("PGHOST", "")])).unwrap();
+        assert_eq!(it.host, DEFAULT_SOCKET_DIR);
+        // PGHOSTADDR: connected to without a lookup; with no PGHOST it stands for the host.
+        let it = PgTarget::from_env_or_url(None, env_of(&[("PGHOSTADDR", "127.0.0.1")])).unwrap();
+        assert_eq!((it.host.as_str(), it.is_socket()), ("127.0.0.1", false));
+        let it = PgTarget::from_env_or_url(
+            None,
+            env_of(&[("PGHOST", "db.example"), ("PGHOSTADDR", "10.0.0.5")]),
+        )
+        .unwrap();
+        assert_eq!(it.host, "db.example");
+        assert_eq!(it.hostaddr, Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(
+            it.to_string(),
+            "postgres://sentry@db.example:5432/sentry (hostaddr 10.0.0.5)"
+        );
+        let it = PgTarget::from_env_or_url(Some("host=db.example hostaddr=10.0.0.6"), env_of(&[]))
+            .unwrap();
+        assert_eq!(it.hostaddr, Some("10.0.0.6".parse().unwrap()));
+        let err = PgTarget::from_env_or_url(None, env_of(&[("PGHOSTADDR", "db.example")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a numeric IP address"), "{err}");
+        // Not implemented: refused, never ignored.
+        for (name, value, says) in [
+            (
+                "PGSERVICE",
+                "sentry",
+                "this tool does not read pg_service.conf",
+            ),
+            (
+                "PGSSLCERT",
+                "/c.crt",
+                "client certificates are not supported",
+            ),
+            (
+                "PGSSLKEY",
+                "/c.key",
+                "client certificates are not supported",
+            ),
+        ] {
+            let vars: &'static [(&str, &str)] = Box::leak(Box::new([(name, value)]));
+            let err = PgTarget::from_env_or_url(None, env_of(vars))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{name} is set: {says}")), "{err}");
+        }
+        for (url, says) in [
+            (
+                "postgres://h/db?service=x",
+                "sets service: this tool does not read pg_service.conf",
+            ),
+            (
+                "postgres://h/db?sslcert=/c.crt",
+                "sets sslcert: client certificates",
+            ),
+            ("host=h sslkey=/c.key", "sets sslkey: client certificates"),
+        ] {
+            assert!(refusal(url).contains(says), "{url}: {}", refusal(url));
+        }
+        // A URL's sslrootcert is percent-decoded, as libpq decodes it.
+        let it = PgTarget::from_env_or_url(
+            Some("postgres://h/db?sslmode=verify-ca&sslrootcert=%2Fsrv%2Fmy%20ca.pem"),
+            env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(it.sslrootcert, Some(PathBuf::from("/srv/my ca.pem")));
+        assert!(refusal("postgres://h/db?sslrootcert=%zz").contains("sslrootcert"));
+    }
+
+    #[test]
+    fn the_password_source_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().display().to_string();
+        let file = dir.path().join(".pgpass");
+        std::fs::write(&file, "# x\nh:5432:sentry:sentry:pw\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let env = |key: &str| match key {
+            "HOME" => Some(home.clone()),
+            "PGHOST" => Some("h".to_string()),
+            "PGUSER" => Some("sentry".to_string()),
+            _ => None,
+        };
+        let it = PgTarget::from_env_or_url(None, env).unwrap();
+        assert_eq!(
+            it.password_source("sentry"),
+            PasswordSource::File(file.clone(), 2)
+        );
+        assert_eq!(
+            it.password_source("postgres").to_string(),
+            format!(
+                "none (no PGPASSWORD, no matching line in {})",
+                file.display()
+            )
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(it
+            .password_source("sentry")
+            .to_string()
+            .contains("is ignored"));
     }
 
     #[test]

@@ -9,9 +9,11 @@ xflags::xflags! {
     /// `switch-settings` (point settings_local.py at a db), `rehearse` (the whole migration on
     /// the real stack, on throwaway data), `bench` (the engines against pgloader and a COPY
     /// floor on scaled real data).
-    /// PostgreSQL connection as libpq takes it: PGHOST (a host or a socket folder), PGPORT, PGUSER,
-    /// PGDATABASE, PGSSLMODE, PGSSLROOTCERT, or --database-url without a password; the password
-    /// from ~/.pgpass (or PGPASSFILE; recommended) or PGPASSWORD, never from the command line.
+    /// PostgreSQL connection as libpq takes it: PGHOST (a host or a socket folder; unset: the
+    /// socket in /var/run/postgresql), PGHOSTADDR, PGPORT, PGUSER, PGDATABASE, PGSSLMODE,
+    /// PGSSLROOTCERT, or --database-url without a password; the password from ~/.pgpass (or
+    /// PGPASSFILE; recommended) or PGPASSWORD, never from the command line. PGSERVICE,
+    /// PGSSLCERT and PGSSLKEY are refused (not supported).
     cmd xtask {
         /// Run the runbook: back up and dump the SQLite db with Sentry 4, load it into PostgreSQL,
         /// upgrade to Sentry 6, verifying row counts after each phase. Resumes after the last

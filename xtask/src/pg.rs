@@ -61,7 +61,9 @@ pub fn create_database_sql(dbname: &str) -> String {
     )
 }
 
-/// Connects to `dbname` on `target`, retrying for up to `wait` while the server is starting.
+/// Connects to `dbname` on `target`, retrying for up to `wait` only while the server refuses
+/// connections or says it is starting; any other failure (a password asked for, refused, TLS,
+/// a missing database or role) is reported at once.
 pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client> {
     let mut pg_config = postgres::Config::new();
     pg_config
@@ -71,6 +73,9 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
         .dbname(dbname)
         .application_name("sentry-migrate")
         .connect_timeout(Duration::from_secs(10));
+    if let Some(addr) = target.hostaddr {
+        pg_config.hostaddr(addr);
+    }
     // PGPASSWORD, else the password file, as libpq reads it (its note, if it was ignored).
     let mut passfile_note = None;
     match (&target.password, &target.passfile) {
@@ -79,7 +84,7 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
         }
         (None, Some(file)) => {
             match pgpass::lookup(file, &target.host, target.port, dbname, &target.user) {
-                pgpass::Lookup::Found(password) => {
+                pgpass::Lookup::Found { password, .. } => {
                     pg_config.password(password);
                 }
                 pgpass::Lookup::IgnoredPermissions(path) => {
@@ -93,14 +98,18 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
         }
         (None, None) => {}
     }
-    pg_config.ssl_mode(match target.sslmode {
-        SslMode::Disable => postgres::config::SslMode::Disable,
-        SslMode::Allow | SslMode::Prefer => postgres::config::SslMode::Prefer,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+    // libpq ignores sslmode on a Unix socket (no TLS there), whatever the mode.
+    let tls = match target.is_socket() {
+        true => None,
+        false => tls_connector(target)?,
+    };
+    pg_config.ssl_mode(match (target.is_socket(), target.sslmode) {
+        (true, _) | (_, SslMode::Disable) => postgres::config::SslMode::Disable,
+        (_, SslMode::Allow | SslMode::Prefer) => postgres::config::SslMode::Prefer,
+        (_, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) => {
             postgres::config::SslMode::Require
         }
     });
-    let tls = tls_connector(target)?;
     let deadline = Instant::now() + wait;
     loop {
         let attempt = match &tls {
@@ -110,16 +119,12 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
         match attempt {
             Ok(client) => return Ok(client),
             Err(err) => {
-                let retry = err
-                    .as_db_error()
-                    .map(|db| db.code().code() == "57P03")
-                    .unwrap_or(true)
-                    && Instant::now() < deadline;
-                if retry {
+                let failure = ConnectFailure::of(&err);
+                if failure.may_be_starting() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
-                let err = explain_connect_error(target, dbname, err);
+                let err = explain_connect_error(target, dbname, err, failure);
                 return Err(match &passfile_note {
                     Some(note) => err.context(note.clone()),
                     None => err,
@@ -127,6 +132,70 @@ pub fn connect(target: &PgTarget, dbname: &str, wait: Duration) -> Result<Client
             }
         }
     }
+}
+
+/// Why a connection failed, by the error's kind: the server's SQLSTATE, the socket's
+/// `io::ErrorKind`, or (tokio-postgres keeps its kind private, and its `Display` is the kind's
+/// fixed text and nothing else) the kind read from that text, with the cause beneath it.
+#[derive(Debug, PartialEq, Eq)]
+enum ConnectFailure {
+    /// The server answered with an error (SQLSTATE).
+    Server(String),
+    /// The server asked for a password and none was given (not sent to the server at all).
+    PasswordMissing,
+    /// The TCP connection or the socket file: refused, missing, unreachable, not resolved.
+    Unreachable(std::io::ErrorKind, String),
+    /// No answer within the connect timeout.
+    Timeout,
+    /// The TLS handshake (or the server refusing TLS that the mode requires).
+    Tls(String),
+    /// Anything else, in the library's words.
+    Other(String),
+}
+
+impl ConnectFailure {
+    fn of(err: &postgres::Error) -> ConnectFailure {
+        use std::error::Error as _;
+        if let Some(db) = err.as_db_error() {
+            return ConnectFailure::Server(db.code().code().to_string());
+        }
+        let cause = err.source().map(|it| it.to_string()).unwrap_or_default();
+        if let Some(io) = err
+            .source()
+            .and_then(|it| it.downcast_ref::<std::io::Error>())
+        {
+            return ConnectFailure::Unreachable(io.kind(), io.to_string());
+        }
+        match err.to_string().as_str() {
+            "invalid configuration" if cause == "password missing" => {
+                ConnectFailure::PasswordMissing
+            }
+            "timeout waiting for server" => ConnectFailure::Timeout,
+            "error performing TLS handshake" => ConnectFailure::Tls(cause),
+            kind => ConnectFailure::Other(match cause.is_empty() {
+                true => kind.to_string(),
+                false => format!("{kind}: {cause}"),
+            }),
+        }
+    }
+
+    /// A server that is starting (or restarting) refuses connections, has no socket file yet,
+    /// or says so (57P03): worth another try. Nothing else is.
+    fn may_be_starting(&self) -> bool {
+        use std::io::ErrorKind::*;
+        match self {
+            ConnectFailure::Server(code) => code == "57P03",
+            ConnectFailure::Unreachable(kind, _) => {
+                matches!(kind, ConnectionRefused | NotFound | ConnectionReset)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A field of a password-file line: `:` and `\` escaped.
+fn pgpass_field(text: &str) -> String {
+    text.replace('\\', "\\\\").replace(':', "\\:")
 }
 
 /// The TLS side of `target.sslmode`, as libpq means it: `prefer`/`require` encrypt without
@@ -176,24 +245,51 @@ fn tls_connector(target: &PgTarget) -> Result<Option<MakeTlsConnector>> {
     Ok(Some(connector))
 }
 
-fn explain_connect_error(target: &PgTarget, dbname: &str, err: postgres::Error) -> anyhow::Error {
+fn explain_connect_error(
+    target: &PgTarget,
+    dbname: &str,
+    err: postgres::Error,
+    failure: ConnectFailure,
+) -> anyhow::Error {
     let at = format!("{}:{}", target.host, target.port);
-    let hint = match err.as_db_error().map(|db| db.code().code()) {
-        Some("28P01") => format!("password authentication failed for role `{}`: check PGPASSWORD (or the password file, ~/.pgpass or PGPASSFILE)", target.user),
-        Some("28000") => format!("role `{}` may not connect to `{dbname}` (pg_hba.conf or a missing role): check PGUSER and the server's pg_hba.conf", target.user),
-        Some("3D000") => format!("database `{dbname}` does not exist on {at}"),
-        Some(code) => format!("the server refused the connection (SQLSTATE {code})"),
-        None if err.to_string().contains("password missing") => {
-            format!("the server at {at} wants a password for role `{}`: put it in ~/.pgpass (mode 0600; or PGPASSFILE) or set PGPASSWORD", target.user)
+    let user = &target.user;
+    let hint = match failure {
+        ConnectFailure::Server(code) => match code.as_str() {
+            "28P01" => format!("password authentication failed for role `{user}`: check PGPASSWORD (or the password file, ~/.pgpass or PGPASSFILE); the password tried came from {}", target.password_source(dbname)),
+            "28000" => format!("role `{user}` may not connect to `{dbname}` (pg_hba.conf or a missing role): check PGUSER and the server's pg_hba.conf"),
+            "3D000" => format!("database `{dbname}` does not exist on {at}"),
+            "57P03" => format!("the server at {at} is starting or shutting down and did not accept connections in time"),
+            code => format!("the server refused the connection (SQLSTATE {code})"),
+        },
+        ConnectFailure::PasswordMissing => {
+            let host = match target.host.as_str() {
+                crate::config::DEFAULT_SOCKET_DIR => "localhost".to_string(),
+                host => pgpass_field(host),
+            };
+            let line = format!("{host}:{}:{}:{}:PASSWORD", target.port, pgpass_field(dbname), pgpass_field(user));
+            let searched = match &target.passfile {
+                Some(file) => format!(" ({} has no line for it)", file.display()),
+                None => String::new(),
+            };
+            format!("the server at {at} asks for a password for role `{user}` and none is given{searched}: add the line `{line}` to ~/.pgpass (mode 0600; or the file PGPASSFILE names), or set PGPASSWORD")
         }
-        None if format!("{err:#}").contains("TLS") || std::error::Error::source(&err).is_some_and(|it| it.to_string().contains("certificate")) => format!(
-            "the TLS handshake with {at} failed (sslmode={}): {}; check PGSSLMODE, PGSSLROOTCERT and that the server's certificate names the host",
+        ConnectFailure::Unreachable(kind, cause) => match kind {
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => format!(
+                "PostgreSQL is not reachable at {at} ({cause}): is the server running? check PGHOST and PGPORT"
+            ),
+            _ => format!("PostgreSQL is not reachable at {at} ({cause}): check PGHOST (and PGHOSTADDR) and PGPORT"),
+        },
+        ConnectFailure::Timeout => format!("no answer from {at} within 10 s: check PGHOST, PGPORT and the network (a firewall?)"),
+        ConnectFailure::Tls(cause) => format!(
+            "the TLS handshake with {at} failed (sslmode={}): {cause}; check PGSSLMODE, PGSSLROOTCERT and that the server's certificate names the host",
             target.sslmode.name(),
-            std::error::Error::source(&err).map(|it| it.to_string()).unwrap_or_else(|| err.to_string())
         ),
-        None => format!("PostgreSQL is not reachable at {at}: is the server running? check PGHOST and PGPORT"),
+        ConnectFailure::Other(what) => what,
     };
-    anyhow::Error::new(err).context(format!("cannot connect to {target}: {hint}"))
+    anyhow::Error::new(err).context(format!(
+        "cannot connect to {}: {hint}",
+        target.with_dbname(dbname)
+    ))
 }
 
 /// A failed statement, PostgreSQL's own words first: message, detail, and where.
@@ -508,30 +604,44 @@ pub fn orphan_events(client: &mut Client) -> Result<u64> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-/// What would stop `sentry upgrade` on the target for lack of a privilege, as a message with
-/// the exact SQL a DBA runs; `None` when the role can go on. Asked in preflight, before the
-/// dumps, so a missing privilege does not fail an hour later.
+/// What would stop the migration on the target for lack of a privilege or a wrong encoding, as
+/// a message with the exact SQL a DBA runs; `None` when the role can go on. Asked in preflight,
+/// before the dumps, so a missing privilege does not fail an hour later. The target is
+/// connected to first (a password file may have a line for it only); the maintenance database
+/// only when the target does not exist yet.
 pub fn privilege_problem(target: &PgTarget) -> Result<Option<String>> {
-    let mut admin = connect_admin(target, Duration::from_secs(5))?;
+    let wait = Duration::from_secs(5);
     let (db, user) = (
         quote_identifier(&target.dbname),
         quote_identifier(&target.user),
     );
-    if !database_exists(&mut admin, &target.dbname)? {
-        let row = admin.query_one(
-            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )?;
-        let may_create: bool = row.get(0);
-        return Ok((!may_create).then(|| {
-            format!(
-                "database `{}` does not exist and role `{}` may not create databases (no CREATEDB): ask a DBA to run\n    \
-                 CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
-                target.dbname, target.user
-            )
-        }));
+    let mut client = match connect(target, &target.dbname, wait) {
+        Ok(client) => client,
+        Err(err) if is_missing_database(&err) => {
+            let mut admin = connect_admin(target, wait).with_context(|| {
+                format!(
+                    "database `{}` does not exist yet, and creating it needs a connection to the maintenance database",
+                    target.dbname
+                )
+            })?;
+            let row = admin.query_one(
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )?;
+            let may_create: bool = row.get(0);
+            return Ok((!may_create).then(|| {
+                format!(
+                    "database `{}` does not exist and role `{}` may not create databases (no CREATEDB): ask a DBA to run\n    \
+                     CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
+                    target.dbname, target.user
+                )
+            }));
+        }
+        Err(err) => return Err(err),
+    };
+    if let Some(problem) = encoding_problem(&mut client, target)? {
+        return Ok(Some(problem));
     }
-    let mut client = connect(target, &target.dbname, Duration::from_secs(5))?;
     let may_create: bool = client
         .query_one("SELECT has_schema_privilege('public', 'CREATE')", &[])?
         .get(0);
@@ -544,6 +654,42 @@ pub fn privilege_problem(target: &PgTarget) -> Result<Option<String>> {
             target.user, target.dbname, target.dbname
         )
     }))
+}
+
+/// The encoding of the database `client` is connected to (`UTF8`, `SQL_ASCII`, `LATIN1`, …).
+pub fn database_encoding(client: &mut Client) -> Result<String> {
+    let row = client
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .context("cannot read the target database's encoding")?;
+    Ok(row.get(0))
+}
+
+/// An existing target database in another encoding than UTF8, as a message with the SQL that
+/// makes it right: in `SQL_ASCII` a `varchar(n)` counts bytes (`ééé` overflows varchar(3)),
+/// `LATIN1` and the like cannot store what Sentry stores (an emoji), both found only at the
+/// load, after Sentry's upgrade.
+pub fn encoding_problem(client: &mut Client, target: &PgTarget) -> Result<Option<String>> {
+    let encoding = database_encoding(client)?;
+    if encoding == "UTF8" {
+        return Ok(None);
+    }
+    let (db, user) = (
+        quote_identifier(&target.dbname),
+        quote_identifier(&target.user),
+    );
+    Ok(Some(format!(
+        "database `{}` has encoding {encoding}, and Sentry's data needs UTF8 ({}): \
+         the tool creates a missing database in UTF8, so drop this one (it must be empty anyway) or ask a DBA to run\n    \
+         DROP DATABASE {db};\n    CREATE DATABASE {db} OWNER {user} ENCODING 'UTF8' TEMPLATE template0;\n  then run again",
+        target.dbname,
+        match encoding.as_str() {
+            "SQL_ASCII" => "in SQL_ASCII a varchar(n) counts bytes, so text the scan counted as fitting fails the load",
+            _ => "it cannot store every character Sentry 4 stored, an emoji for one, and the load would fail",
+        }
+    )))
 }
 
 /// Connects to a maintenance database (`postgres`, else `template1`) to create or drop others.
@@ -561,7 +707,7 @@ pub fn connect_admin(target: &PgTarget, wait: Duration) -> Result<Client> {
 
 /// Whether `err` (from [`connect`]) is the server saying the database does not exist
 /// (SQLSTATE 3D000), not a missing role or anything else whose message reads alike.
-fn is_missing_database(err: &anyhow::Error) -> bool {
+pub fn is_missing_database(err: &anyhow::Error) -> bool {
     err.downcast_ref::<postgres::Error>()
         .and_then(|err| err.code())
         == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME)

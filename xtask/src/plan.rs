@@ -485,7 +485,7 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
                 Some(bytes) => format!("check: memory for dumpdata/loaddata: about {} KiB per event must fit in the machine's available memory (else: --engine copy)", bytes / 1024),
                 None => "check: (copy engine: memory stays flat, no estimate needed)".into(),
             },
-            format!("check: PostgreSQL {target} answers with the given credentials (PGPASSWORD)"),
+            format!("check: PostgreSQL {target} answers (password: {}), is UTF8, and the role may create what Sentry's upgrade creates", config.pg_password_source),
         ],
         Action::BackupSqlite => vec![
             format!("copy {db} -> {db}.backup-<UTC time> (never overwrites an earlier backup)"),
@@ -494,7 +494,11 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
         Action::Buildout(cmd) | Action::Run(cmd) => vec![format!("run: {}", cmd.render())],
         Action::WriteSettings(kind) => vec![match kind {
             DbKind::Sqlite => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): sqlite3 {db}"),
-            DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 {target}, password from PGPASSWORD"),
+            DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 {target}, password {}", match &config.pg_password_source {
+                crate::config::PasswordSource::Env => "from PGPASSWORD (written into the file)".to_string(),
+                crate::config::PasswordSource::File(path, _) => format!("from {} (psycopg2 reads it; none in the file)", path.display()),
+                other => format!("{other}"),
+            }),
         }],
         Action::ScanValues { fit } => vec![
             format!("scan: every column of every model table of {db}, one pass per table: varchar(n) values over n characters, NUL characters, invalid UTF-8, integers outside the column's range, dates Django cannot parse"),
@@ -535,8 +539,9 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
         ],
         Action::PgCreateDatabase { create_sql } => vec![
-            format!("sql (maintenance db `postgres`): {}", pg::DATABASE_EXISTS_SQL),
-            format!("sql: {create_sql}"),
+            "connect: the target database (only if it does not exist: the maintenance db `postgres`, else template1)".to_string(),
+            format!("sql (maintenance db, only if the target does not exist): {create_sql}"),
+            "check: an existing database is in UTF8".into(),
             "check: an existing database must have no tables in schema public (unless this tool created it, per the journal)".into(),
         ],
         Action::PgClearGeneratedRows { demo_project, truncate_sql } => vec![
@@ -639,7 +644,7 @@ mod tests {
       check: free disk in dumps/ for the dumps (3x the db) and next to the db for the backup
       check: the settings say which zone Sentry 4 wrote its dates in: TIME_ZONE is not set in the settings: migrate stops in preflight
       check: memory for dumpdata/loaddata: about 68 KiB per event must fit in the machine's available memory (else: --engine copy)
-      check: PostgreSQL postgres://sentry@db.internal:5432/sentry answers with the given credentials (PGPASSWORD)
+      check: PostgreSQL postgres://sentry@db.internal:5432/sentry answers (password: PGPASSWORD), is UTF8, and the role may create what Sentry's upgrade creates
 [2/21] backup-sqlite: copy the SQLite db next to itself, check the copy, record its sha256
       copy var/sentry.db -> var/sentry.db.backup-<UTC time> (never overwrites an earlier backup)
       check: PRAGMA integrity_check on the copy; sha256 of the copy equals the source's; record it in the journal
@@ -665,11 +670,12 @@ mod tests {
       report: SQLite-only tables (no model) with their rows, as not carried over
 == tag 1 (Sentry 4), PostgreSQL ==
 [12/21] pg-create-database: create the target database, or accept an empty one
-      sql (maintenance db `postgres`): SELECT 1 FROM pg_database WHERE datname = $1
-      sql: CREATE DATABASE "sentry" ENCODING 'UTF8' TEMPLATE template0
+      connect: the target database (only if it does not exist: the maintenance db `postgres`, else template1)
+      sql (maintenance db, only if the target does not exist): CREATE DATABASE "sentry" ENCODING 'UTF8' TEMPLATE template0
+      check: an existing database is in UTF8
       check: an existing database must have no tables in schema public (unless this tool created it, per the journal)
 [13/21] settings-postgres: point settings_local.py at PostgreSQL (mode 0600)
-      write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 postgres://sentry@db.internal:5432/sentry, password from PGPASSWORD
+      write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 postgres://sentry@db.internal:5432/sentry, password from PGPASSWORD (written into the file)
 [14/21] pg-upgrade: build Sentry 4.10's schema on PostgreSQL, no superuser prompt
       run: bin/sentry --config=settings/settings.py upgrade --noinput
 [15/21] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
@@ -714,8 +720,8 @@ mod tests {
         for line in [
             "check: data/central sentry.db exists, opens",
             "copy data/central sentry.db -> data/central sentry.db.backup-<UTC time>",
-            "sql: CREATE DATABASE \"sentry6\" ENCODING 'UTF8' TEMPLATE template0",
-            "postgresql_psycopg2 postgres://migrator@127.0.0.1:5433/sentry6, password from PGPASSWORD",
+            "only if the target does not exist): CREATE DATABASE \"sentry6\" ENCODING 'UTF8' TEMPLATE template0",
+            "postgresql_psycopg2 postgres://migrator@127.0.0.1:5433/sentry6, password from PGPASSWORD (written into the file)",
         ] {
             assert!(text.contains(line), "{line}\n{text}");
         }

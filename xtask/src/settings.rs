@@ -103,6 +103,9 @@ fn render_with_key(kind: DbKind, config: &Config, secret_key: &SecretKey) -> Str
             let password = pg.password.as_ref().map(|it| it.expose()).unwrap_or("");
             // psycopg2 hands OPTIONS to libpq: the same TLS mode the tool connects with.
             let mut options = format!("'sslmode': {}", py_str(pg.sslmode.name()));
+            if let Some(addr) = &pg.hostaddr {
+                options.push_str(&format!(", 'hostaddr': {}", py_str(&addr.to_string())));
+            }
             if let Some(root) = &pg.sslrootcert {
                 options.push_str(&format!(
                     ", 'sslrootcert': {}",
@@ -667,7 +670,10 @@ impl flags::SwitchSettings {
             |key| std::env::var(key).ok(),
         )?;
         if self.db == DbKind::Postgres && config.pg.password.is_none() {
-            eprintln!("note: PGPASSWORD is not set: settings_local.py gets an empty password (fine for trust or peer auth)");
+            eprintln!(
+                "note: PGPASSWORD is not set: settings_local.py gets an empty password, and psycopg2 reads the password file as libpq does (password: {})",
+                config.pg_password_source
+            );
         }
         let changes = switch(self.db, &config)?;
         let path = config.display_path(&config.settings_local());
@@ -797,6 +803,15 @@ mod tests {
         assert!(
             text.contains(
                 "'OPTIONS': {'sslmode': 'verify-full', 'sslrootcert': '/etc/sentry/ca.crt'},"
+            ),
+            "{text}"
+        );
+        // PGHOSTADDR reaches psycopg2's libpq too.
+        config.pg.hostaddr = Some("10.0.0.5".parse().unwrap());
+        let text = render(DbKind::Postgres, &config, "k");
+        assert!(
+            text.contains(
+                "'OPTIONS': {'sslmode': 'verify-full', 'hostaddr': '10.0.0.5', 'sslrootcert'"
             ),
             "{text}"
         );

@@ -452,6 +452,66 @@ fn missing_privileges_are_refused_in_preflight_with_the_sql_for_a_dba() {
         .batch_execute(&format!("DROP ROLE \"{role}\""))
         .unwrap();
 }
+/// An existing target database in another encoding than UTF8 is refused in preflight, naming
+/// the encoding, with the SQL a DBA runs: in SQL_ASCII `ééé` overflows a varchar(3) the scan
+/// counted as fitting, LATIN1 refuses an emoji, both only at `pg-copy`, after Sentry's upgrade.
+#[test]
+fn a_target_database_not_in_utf8_is_refused_in_preflight() {
+    if skip() {
+        return;
+    }
+    for encoding in ["SQL_ASCII", "LATIN1"] {
+        let repo = Repo::new("encoding");
+        let mut admin = repo.db.cluster.admin_client("postgres");
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{}\" ENCODING '{encoding}' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+                repo.target
+            ))
+            .unwrap();
+        let source = fs::read(repo.root.join("var/sentry.db")).unwrap();
+        let out = repo.xtask(&["migrate"], None);
+        assert!(!out.ok);
+        let create = format!(
+            "CREATE DATABASE \"{}\" OWNER \"postgres\" ENCODING 'UTF8' TEMPLATE template0;",
+            repo.target
+        );
+        assert!(
+            out.stderr.contains("preflight found")
+                && out.stderr.contains(&format!(
+                    "database `{}` has encoding {encoding}, and Sentry's data needs UTF8",
+                    repo.target
+                ))
+                && out.stderr.contains(&create),
+            "{}",
+            out.stderr
+        );
+        assert!(repo.calls().is_empty(), "nothing ran: {:?}", repo.calls());
+        assert_eq!(fs::read(repo.root.join("var/sentry.db")).unwrap(), source);
+        assert!(!repo.root.join("settings/settings_local.py").exists());
+        let mut target = repo.target_client();
+        let (encoding_now, tables): (String, i64) = {
+            let row = target
+                .query_one(
+                    "SELECT pg_encoding_to_char(encoding)::text, (SELECT count(*) FROM pg_tables WHERE schemaname = 'public') \
+                     FROM pg_database WHERE datname = current_database()",
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        };
+        assert_eq!(
+            (encoding_now.as_str(), tables),
+            (encoding, 0),
+            "the target is as it was"
+        );
+        drop(target);
+        admin
+            .batch_execute(&format!("DROP DATABASE \"{}\"", repo.target))
+            .unwrap();
+    }
+}
+
 /// A `--tag1` that does not install Sentry 4 is named right after its buildout, before
 /// Sentry touches the SQLite db.
 #[test]

@@ -62,16 +62,25 @@ impl StepRunner<'_> {
 
     pub(super) fn create_database(&mut self, create_sql: &str) -> Result<()> {
         let target = &self.config.pg;
-        let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
+        // The target first (a password file may have a line for it only); the maintenance
+        // database only to create it, or to recreate the one an earlier run created.
+        let mut client = match self.target_client() {
+            Ok(client) => client,
+            Err(err) if pg::is_missing_database(&err) => {
+                let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
+                pg::create_database(&mut admin, create_sql, &target.dbname)?;
+                self.journal.created_database = true;
+                writeln!(self.log()?, "created database {}", target.dbname)?;
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         let mut log = self.log()?;
-        if !pg::database_exists(&mut admin, &target.dbname)? {
-            pg::create_database(&mut admin, create_sql, &target.dbname)?;
-            self.journal.created_database = true;
-            writeln!(log, "created database {}", target.dbname)?;
-            return Ok(());
-        }
-        let tables = pg::public_tables(&mut self.target_client()?)?;
+        let tables = pg::public_tables(&mut client)?;
         if tables.is_empty() {
+            if let Some(problem) = pg::encoding_problem(&mut client, target)? {
+                bail!("{problem}");
+            }
             writeln!(
                 log,
                 "database {} exists and is empty: using it",
@@ -80,7 +89,9 @@ impl StepRunner<'_> {
             return Ok(());
         }
         if self.journal.created_database {
+            drop(client);
             writeln!(log, "database {} was created by an earlier run of this migration and is not empty: recreating it", target.dbname)?;
+            let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
             pg::drop_database(&mut admin, &target.dbname)?;
             pg::create_database(&mut admin, create_sql, &target.dbname)?;
             return Ok(());
