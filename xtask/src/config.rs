@@ -9,10 +9,8 @@ use std::{
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use postgres::config::Host;
 
-/// libpq's `DEFAULT_PGSOCKET_DIR` as Debian and Ubuntu build it (the libpq psycopg2 links
-/// against in the buildout): the host when neither `PGHOST` nor `PGHOSTADDR` is set, and the
-/// one socket folder a `localhost` line of the password file matches.
-pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+/// The host when neither `PGHOST` nor `PGHOSTADDR` is set (libpq's default socket folder).
+pub use crate::pgpass::DEFAULT_SOCKET_DIR;
 
 /// Where the PostgreSQL target is. The password is kept out of `Debug`/`Display`.
 #[derive(Clone, PartialEq, Eq)]

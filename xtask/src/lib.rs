@@ -2,6 +2,7 @@
 //! the same code (the test cluster, the helpers) instead of including source files by path.
 
 pub mod bench;
+pub mod check;
 pub mod config;
 pub mod copy;
 pub mod dumps;
@@ -13,6 +14,7 @@ pub mod pg;
 pub mod pgcluster;
 pub mod pgpass;
 pub mod plan;
+pub mod pyliteral;
 pub mod rehearse;
 pub mod report;
 pub mod rollback;

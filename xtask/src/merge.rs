@@ -8,9 +8,9 @@ use anyhow::Result;
 use postgres::Client;
 
 use crate::{
+    check::{TableCheck, Verdict},
     config::quote_identifier,
     pg::{checked_table_name, public_tables},
-    verify::{TableCheck, Verdict},
 };
 
 /// Groups that Sentry 6's migration 0083 may merge (same project and checksum), with the rows

@@ -8,6 +8,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
+/// libpq's `DEFAULT_PGSOCKET_DIR` as Debian and Ubuntu build it (the libpq psycopg2 links
+/// against in the buildout): the host when neither `PGHOST` nor `PGHOSTADDR` is set, and the
+/// one socket folder a `localhost` line of the password file matches.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
 /// The file libpq would read: `PGPASSFILE`, else `~/.pgpass`.
 pub fn default_path(env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
     env("PGPASSFILE")
@@ -30,7 +35,7 @@ pub enum Lookup {
 /// The password for `host`:`port`, `dbname`, `user`, as libpq looks it up: the first line whose
 /// four fields match, each literally or as an unescaped `*`. The host of a Unix socket matches
 /// `localhost` only when it is libpq's default socket folder
-/// ([`crate::config::DEFAULT_SOCKET_DIR`]); any other folder matches its own path.
+/// ([`DEFAULT_SOCKET_DIR`]); any other folder matches its own path.
 pub fn lookup(path: &Path, host: &str, port: u16, dbname: &str, user: &str) -> Lookup {
     let Ok(meta) = fs::metadata(path) else {
         return Lookup::NotFound;
@@ -45,7 +50,7 @@ pub fn lookup(path: &Path, host: &str, port: u16, dbname: &str, user: &str) -> L
         return Lookup::NotFound;
     };
     let host = match host {
-        "" | crate::config::DEFAULT_SOCKET_DIR => "localhost",
+        "" | DEFAULT_SOCKET_DIR => "localhost",
         host => host,
     };
     let port = port.to_string();

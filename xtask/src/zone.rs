@@ -7,7 +7,7 @@ use std::{fs, path::Path, time::SystemTime};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::settings;
+use crate::pyliteral;
 
 /// Where `TIME_ZONE` may be set, in the order `bin/sentry` executes them: this repo's settings
 /// (which must not set one on the user's behalf) and the user's own Sentry 4 settings, copied
@@ -71,7 +71,7 @@ pub fn read(root: &Path) -> ZoneSetting {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => return ZoneSetting::Invalid(format!("cannot read {file}: {err}")),
         };
-        match settings::string_setting(&source, "TIME_ZONE", file) {
+        match pyliteral::string_setting(&source, "TIME_ZONE", file) {
             Ok(Some(zone)) => found.push((zone, file.to_string())),
             Ok(None) => {}
             Err(err) => return ZoneSetting::Invalid(format!("{err:#}")),
