@@ -271,17 +271,20 @@ pub fn live_processes() -> Vec<ProcessInfo> {
     out
 }
 
+/// A field of `/proc/meminfo` (`MemAvailable`, `MemTotal`, …), in KiB.
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The memory the kernel says is available for new work (`MemAvailable`), in bytes.
 pub fn available_memory() -> Option<u64> {
-    let info = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info
-        .lines()
-        .find(|line| line.starts_with("MemAvailable:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kib| kib * 1024)
+    meminfo_kib("MemAvailable").map(|kib| kib * 1024)
 }
 
 /// This process's peak resident memory (VmHWM), in KiB.
@@ -303,6 +306,15 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_fields_are_read_in_kib() {
+        let total = meminfo_kib("MemTotal").unwrap();
+        let available = meminfo_kib("MemAvailable").unwrap();
+        assert!(total > 0 && available <= total, "{available} of {total}");
+        // A field's name is matched whole: `Mem` is no field.
+        assert_eq!(meminfo_kib("Mem"), None);
+    }
 
     #[test]
     fn timestamps_are_civil_utc() {

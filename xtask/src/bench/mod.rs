@@ -479,13 +479,7 @@ fn check_rows(
 
 fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let memory = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|line| line.starts_with("MemTotal:"))
-                .and_then(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
+    let memory = util::meminfo_kib("MemTotal")
         .map(|kib| util::human_bytes(kib * 1024))
         .unwrap_or_else(|| "?".into());
     format!("{cores} cores, {memory}")

@@ -272,12 +272,6 @@ fn run_migrate(
     })
 }
 
-fn mem_available_kib() -> Option<u64> {
-    let text = fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn file_size(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -490,7 +484,7 @@ impl flags::Rehearse {
             fitted_bytes: file_size(&root.join("dumps/sentry-fitted.db")),
             tool_peak_kib: journal.tool_peak_rss_kib,
             children_peak_kib: run.peak_kib,
-            mem_available_kib: mem_available_kib(),
+            mem_available_kib: util::meminfo_kib("MemAvailable"),
             fit_values: self.fit_values,
             scan: journal.value_scan.clone(),
             fit: journal.fit.clone(),
