@@ -358,8 +358,19 @@ pub struct Finding {
     pub limit: Option<u64>,
     /// The longest value seen, in characters, for `TooLong`.
     pub longest: Option<u64>,
-    /// Every row's id (the rowid where the table has no `id`).
+    /// Every row's id (the rowid where the table has no `id`); the journal keeps the first
+    /// few as examples, so `count` is the number of values.
     pub ids: Vec<i64>,
+    /// How many values (journals written before it existed: 0, read as `ids.len()`).
+    #[serde(default)]
+    pub count: u64,
+}
+
+impl Finding {
+    /// How many values of this kind the column holds.
+    pub fn count(&self) -> u64 {
+        self.count.max(self.ids.len() as u64)
+    }
 }
 
 /// What the scan of one database found.
@@ -369,6 +380,25 @@ pub struct Scan {
     pub rows: u64,
     pub secs: f64,
     pub findings: Vec<Finding>,
+}
+
+impl Scan {
+    /// The scan with at most `n` ids per finding kept as examples (the counts stay whole).
+    pub fn with_examples(&self, n: usize) -> Scan {
+        let findings = self
+            .findings
+            .iter()
+            .map(|f| Finding {
+                ids: f.ids.iter().take(n).copied().collect(),
+                count: f.count(),
+                ..f.clone()
+            })
+            .collect();
+        Scan {
+            findings,
+            ..self.clone()
+        }
+    }
 }
 
 pub fn open_read_only(path: &Path) -> Result<Connection> {
@@ -446,8 +476,10 @@ pub fn scan(db: &Path, tables: &[String]) -> Result<Scan> {
                     },
                     longest: None,
                     ids: Vec::new(),
+                    count: 0,
                 });
                 finding.ids.push(id);
+                finding.count += 1;
                 if let Some(chars) = chars {
                     finding.longest = Some(finding.longest.unwrap_or(0).max(chars));
                 }
@@ -468,7 +500,7 @@ pub fn summary(scan: &Scan) -> String {
 
 fn finding_line(f: &Finding) -> String {
     let sample: Vec<String> = f.ids.iter().take(5).map(|id| id.to_string()).collect();
-    let more = if f.ids.len() > 5 { ", …" } else { "" };
+    let more = if f.count() > 5 { ", …" } else { "" };
     let length = match (f.longest, f.limit) {
         (Some(longest), Some(limit)) => format!(", longest {longest} > {limit} characters"),
         _ => String::new(),
@@ -477,7 +509,7 @@ fn finding_line(f: &Finding) -> String {
         "{}.{}: {} value(s) {}{length} (ids {}{more})",
         f.table,
         f.column,
-        f.ids.len(),
+        f.count(),
         f.kind,
         sample.join(", ")
     )
@@ -1163,6 +1195,33 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn counts_are_whole_where_only_a_few_ids_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("many.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sentry_message (id integer PRIMARY KEY, server_name varchar(2));
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+             INSERT INTO sentry_message SELECT i, 'too long' FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        let kept = scan(&db, &["sentry_message".to_string()])
+            .unwrap()
+            .with_examples(20);
+        assert_eq!(kept.findings[0].ids.len(), 20);
+        let text = summary(&kept);
+        assert!(
+            text.starts_with("sentry_message.server_name: 500 value(s) longer"),
+            "{text}"
+        );
+        // What the journal stores reads back the same.
+        let json = serde_json::to_string(&kept).unwrap();
+        let back: Scan = serde_json::from_str(&json).unwrap();
+        assert_eq!(summary(&back), text);
     }
 
     #[test]

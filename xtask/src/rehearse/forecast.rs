@@ -86,7 +86,7 @@ impl Forecast {
                 .findings
                 .iter()
                 .filter(|f| !f.kind.fittable())
-                .map(|f| format!("{}.{} ({} rows {})", f.table, f.column, f.ids.len(), f.kind))
+                .map(|f| format!("{}.{} ({} rows {})", f.table, f.column, f.count(), f.kind))
                 .collect();
             if !unfittable.is_empty() {
                 reasons.push(format!(
@@ -274,7 +274,7 @@ impl Forecast {
                         "- {}.{}: {} values {}{limit}{}",
                         f.table,
                         f.column,
-                        f.ids.len(),
+                        f.count(),
                         f.kind,
                         if f.kind.fittable() {
                             ""
@@ -412,7 +412,9 @@ mod tests {
                 kind: Kind::TooLong,
                 limit: Some(128),
                 longest: Some(300),
-                ids: vec![1, 2],
+                // The journal keeps 20 ids as examples; the count is the number of values.
+                ids: (1..=20).collect(),
+                count: 500,
             }],
         });
         f.fit = Some(Fit {
@@ -430,7 +432,7 @@ mod tests {
             "{}",
             f.verdict()
         );
-        assert!(f.render().contains("sentry_message.site: 2 values longer than the column allows, longest 300 characters, limit 128"));
+        assert!(f.render().contains("sentry_message.site: 500 values longer than the column allows, longest 300 characters, limit 128"));
         f.free_beside_db = Some(10 << 20);
         f.children_peak_kib = Some(4 << 20);
         f.mem_available_kib = Some(1 << 20);
