@@ -1197,6 +1197,39 @@ mod tests {
         );
     }
 
+    /// The scan flags what Django reads as None (loaddata would load NULL, or fail on NOT NULL)
+    /// or cannot read, and passes what Django reads, with the same reader as the copy engine.
+    #[test]
+    fn the_scan_flags_dates_as_django_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("dates.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sentry_message (id integer PRIMARY KEY, datetime datetime NOT NULL, day date);
+             INSERT INTO sentry_message VALUES
+               (1, '2012-04-23 10:20:30+0100', '2012-4-9'),
+               (2, '2012-04-23 10:20:30' || char(10), '2012-04-09' || char(10)),
+               (3, '2012-04-23 10:20:30+1:0', '2012-02-30'),
+               (4, '2012-4-9 4:8:16', '2012-04-09 10:00'),
+               (5, 20120423, 'yesterday');",
+        )
+        .unwrap();
+        drop(conn);
+        let found: Vec<(String, Vec<i64>)> = scan(&db, &["sentry_message".to_string()])
+            .unwrap()
+            .findings
+            .iter()
+            .map(|f| (f.column.clone(), f.ids.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("datetime".to_string(), vec![1, 3, 5]),
+                ("day".to_string(), vec![3, 4, 5])
+            ]
+        );
+    }
+
     #[test]
     fn counts_are_whole_where_only_a_few_ids_are_kept() {
         let dir = tempfile::tempdir().unwrap();
