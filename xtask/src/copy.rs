@@ -502,7 +502,10 @@ mod tests {
             ("2012-4-9 4:8:16", "2012-04-09 04:08:16.000000"),
             ("2012-04-23 10:20:30+0100", "\\N"),
             ("2012-04-23 10:20:30\n", "2012-04-23 10:20:30.000000"),
-            ("2012-04-23T10:20:30.400+02:30", "2012-04-23 10:20:30.400000+02:30"),
+            (
+                "2012-04-23T10:20:30.400+02:30",
+                "2012-04-23 10:20:30.400000+02:30",
+            ),
             ("yesterday", "\\N"),
         ] {
             assert_eq!(
@@ -511,10 +514,23 @@ mod tests {
                 "{text:?}"
             );
         }
-        assert_eq!(enc(Target::Date, ValueRef::Text(b"2012-4-9\n")), "2012-04-09");
+        assert_eq!(
+            enc(Target::Date, ValueRef::Text(b"2012-4-9\n")),
+            "2012-04-09"
+        );
         let mut out = Vec::new();
-        assert!(encode(&mut out, Target::Datetime, ValueRef::Text(b"2012-04-23 10:20:30+1:0")).is_err());
-        assert!(encode(&mut out, Target::Datetime, ValueRef::Text(b"2012-13-01 00:00")).is_err());
+        assert!(encode(
+            &mut out,
+            Target::Datetime,
+            ValueRef::Text(b"2012-04-23 10:20:30+1:0")
+        )
+        .is_err());
+        assert!(encode(
+            &mut out,
+            Target::Datetime,
+            ValueRef::Text(b"2012-13-01 00:00")
+        )
+        .is_err());
         assert!(encode(&mut out, BIG, ValueRef::Real(9_223_372_036_854_775_808.0)).is_err());
         assert!(encode(&mut out, INT, ValueRef::Integer(1 << 31)).is_err());
         assert!(encode(&mut out, INT, ValueRef::Real(2.5)).is_err());

@@ -250,7 +250,10 @@ mod tests {
             text.contains("## SQLite-only columns not carried over"),
             "{text}"
         );
-        assert!(text.contains("- sentry_project: owner_old, legacy\n"), "{text}");
+        assert!(
+            text.contains("- sentry_project: owner_old, legacy\n"),
+            "{text}"
+        );
         assert!(!text.contains("- sentry_team"), "{text}");
     }
 }

@@ -166,8 +166,9 @@ fn rollback_after_migrating_no_events_needs_no_force() {
     let out = repo.xtask(&["rollback"], None);
     assert!(!out.ok, "{out:#?}");
     assert!(
-        out.stderr
-            .contains("Sentry 6 stored 1 event(s) after the migration (ids past 0 in sentry_message"),
+        out.stderr.contains(
+            "Sentry 6 stored 1 event(s) after the migration (ids past 0 in sentry_message"
+        ),
         "{}",
         out.stderr
     );

@@ -77,7 +77,8 @@ impl Forecast {
     /// Free space beside the db and in `dumps/` once the rehearsal's scratch folder is gone.
     pub fn free_for_the_real_run(&self) -> (Option<u64>, Option<u64>) {
         (
-            self.free_beside_db.map(|free| free + self.scratch_beside_db),
+            self.free_beside_db
+                .map(|free| free + self.scratch_beside_db),
             self.free_in_dumps.map(|free| free + self.scratch_in_dumps),
         )
     }
