@@ -31,7 +31,8 @@ pub enum Kind {
     IntegerOutOfRange,
     /// Something other than an integer in an integer column.
     NotAnInteger,
-    /// A date or datetime Django 1.4 cannot parse (it reads it as NULL, or fails).
+    /// A date or datetime Django 1.4's `dateparse` reads as None (loaddata loads NULL, or fails
+    /// on a NOT NULL column) or raises on (dumpdata fails).
     BadDate,
 }
 
@@ -50,7 +51,7 @@ impl fmt::Display for Kind {
             Kind::InvalidUtf8 => "that are not valid UTF-8",
             Kind::IntegerOutOfRange => "outside the column's integer range",
             Kind::NotAnInteger => "that are not integers",
-            Kind::BadDate => "that Django cannot parse as dates",
+            Kind::BadDate => "that Django 1.4 reads as None (NULL) or cannot read as dates",
         })
     }
 }
