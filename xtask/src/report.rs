@@ -200,6 +200,20 @@ pub fn markdown(journal: &Journal) -> String {
             let _ = writeln!(out, "- {note}");
         }
     }
+    let skipped: Vec<_> = journal
+        .copied
+        .iter()
+        .filter(|c| !c.skipped_columns.is_empty())
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## SQLite-only columns not carried over\n\nThe copy engine skipped these columns: the target has none of that name (no model field: loaddata drops them too)."
+        );
+        for c in skipped {
+            let _ = writeln!(out, "- {}: {}", c.table, c.skipped_columns.join(", "));
+        }
+    }
     if !journal.sequences.is_empty() {
         let behind: Vec<_> = journal.sequences.iter().filter(|s| s.is_behind()).collect();
         let _ = writeln!(
@@ -217,4 +231,40 @@ pub fn markdown(journal: &Journal) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_the_copy_skipped_are_in_the_report() {
+        let journal = Journal {
+            copied: vec![
+                crate::copy::TableCopy {
+                    table: "sentry_project".into(),
+                    rows: 2,
+                    skipped_columns: vec!["owner_old".into(), "legacy".into()],
+                    secs: 0.1,
+                },
+                crate::copy::TableCopy {
+                    table: "sentry_team".into(),
+                    rows: 1,
+                    skipped_columns: Vec::new(),
+                    secs: 0.1,
+                },
+            ],
+            ..Journal::default()
+        };
+        let text = markdown(&journal);
+        assert!(
+            text.contains("## SQLite-only columns not carried over"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- sentry_project: owner_old, legacy\n"),
+            "{text}"
+        );
+        assert!(!text.contains("- sentry_team"), "{text}");
+    }
 }

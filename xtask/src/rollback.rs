@@ -3,8 +3,7 @@
 
 use std::{
     fs,
-    io::Write,
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -17,7 +16,9 @@ use crate::{
     execute::Lock,
     flags::{self, DbKind},
     journal::Journal,
-    pg, sentry, settings, util,
+    pg,
+    plan::StepId,
+    sentry, settings, util,
 };
 
 impl flags::Rollback {
@@ -153,16 +154,24 @@ pub fn rollback(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
 /// Sentry 6 may have stored events since the migration: a rollback would leave them in
 /// PostgreSQL only. Refused unless `force`.
 fn check_new_events(config: &Config, journal: &Journal, force: bool) -> Result<()> {
-    let Some(last) = journal.max_event_id else {
-        if journal.steps.iter().any(|s| s.name == "verify-postgres") {
+    let verified = journal
+        .steps
+        .iter()
+        .any(|s| s.name.parse::<StepId>().ok() == Some(StepId::VerifyPostgres));
+    // No highest id because none was migrated: every event in the target is new.
+    let none_migrated = journal.postgres_counts.get("sentry_message") == Some(&0);
+    let last = match journal.max_event_id {
+        Some(last) => last,
+        None if verified && none_migrated => 0,
+        None => {
             ensure!(
-                force,
+                !verified || force,
                 "the journal does not record the migration's last event id, so new events in Sentry 6 cannot be counted: \
                  roll back with --force if none can have arrived"
             );
+            // The load never finished: Sentry 6 cannot have stored events in this target.
+            return Ok(());
         }
-        // The load never finished: Sentry 6 cannot have stored events in this target.
-        return Ok(());
     };
     let counted = pg::connect(&config.pg, &config.pg.dbname, Duration::from_secs(5))
         .and_then(|mut client| pg::events_after(&mut client, last));
@@ -220,25 +229,13 @@ fn check_backup(config: &Config, journal: &Journal) -> Result<Restore> {
 }
 
 /// Moves the current db aside (a rename: never deleted), then copies the backup in through a
-/// temp file with the backup's mode, and checks the copy's sha256.
+/// temp file (`util::copy_synced`: private while written, synced, a full disk named) with the
+/// backup's mode, checks the copy's sha256, and renames it in, the folder synced.
 fn restore_db(db: &Path, restore: &Restore, journal: &Journal) -> Result<()> {
     let partial = util::sibling(db, ".rollback-partial");
     let _ = fs::remove_file(&partial);
-    {
-        let mut input = fs::File::open(&restore.backup)
-            .with_context(|| format!("cannot read {}", restore.backup.display()))?;
-        let mode = input.metadata()?.permissions().mode() & 0o777;
-        let mut output = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&partial)
-            .with_context(|| format!("cannot create {}", partial.display()))?;
-        std::io::copy(&mut input, &mut output)?;
-        output.set_permissions(fs::Permissions::from_mode(mode))?;
-        output.sync_all()?;
-        output.flush()?;
-    }
+    let mode = util::copy_synced(&restore.backup, &partial, &partial)?;
+    fs::set_permissions(&partial, fs::Permissions::from_mode(mode))?;
     let copied = util::sha256_file(&partial)?;
     let expected = journal.backup.as_ref().map(|b| b.sha256.as_str());
     if Some(copied.as_str()) != expected {
@@ -249,14 +246,7 @@ fn restore_db(db: &Path, restore: &Restore, journal: &Journal) -> Result<()> {
         "the copy of the backup differs from it (was it written during the copy?); nothing was changed"
     );
     if db.exists() {
-        fs::rename(db, &restore.aside).with_context(|| {
-            format!(
-                "cannot move {} to {}",
-                db.display(),
-                restore.aside.display()
-            )
-        })?;
+        util::rename_synced(db, &restore.aside)?;
     }
-    fs::rename(&partial, db)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), db.display()))
+    util::rename_synced(&partial, db)
 }

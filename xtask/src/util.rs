@@ -134,6 +134,20 @@ pub fn copy_synced(from: &Path, to: &Path, shown: &Path) -> Result<u32> {
     Ok(mode)
 }
 
+/// `fs::rename`, then the folder synced, so the new name survives a crash (a rename lives in
+/// the folder, not in the file).
+pub fn rename_synced(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))?;
+    let dir = to
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("cannot sync {} after renaming into it", dir.display()))
+}
+
 /// Bytes an unprivileged user may still write on the file system holding `dir`.
 pub fn free_bytes(dir: &Path) -> Result<u64> {
     let stat = nix::sys::statvfs::statvfs(dir).with_context(|| {

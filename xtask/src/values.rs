@@ -31,7 +31,8 @@ pub enum Kind {
     IntegerOutOfRange,
     /// Something other than an integer in an integer column.
     NotAnInteger,
-    /// A date or datetime Django 1.4 cannot parse (it reads it as NULL, or fails).
+    /// A date or datetime Django 1.4's `dateparse` reads as None (loaddata loads NULL, or fails
+    /// on a NOT NULL column) or raises on (dumpdata fails).
     BadDate,
 }
 
@@ -50,7 +51,7 @@ impl fmt::Display for Kind {
             Kind::InvalidUtf8 => "that are not valid UTF-8",
             Kind::IntegerOutOfRange => "outside the column's integer range",
             Kind::NotAnInteger => "that are not integers",
-            Kind::BadDate => "that Django cannot parse as dates",
+            Kind::BadDate => "that Django 1.4 reads as None (NULL) or cannot read as dates",
         })
     }
 }
@@ -132,23 +133,64 @@ fn check_value(ty: ColumnType, value: ValueRef<'_>) -> Option<(Kind, Option<u64>
         (ColumnType::Integer { min, max }, ValueRef::Integer(n)) => {
             (n < min || n > max).then_some((Kind::IntegerOutOfRange, None))
         }
-        (ColumnType::Integer { min, max }, ValueRef::Real(x)) => {
-            let whole = x.fract() == 0.0 && x >= min as f64 && x <= max as f64;
-            (!whole).then_some((Kind::NotAnInteger, None))
-        }
+        (ColumnType::Integer { min, max }, ValueRef::Real(x)) => match whole_i64(x) {
+            None if x.fract() != 0.0 || x.is_nan() => Some((Kind::NotAnInteger, None)),
+            Some(n) if (min..=max).contains(&n) => None,
+            _ => Some((Kind::IntegerOutOfRange, None)),
+        },
         (ColumnType::Integer { .. }, _) => Some((Kind::NotAnInteger, None)),
-        (ColumnType::Datetime, ValueRef::Text(bytes)) => {
-            (!django_datetime(bytes)).then_some((Kind::BadDate, None))
+        // What Django reads as None (loaddata loads NULL) or cannot read at all.
+        (ColumnType::Datetime | ColumnType::Date, value) => {
+            let text = sqlite_text(value)?;
+            let read = if ty == ColumnType::Datetime {
+                django_datetime(&text)
+            } else {
+                django_date(&text)
+            };
+            (!matches!(read, DjangoRead::Value(_))).then_some((Kind::BadDate, None))
         }
-        (ColumnType::Date, ValueRef::Text(bytes)) => {
-            (!django_date(bytes)).then_some((Kind::BadDate, None))
-        }
-        (ColumnType::Datetime | ColumnType::Date, _) => Some((Kind::BadDate, None)),
     }
 }
 
-/// Digits: `min..=max` of them, as a number.
-fn digits(text: &[u8], at: &mut usize, min: usize, max: usize) -> Option<u32> {
+/// What Django 1.4's SQLite backend reads from a stored value: a value, `None` (its parsers
+/// return None on a string their pattern does not match; loaddata then loads NULL), or an
+/// exception (dumpdata fails). Both the scan and the copy engine use these, so both engines
+/// load the same thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DjangoRead {
+    /// The value as PostgreSQL text (`YYYY-MM-DD HH:MM:SS.ffffff[+HH:MM]`, `YYYY-MM-DD`).
+    Value(String),
+    None,
+    Error(String),
+}
+
+/// The bytes Python's sqlite3 hands a converter: the value as SQLite renders it as text.
+pub fn sqlite_text(value: ValueRef<'_>) -> Option<std::borrow::Cow<'_, [u8]>> {
+    use std::borrow::Cow;
+    match value {
+        ValueRef::Null => None,
+        ValueRef::Integer(n) => Some(Cow::Owned(n.to_string().into_bytes())),
+        ValueRef::Real(x) => Some(Cow::Owned(format!("{x:?}").into_bytes())),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(Cow::Borrowed(bytes)),
+    }
+}
+
+/// Django 1.4's `register_converter("bool", lambda s: str(s) == '1')`: only the text `1` is
+/// true (an INTEGER 1 arrives as `b'1'`; a `bool` column's NUMERIC affinity stores a REAL 1.0
+/// as the INTEGER 1); `t`, `true`, 2 are false.
+pub fn django_bool(value: ValueRef<'_>) -> Option<bool> {
+    sqlite_text(value).map(|text| &*text == b"1")
+}
+
+/// A REAL that is a whole number an i64 holds exactly (never saturated: 2^63 is not one).
+pub fn whole_i64(x: f64) -> Option<i64> {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    (x.fract() == 0.0 && (-TWO_63..TWO_63).contains(&x)).then_some(x as i64)
+}
+
+/// Greedy `\d{min,max}` (the same as the regex's backtracking here: each group is followed by
+/// a non-digit, or by the end).
+fn digits(text: &[u8], at: &mut usize, min: usize, max: usize) -> Option<(u32, usize)> {
     let start = *at;
     while *at < text.len() && *at - start < max && text[*at].is_ascii_digit() {
         *at += 1;
@@ -156,7 +198,12 @@ fn digits(text: &[u8], at: &mut usize, min: usize, max: usize) -> Option<u32> {
     if *at - start < min {
         return None;
     }
-    std::str::from_utf8(&text[start..*at]).ok()?.parse().ok()
+    let taken = &text[start..*at];
+    let value = taken
+        .iter()
+        .take(9)
+        .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    Some((value, *at - start))
 }
 
 fn eat(text: &[u8], at: &mut usize, byte: u8) -> bool {
@@ -167,54 +214,139 @@ fn eat(text: &[u8], at: &mut usize, byte: u8) -> bool {
     ok
 }
 
-fn date_part(text: &[u8], at: &mut usize) -> Option<()> {
-    let year = digits(text, at, 4, 4)?;
-    eat(text, at, b'-').then_some(())?;
-    let month = digits(text, at, 1, 2)?;
-    eat(text, at, b'-').then_some(())?;
-    let day = digits(text, at, 1, 2)?;
-    jiff::civil::Date::new(
-        i16::try_from(year).ok()?,
-        i8::try_from(month).ok()?,
-        i8::try_from(day).ok()?,
-    )
-    .ok()
-    .filter(|_| year >= 1)
-    .map(|_| ())
+/// Python's `$`: the end, or just before a newline that ends the string.
+fn at_end(text: &[u8], at: usize) -> bool {
+    at == text.len() || (at + 1 == text.len() && text[at] == b'\n')
 }
 
-/// What `django.utils.dateparse.parse_date` (Django 1.4) accepts.
-fn django_date(text: &[u8]) -> bool {
-    let mut at = 0;
-    date_part(text, &mut at).is_some() && at == text.len()
+/// `(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})`
+fn date_groups(text: &[u8], at: &mut usize) -> Option<(u32, u32, u32)> {
+    let (year, _) = digits(text, at, 4, 4)?;
+    eat(text, at, b'-').then_some(())?;
+    let (month, _) = digits(text, at, 1, 2)?;
+    eat(text, at, b'-').then_some(())?;
+    let (day, _) = digits(text, at, 1, 2)?;
+    Some((year, month, day))
 }
 
-/// What `django.utils.dateparse.parse_datetime` (Django 1.4) accepts: the date, `T` or a space,
-/// `H:M[:S[.ffffff]]`, an optional `Z` or `±HH[:]MM`; and a real calendar date and time.
-fn django_datetime(text: &[u8]) -> bool {
+/// `datetime.date(year, month, day)`'s checks.
+fn python_date(year: u32, month: u32, day: u32) -> Result<String, String> {
+    if !(1..=9999).contains(&year) {
+        return Err("year is out of range".into());
+    }
+    if !(1..=12).contains(&month) {
+        return Err("month must be in 1..12".into());
+    }
+    jiff::civil::Date::new(year as i16, month as i8, day as i8)
+        .map_err(|_| "day is out of range for month".to_string())?;
+    Ok(format!("{year:04}-{month:02}-{day:02}"))
+}
+
+/// `django.utils.dateparse.parse_date` (Django 1.4): `date_re.match`, then `datetime.date`.
+pub fn django_date(text: &[u8]) -> DjangoRead {
     let mut at = 0;
-    let parsed = (|| {
-        date_part(text, &mut at)?;
+    match date_groups(text, &mut at) {
+        Some((y, m, d)) if at_end(text, at) => match python_date(y, m, d) {
+            Ok(value) => DjangoRead::Value(value),
+            Err(why) => DjangoRead::Error(why),
+        },
+        _ => DjangoRead::None,
+    }
+}
+
+/// `django.utils.dateparse.parse_datetime` (Django 1.4, `USE_TZ` off as in Sentry 4):
+/// `datetime_re.match` with
+/// `\d{4}-\d{1,2}-\d{1,2}[T ]\d{1,2}:\d{1,2}(?::\d{1,2}(?:\.\d{1,6}\d{0,6})?)?(Z|[+-]\d{1,2}:\d{1,2})?$`,
+/// then the offset as `int(tz[1:3])` and `int(tz[4:6])` (so `+1:0` raises) and `datetime(..)`.
+pub fn django_datetime(text: &[u8]) -> DjangoRead {
+    let mut at = 0;
+    let groups = (|| {
+        let date = date_groups(text, &mut at)?;
         (eat(text, &mut at, b'T') || eat(text, &mut at, b' ')).then_some(())?;
-        let hour = digits(text, &mut at, 1, 2)?;
+        let (hour, _) = digits(text, &mut at, 1, 2)?;
         eat(text, &mut at, b':').then_some(())?;
-        let minute = digits(text, &mut at, 1, 2)?;
+        let (minute, _) = digits(text, &mut at, 1, 2)?;
+        let mut second = 0;
+        let mut micro = 0;
+        let mark = at;
         if eat(text, &mut at, b':') {
-            let second = digits(text, &mut at, 1, 2)?;
-            (second < 60).then_some(())?;
-            if eat(text, &mut at, b'.') {
-                digits(text, &mut at, 1, 12)?;
+            match digits(text, &mut at, 1, 2) {
+                Some((s, _)) => {
+                    second = s;
+                    let mark = at;
+                    if eat(text, &mut at, b'.') {
+                        let start = at;
+                        match digits(text, &mut at, 1, 12) {
+                            Some(_) => {
+                                let used = &text[start..at.min(start + 6)];
+                                let (n, len) = digits(used, &mut 0, 1, 6)?;
+                                micro = n * 10u32.pow(6 - len as u32);
+                            }
+                            None => at = mark,
+                        }
+                    }
+                }
+                None => at = mark,
             }
         }
-        (hour < 24 && minute < 60).then_some(())?;
-        if !eat(text, &mut at, b'Z') && (eat(text, &mut at, b'+') || eat(text, &mut at, b'-')) {
-            digits(text, &mut at, 2, 2)?;
-            eat(text, &mut at, b':');
-            digits(text, &mut at, 2, 2)?;
+        let tz_start = at;
+        let mut tz = None;
+        if eat(text, &mut at, b'Z') {
+            tz = Some(&text[tz_start..at]);
+        } else if eat(text, &mut at, b'+') || eat(text, &mut at, b'-') {
+            let ok = digits(text, &mut at, 1, 2).is_some()
+                && eat(text, &mut at, b':')
+                && digits(text, &mut at, 1, 2).is_some();
+            if ok {
+                tz = Some(&text[tz_start..at]);
+            } else {
+                at = tz_start;
+            }
         }
-        Some(())
+        at_end(text, at).then_some((date, hour, minute, second, micro, tz))
     })();
-    parsed.is_some() && at == text.len()
+    let Some(((year, month, day), hour, minute, second, micro, tz)) = groups else {
+        return DjangoRead::None;
+    };
+    let offset = match tz {
+        None => String::new(),
+        Some(b"Z") => "+00:00".into(),
+        Some(tz) => {
+            // `int(tzinfo[1:3])`, `int(tzinfo[4:6])`: slices of digits and `:`.
+            let int = |from: usize, to: usize| -> Option<u32> {
+                let part = tz.get(from..to.min(tz.len()))?;
+                (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                    .then(|| part.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0')))
+            };
+            let (Some(h), Some(m)) = (int(1, 3), int(4, 6)) else {
+                return DjangoRead::Error(format!(
+                    "invalid literal for int() in the offset `{}`",
+                    String::from_utf8_lossy(tz)
+                ));
+            };
+            let minutes = 60 * h + m;
+            if minutes >= 1440 {
+                return DjangoRead::Error(format!("offset of {minutes} minutes"));
+            }
+            format!("{}{:02}:{:02}", tz[0] as char, minutes / 60, minutes % 60)
+        }
+    };
+    let date = match python_date(year, month, day) {
+        Ok(date) => date,
+        Err(why) => return DjangoRead::Error(why),
+    };
+    for (value, limit, what) in [
+        (hour, 23, "hour must be in 0..23"),
+        (minute, 59, "minute must be in 0..59"),
+        (second, 59, "second must be in 0..59"),
+    ] {
+        if value > limit {
+            return DjangoRead::Error(what.into());
+        }
+    }
+    DjangoRead::Value(format!(
+        "{date} {hour:02}:{minute:02}:{second:02}.{micro:06}{offset}"
+    ))
 }
 
 /// All values of one kind in one column.
@@ -227,8 +359,19 @@ pub struct Finding {
     pub limit: Option<u64>,
     /// The longest value seen, in characters, for `TooLong`.
     pub longest: Option<u64>,
-    /// Every row's id (the rowid where the table has no `id`).
+    /// Every row's id (the rowid where the table has no `id`); the journal keeps the first
+    /// few as examples, so `count` is the number of values.
     pub ids: Vec<i64>,
+    /// How many values (journals written before it existed: 0, read as `ids.len()`).
+    #[serde(default)]
+    pub count: u64,
+}
+
+impl Finding {
+    /// How many values of this kind the column holds.
+    pub fn count(&self) -> u64 {
+        self.count.max(self.ids.len() as u64)
+    }
 }
 
 /// What the scan of one database found.
@@ -238,6 +381,25 @@ pub struct Scan {
     pub rows: u64,
     pub secs: f64,
     pub findings: Vec<Finding>,
+}
+
+impl Scan {
+    /// The scan with at most `n` ids per finding kept as examples (the counts stay whole).
+    pub fn with_examples(&self, n: usize) -> Scan {
+        let findings = self
+            .findings
+            .iter()
+            .map(|f| Finding {
+                ids: f.ids.iter().take(n).copied().collect(),
+                count: f.count(),
+                ..f.clone()
+            })
+            .collect();
+        Scan {
+            findings,
+            ..self.clone()
+        }
+    }
 }
 
 pub fn open_read_only(path: &Path) -> Result<Connection> {
@@ -315,8 +477,10 @@ pub fn scan(db: &Path, tables: &[String]) -> Result<Scan> {
                     },
                     longest: None,
                     ids: Vec::new(),
+                    count: 0,
                 });
                 finding.ids.push(id);
+                finding.count += 1;
                 if let Some(chars) = chars {
                     finding.longest = Some(finding.longest.unwrap_or(0).max(chars));
                 }
@@ -337,7 +501,7 @@ pub fn summary(scan: &Scan) -> String {
 
 fn finding_line(f: &Finding) -> String {
     let sample: Vec<String> = f.ids.iter().take(5).map(|id| id.to_string()).collect();
-    let more = if f.ids.len() > 5 { ", …" } else { "" };
+    let more = if f.count() > 5 { ", …" } else { "" };
     let length = match (f.longest, f.limit) {
         (Some(longest), Some(limit)) => format!(", longest {longest} > {limit} characters"),
         _ => String::new(),
@@ -346,7 +510,7 @@ fn finding_line(f: &Finding) -> String {
         "{}.{}: {} value(s) {}{length} (ids {}{more})",
         f.table,
         f.column,
-        f.ids.len(),
+        f.count(),
         f.kind,
         sample.join(", ")
     )
@@ -862,31 +1026,113 @@ mod tests {
         assert_eq!(column_type("REAL"), ColumnType::Other);
     }
 
+    /// Each expected value is what Django 1.4.22's `django/utils/dateparse.py` returned under
+    /// Python 2.7.18 (`settings.configure(USE_TZ=False)`); `E` is an exception, `-` is None.
     #[test]
     fn dates_as_django_1_4_parses_them() {
-        for good in [
-            "2012-03-04 05:06:07",
-            "2012-03-04 05:06:07.123456",
-            "2012-3-4 5:06",
-            "2012-03-04T05:06:07Z",
-            "2012-03-04 05:06:07+01:00",
-            "2000-02-29 00:00:00",
+        for (text, expected) in [
+            ("2012-04-23T09:15:00", "2012-04-23 09:15:00.000000"),
+            ("2012-4-9 4:8:16", "2012-04-09 04:08:16.000000"),
+            (
+                "2012-04-23T10:20:30.400+02:30",
+                "2012-04-23 10:20:30.400000+02:30",
+            ),
+            ("2012-04-23T10:20:30.400-02", "-"),
+            ("2012-04-23T10:20:30.400+0100", "-"),
+            ("2012-04-23 10:20:30+1:0", "E"),
+            ("2012-04-23 10:20:30-1:30", "E"),
+            (
+                "2012-04-23 10:20:30+01:7",
+                "2012-04-23 10:20:30.000000+01:07",
+            ),
+            ("2012-04-23 10:20:30+25:00", "E"),
+            ("2012-04-23 10:20:30\n", "2012-04-23 10:20:30.000000"),
+            (
+                "2012-04-23 10:20:30+01:00\n",
+                "2012-04-23 10:20:30.000000+01:00",
+            ),
+            ("2012-04-23 10:20:30\n\n", "-"),
+            ("2012-04-23 10:20:30.1234567890123", "-"),
+            ("2012-04-23 10:20:30.1234567", "2012-04-23 10:20:30.123456"),
+            ("2012-04-23 10:20:30.4", "2012-04-23 10:20:30.400000"),
+            ("2012-04-23 10:20:30Z", "2012-04-23 10:20:30.000000+00:00"),
+            ("2012-04-23 10:20", "2012-04-23 10:20:00.000000"),
+            ("2012-04-23 10:20:", "-"),
+            ("2012-04-23 10:20:30.", "-"),
+            ("2012-04-23", "-"),
+            ("2012-04-23 10:20:30 junk", "-"),
+            (" 2012-04-23 10:20:30", "-"),
+            ("04/03/2012 05:06", "-"),
+            ("", "-"),
+            ("2012-13-04 05:06:07", "E"),
+            ("2011-02-29 00:00:00", "E"),
+            ("2000-02-29 00:00:00", "2000-02-29 00:00:00.000000"),
+            ("2012-04-23 24:00:00", "E"),
+            ("2012-04-23 10:60:00", "E"),
+            ("0000-01-01 00:00:00", "E"),
         ] {
-            assert!(django_datetime(good.as_bytes()), "{good}");
+            let got = match django_datetime(text.as_bytes()) {
+                DjangoRead::Value(value) => value,
+                DjangoRead::None => "-".into(),
+                DjangoRead::Error(_) => "E".into(),
+            };
+            assert_eq!(got, expected, "{text:?}");
         }
-        for bad in [
-            "2012-03-04",
-            "2012-13-04 05:06:07",
-            "2011-02-29 00:00:00",
-            "2012-03-04 24:00:00",
-            "04/03/2012 05:06",
-            "2012-03-04 05:06:07 junk",
-            "",
+        for (text, expected) in [
+            ("2012-04-23", "2012-04-23"),
+            ("2012-4-9", "2012-04-09"),
+            ("2012-04-23\n", "2012-04-23"),
+            ("2012-04-23 10:00", "-"),
+            ("2012-02-30", "E"),
         ] {
-            assert!(!django_datetime(bad.as_bytes()), "{bad}");
+            let got = match django_date(text.as_bytes()) {
+                DjangoRead::Value(value) => value,
+                DjangoRead::None => "-".into(),
+                DjangoRead::Error(_) => "E".into(),
+            };
+            assert_eq!(got, expected, "{text:?}");
         }
-        assert!(django_date(b"2012-03-04"));
-        assert!(!django_date(b"2012-03-04 05:06:07"));
+    }
+
+    /// Python 2.7.18's sqlite3 with Django 1.4's `bool` converter on a `bool` column.
+    #[test]
+    fn booleans_as_django_1_4_reads_them() {
+        for (value, expected) in [
+            (ValueRef::Integer(1), true),
+            (ValueRef::Integer(0), false),
+            (ValueRef::Integer(2), false),
+            (ValueRef::Integer(-1), false),
+            (ValueRef::Real(1.5), false),
+            (ValueRef::Text(b"1"), true),
+            (ValueRef::Text(b"t"), false),
+            (ValueRef::Text(b"true"), false),
+            (ValueRef::Text(b"True"), false),
+            (ValueRef::Blob(b"1"), true),
+        ] {
+            assert_eq!(django_bool(value), Some(expected), "{value:?}");
+        }
+        assert_eq!(django_bool(ValueRef::Null), None);
+    }
+
+    #[test]
+    fn integers_are_never_saturated() {
+        assert_eq!(whole_i64(3.0), Some(3));
+        assert_eq!(whole_i64(-9_223_372_036_854_775_808.0), Some(i64::MIN));
+        assert_eq!(whole_i64(9_223_372_036_854_775_808.0), None);
+        assert_eq!(whole_i64(0.5), None);
+        let big = ColumnType::Integer {
+            min: i64::MIN,
+            max: i64::MAX,
+        };
+        assert_eq!(
+            check_value(big, ValueRef::Real(9_223_372_036_854_775_808.0)),
+            Some((Kind::IntegerOutOfRange, None))
+        );
+        assert_eq!(check_value(big, ValueRef::Real(2.0)), None);
+        assert_eq!(
+            check_value(big, ValueRef::Real(2.5)),
+            Some((Kind::NotAnInteger, None))
+        );
     }
 
     /// A tiny Sentry-like db with one bad value of each kind.
@@ -959,6 +1205,66 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// The scan flags what Django reads as None (loaddata would load NULL, or fail on NOT NULL)
+    /// or cannot read, and passes what Django reads, with the same reader as the copy engine.
+    #[test]
+    fn the_scan_flags_dates_as_django_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("dates.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sentry_message (id integer PRIMARY KEY, datetime datetime NOT NULL, day date);
+             INSERT INTO sentry_message VALUES
+               (1, '2012-04-23 10:20:30+0100', '2012-4-9'),
+               (2, '2012-04-23 10:20:30' || char(10), '2012-04-09' || char(10)),
+               (3, '2012-04-23 10:20:30+1:0', '2012-02-30'),
+               (4, '2012-4-9 4:8:16', '2012-04-09 10:00'),
+               (5, 20120423, 'yesterday');",
+        )
+        .unwrap();
+        drop(conn);
+        let found: Vec<(String, Vec<i64>)> = scan(&db, &["sentry_message".to_string()])
+            .unwrap()
+            .findings
+            .iter()
+            .map(|f| (f.column.clone(), f.ids.clone()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("datetime".to_string(), vec![1, 3, 5]),
+                ("day".to_string(), vec![3, 4, 5])
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_are_whole_where_only_a_few_ids_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("many.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sentry_message (id integer PRIMARY KEY, server_name varchar(2));
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500)
+             INSERT INTO sentry_message SELECT i, 'too long' FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        let kept = scan(&db, &["sentry_message".to_string()])
+            .unwrap()
+            .with_examples(20);
+        assert_eq!(kept.findings[0].ids.len(), 20);
+        let text = summary(&kept);
+        assert!(
+            text.starts_with("sentry_message.server_name: 500 value(s) longer"),
+            "{text}"
+        );
+        // What the journal stores reads back the same.
+        let json = serde_json::to_string(&kept).unwrap();
+        let back: Scan = serde_json::from_str(&json).unwrap();
+        assert_eq!(summary(&back), text);
     }
 
     #[test]

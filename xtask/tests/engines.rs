@@ -175,3 +175,75 @@ fn the_loaddata_engine_is_refused_where_it_cannot_fit() {
     );
     assert!(out.ok, "{out:#?}");
 }
+
+/// Values Django 1.4 reads its own way load the same through both engines: booleans (only `1`
+/// is true: 2, `t`, `true` are false), datetimes Django's pattern takes that PostgreSQL reads
+/// otherwise or refuses (one-digit fields, a trailing newline, an offset). The fake's dumpdata
+/// reads SQLite with Django's converters and regexes.
+#[test]
+fn both_engines_read_values_as_django_does() {
+    if skip() {
+        return;
+    }
+    let seed = "ALTER TABLE sentry_project ADD COLUMN public bool;
+         UPDATE sentry_project SET public = 1 WHERE id = 1;
+         UPDATE sentry_project SET public = 't' WHERE id = 3;
+         UPDATE sentry_project SET public = 2 WHERE id = 4;
+         INSERT INTO sentry_project VALUES (8, 'p8', 'true'), (9, 'p9', '1'), (11, 'p11', 0);
+         INSERT INTO sentry_message VALUES (20, 7, '2012-4-9 4:8:16'), (21, 7, '2012-04-23 10:20:30' || char(10)),
+           (22, 7, '2012-04-23T10:20:30.400+02:30'), (23, 7, '2012-04-23 10:20Z');";
+    let mut hashes = Vec::new();
+    for engine in ["loaddata", "copy"] {
+        let repo = Repo::new(&format!("django{engine}"));
+        rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+            .unwrap()
+            .execute_batch(seed)
+            .unwrap();
+        let out = repo.xtask(
+            &["migrate", "--engine", engine, "--until", "verify-postgres"],
+            None,
+        );
+        assert!(out.ok, "{engine}: {out:#?}");
+        let mut client = repo.target_client();
+        let public: Vec<(i32, Option<bool>)> = client
+            .query("SELECT id, public FROM sentry_project ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+        assert_eq!(
+            public,
+            [
+                (1, Some(true)),
+                (3, Some(false)),
+                (4, Some(false)),
+                (8, Some(false)),
+                (9, Some(true)),
+                (11, Some(false))
+            ],
+            "{engine}"
+        );
+        client.batch_execute("SET TIME ZONE 'UTC'").unwrap();
+        let dates: Vec<String> = client
+            .query(
+                "SELECT datetime::text FROM sentry_message WHERE id >= 20 ORDER BY id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        assert_eq!(
+            dates,
+            [
+                "2012-04-09 04:08:16+00",
+                "2012-04-23 10:20:30+00",
+                "2012-04-23 07:50:30.4+00",
+                "2012-04-23 10:20:00+00"
+            ],
+            "{engine}"
+        );
+        hashes.push(table_hashes(&mut client));
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}

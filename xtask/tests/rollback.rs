@@ -142,3 +142,42 @@ fn rollback_refuses_a_changed_backup_and_leaving_new_events_behind() {
     );
     assert_eq!(repo.calls().len(), calls + 1, "buildout tag 1 ran");
 }
+
+/// A migration that carried no event (a fresh install) records no highest event id: every event
+/// in the target is then new. Counted, not guessed: no --force needed while there are none.
+#[test]
+fn rollback_after_migrating_no_events_needs_no_force() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("rollbacknoev");
+    rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+        .unwrap()
+        .execute_batch("DELETE FROM sentry_message")
+        .unwrap();
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    let calls = repo.calls().len();
+
+    // One event arrived in Sentry 6: refused, counted from id 0.
+    repo.target_client()
+        .batch_execute("INSERT INTO sentry_message (id, group_id) VALUES (1, 1)")
+        .unwrap();
+    let out = repo.xtask(&["rollback"], None);
+    assert!(!out.ok, "{out:#?}");
+    assert!(
+        out.stderr.contains(
+            "Sentry 6 stored 1 event(s) after the migration (ids past 0 in sentry_message"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(repo.calls().len(), calls, "a program ran");
+
+    repo.target_client()
+        .batch_execute("DELETE FROM sentry_message")
+        .unwrap();
+    let out = repo.xtask(&["rollback"], None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(repo.calls().len(), calls + 1, "buildout tag 1 ran");
+}

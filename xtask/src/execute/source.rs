@@ -251,18 +251,8 @@ impl StepRunner<'_> {
         let mut log = self.log()?;
         writeln!(log, "scanned {}", values::rate(&scan))?;
         writeln!(log, "{summary}")?;
-        self.journal.value_scan = Some(values::Scan {
-            // The report shows a few ids; the fit scans the working copy again for all of them.
-            findings: scan
-                .findings
-                .iter()
-                .map(|f| values::Finding {
-                    ids: f.ids.iter().take(20).copied().collect(),
-                    ..f.clone()
-                })
-                .collect(),
-            ..scan.clone()
-        });
+        // The report shows a few ids; the fit scans the working copy again for all of them.
+        self.journal.value_scan = Some(scan.with_examples(20));
         if scan.findings.is_empty() || fit {
             return Ok(());
         }

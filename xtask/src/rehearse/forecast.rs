@@ -46,7 +46,14 @@ pub struct Forecast {
     /// Free space where the real run writes the backup (beside the db) and the dumps.
     pub free_beside_db: Option<u64>,
     pub free_in_dumps: Option<u64>,
+    /// The db's folder and `dumps/` are on one file system: the backup, the dumps and the
+    /// fitted copy all come out of the same free space.
     pub same_filesystem: bool,
+    /// What the rehearsal's scratch folder (its copy of the db, dumps, PostgreSQL) took on the
+    /// file system beside the db and on `dumps/`'s (0 where it is elsewhere): it is gone when
+    /// the real run starts, so it counts as free.
+    pub scratch_beside_db: u64,
+    pub scratch_in_dumps: u64,
     pub tool_peak_kib: Option<u64>,
     pub children_peak_kib: Option<u64>,
     pub mem_available_kib: Option<u64>,
@@ -67,6 +74,51 @@ pub fn disk_needed(forecast: &Forecast) -> u64 {
 }
 
 impl Forecast {
+    /// Free space beside the db and in `dumps/` once the rehearsal's scratch folder is gone.
+    pub fn free_for_the_real_run(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.free_beside_db
+                .map(|free| free + self.scratch_beside_db),
+            self.free_in_dumps.map(|free| free + self.scratch_in_dumps),
+        )
+    }
+
+    /// Each file system the real run writes on that lacks room (+20% margin): one where the db
+    /// and `dumps/` share one, else the backup beside the db and the dumps and fitted copy in
+    /// `dumps/` each against their own.
+    fn disk_shortfalls(&self) -> Vec<String> {
+        let (beside, in_dumps) = self.free_for_the_real_run();
+        let with_margin = |bytes: u64| bytes + bytes / 5;
+        let mut wants: Vec<(&str, u64, Option<u64>)> = Vec::new();
+        if self.same_filesystem {
+            let free = match (beside, in_dumps) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            wants.push(("the real run", disk_needed(self), free));
+        } else {
+            wants.push(("the backup beside the db", self.source_bytes, beside));
+            wants.push((
+                "the dumps and working copy in dumps/",
+                self.dumps_bytes + self.fitted_bytes,
+                in_dumps,
+            ));
+        }
+        wants
+            .into_iter()
+            .filter_map(|(what, needed, free)| {
+                let free = free?;
+                (free < with_margin(needed)).then(|| {
+                    format!(
+                        "disk: {what} needs about {} (+20% margin), {} is free",
+                        human_bytes(needed),
+                        human_bytes(free)
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn total_step_secs(&self) -> f64 {
         self.steps.iter().map(|(_, secs)| secs).sum()
     }
@@ -86,7 +138,7 @@ impl Forecast {
                 .findings
                 .iter()
                 .filter(|f| !f.kind.fittable())
-                .map(|f| format!("{}.{} ({} rows {})", f.table, f.column, f.ids.len(), f.kind))
+                .map(|f| format!("{}.{} ({} rows {})", f.table, f.column, f.count(), f.kind))
                 .collect();
             if !unfittable.is_empty() {
                 reasons.push(format!(
@@ -95,21 +147,7 @@ impl Forecast {
                 ));
             }
         }
-        let needed = disk_needed(self);
-        let free = match (self.free_beside_db, self.free_in_dumps) {
-            (Some(a), Some(b)) if self.same_filesystem => Some(a.min(b)),
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(free) = free {
-            if free < needed + needed / 5 {
-                reasons.push(format!(
-                    "disk: the real run needs about {} (+20% margin), {} is free",
-                    human_bytes(needed),
-                    human_bytes(free)
-                ));
-            }
-        }
+        reasons.extend(self.disk_shortfalls());
         if let (Some(peak), Some(available)) = (self.children_peak_kib, self.mem_available_kib) {
             if peak > available {
                 reasons.push(format!(
@@ -208,10 +246,15 @@ impl Forecast {
             "- **needed on this machine: {}**",
             human_bytes(disk_needed(self))
         );
-        if let Some(free) = self.free_beside_db {
-            let _ = writeln!(out, "- free beside the db: {}", human_bytes(free));
+        let (free_beside_db, free_in_dumps) = self.free_for_the_real_run();
+        if let Some(free) = free_beside_db {
+            let _ = writeln!(
+                out,
+                "- free beside the db (the rehearsal's scratch folder counted as free): {}",
+                human_bytes(free)
+            );
         }
-        if let Some(free) = self.free_in_dumps {
+        if let Some(free) = free_in_dumps {
             if !self.same_filesystem {
                 let _ = writeln!(out, "- free in dumps/: {}", human_bytes(free));
             }
@@ -274,7 +317,7 @@ impl Forecast {
                         "- {}.{}: {} values {}{limit}{}",
                         f.table,
                         f.column,
-                        f.ids.len(),
+                        f.count(),
                         f.kind,
                         if f.kind.fittable() {
                             ""
@@ -412,7 +455,9 @@ mod tests {
                 kind: Kind::TooLong,
                 limit: Some(128),
                 longest: Some(300),
-                ids: vec![1, 2],
+                // The journal keeps 20 ids as examples; the count is the number of values.
+                ids: (1..=20).collect(),
+                count: 500,
             }],
         });
         f.fit = Some(Fit {
@@ -430,7 +475,7 @@ mod tests {
             "{}",
             f.verdict()
         );
-        assert!(f.render().contains("sentry_message.site: 2 values longer than the column allows, longest 300 characters, limit 128"));
+        assert!(f.render().contains("sentry_message.site: 500 values longer than the column allows, longest 300 characters, limit 128"));
         f.free_beside_db = Some(10 << 20);
         f.children_peak_kib = Some(4 << 20);
         f.mem_available_kib = Some(1 << 20);
@@ -449,5 +494,35 @@ mod tests {
         let text = f.render();
         assert!(text.contains("no estimate of the real run"), "{text}");
         assert!(!text.contains("of downtime"), "{text}");
+    }
+
+    #[test]
+    fn disk_is_checked_per_file_system_without_the_rehearsals_own_copy() {
+        let mut f = forecast();
+        // 40 MiB needed: 10 MiB backup beside the db, 30 MiB of dumps.
+        f.free_beside_db = Some(20 << 20);
+        f.free_in_dumps = Some(40 << 20);
+        // One file system: 20 MiB free is short.
+        assert_eq!(
+            f.no_go(),
+            ["disk: the real run needs about 40.0 MiB (+20% margin), 20.0 MiB is free"]
+        );
+        // Two: the backup fits beside the db, the dumps in dumps/.
+        f.same_filesystem = false;
+        assert!(f.no_go().is_empty(), "{:?}", f.no_go());
+        f.free_in_dumps = Some(30 << 20);
+        assert_eq!(
+            f.no_go(),
+            ["disk: the dumps and working copy in dumps/ needs about 30.0 MiB (+20% margin), 30.0 MiB is free"]
+        );
+        // The scratch folder (on dumps/' file system) is gone when the real run starts.
+        f.scratch_in_dumps = 50 << 20;
+        assert!(f.no_go().is_empty(), "{:?}", f.no_go());
+        f.same_filesystem = true;
+        f.free_beside_db = Some(10 << 20);
+        f.free_in_dumps = Some(10 << 20);
+        f.scratch_beside_db = 50 << 20;
+        assert!(f.no_go().is_empty(), "{:?}", f.no_go());
+        assert!(f.render().contains("60.0 MiB"), "{}", f.render());
     }
 }

@@ -272,6 +272,21 @@ fn run_migrate(
     })
 }
 
+/// The disk a folder's files take (blocks allocated), its subfolders included, symlinks not
+/// followed.
+fn tree_bytes(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    own + fs::read_dir(path)
+        .map(|dir| dir.flatten().map(|e| tree_bytes(&e.path())).sum::<u64>())
+        .unwrap_or(0)
+}
+
 fn file_size(path: &Path) -> u64 {
     fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
@@ -499,10 +514,16 @@ impl flags::Rehearse {
         let db_dir = source.parent().unwrap_or(Path::new("/"));
         forecast.free_beside_db = util::free_bytes(db_dir).ok();
         forecast.free_in_dumps = util::free_bytes(&dumps_dir).ok();
-        forecast.same_filesystem = match (fs::metadata(db_dir), fs::metadata(&dumps_dir)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev(),
-            _ => false,
-        };
+        let device = |path: &Path| fs::metadata(path).ok().map(|m| m.dev());
+        forecast.same_filesystem = device(db_dir).is_some() && device(db_dir) == device(&dumps_dir);
+        // Measured while the scratch folder is still here: its bytes count as free.
+        let scratch_bytes = tree_bytes(root);
+        if device(root) == device(db_dir) {
+            forecast.scratch_beside_db = scratch_bytes;
+        }
+        if device(root) == device(&dumps_dir) {
+            forecast.scratch_in_dumps = scratch_bytes;
+        }
         for (name, checks) in &journal.checks {
             let t = verify::tally(checks);
             forecast.checks.push((

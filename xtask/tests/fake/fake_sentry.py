@@ -8,7 +8,7 @@ project), the helper's `models`/`load` work on that schema through psql. FAKE_FA
 makes one call fail: dump-rest (dump-rest-and-report: and the report can't be saved), load-silently (a Django 1.4 style failure that exits 0),
 truncate-dump, load-extra (adds a row, like Sentry's handlers), upgrade6.
 """
-import json, os, sqlite3, subprocess, sys
+import datetime, json, os, re, sqlite3, subprocess, sys
 
 ROOT = os.getcwd()
 NAME = os.path.basename(sys.argv[0])
@@ -53,7 +53,7 @@ SCHEMA = """
 CREATE TABLE auth_group (id serial PRIMARY KEY, name varchar(80) UNIQUE);
 CREATE TABLE auth_user (id serial PRIMARY KEY, username varchar(30) UNIQUE);
 CREATE TABLE auth_user_groups (id serial PRIMARY KEY, user_id integer REFERENCES auth_user (id) DEFERRABLE INITIALLY DEFERRED, group_id integer REFERENCES auth_group (id) DEFERRABLE INITIALLY DEFERRED);
-CREATE TABLE sentry_project (id serial PRIMARY KEY, name varchar(200));
+CREATE TABLE sentry_project (id serial PRIMARY KEY, name varchar(200), public boolean);
 CREATE TABLE sentry_projectkey (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED);
 CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer REFERENCES sentry_project (id) DEFERRABLE INITIALLY DEFERRED, checksum varchar(32), times_seen integer);
 CREATE TABLE sentry_groupbookmark (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, user_id integer);
@@ -93,9 +93,55 @@ def psql(sql, db):
                    stdout=subprocess.DEVNULL)
 
 
+# Django 1.4's SQLite converters (django/db/backends/sqlite3/base.py) and parse_datetime
+# (django/utils/dateparse.py, its regexes as they are; USE_TZ off): a converter gets the bytes
+# as stored; a string the pattern does not match reads as None; an invalid one raises.
+DATETIME_RE = re.compile(
+    r'(?P<year>\d{4})-(?P<month>\d{1,2})-(?P<day>\d{1,2})'
+    r'[T ](?P<hour>\d{1,2}):(?P<minute>\d{1,2})'
+    r'(?::(?P<second>\d{1,2})(?:\.(?P<microsecond>\d{1,6})\d{0,6})?)?'
+    r'(?P<tzinfo>Z|[+-]\d{1,2}:\d{1,2})?$', re.ASCII
+)
+
+
+def parse_datetime(value):
+    match = DATETIME_RE.match(value.decode('utf-8'))
+    if match:
+        kw = match.groupdict()
+        if kw['microsecond']:
+            kw['microsecond'] = kw['microsecond'].ljust(6, '0')
+        tzinfo = kw.pop('tzinfo')
+        if tzinfo == 'Z':
+            tzinfo = datetime.timezone.utc
+        elif tzinfo is not None:
+            offset = 60 * int(tzinfo[1:3]) + int(tzinfo[4:6])
+            if tzinfo[0] == '-':
+                offset = -offset
+            tzinfo = datetime.timezone(datetime.timedelta(minutes=offset))
+        kw = dict((k, int(v)) for k, v in kw.items() if v is not None)
+        kw['tzinfo'] = tzinfo
+        return datetime.datetime(**kw)
+
+
+sqlite3.register_converter('bool', lambda s: s == b'1')
+sqlite3.register_converter('datetime', parse_datetime)
+
+
+def json_value(value):
+    """DjangoJSONEncoder: datetimes in ISO format cut to milliseconds, UTC as `Z`."""
+    if isinstance(value, datetime.datetime):
+        text = value.isoformat()
+        if value.microsecond:
+            text = text[:23] + text[26:]
+        if text.endswith('+00:00'):
+            text = text[:-6] + 'Z'
+        return text
+    return value
+
+
 def dumpdata(auth):
     db = settings()
-    conn = sqlite3.connect(db['NAME'])
+    conn = sqlite3.connect(db['NAME'], detect_types=sqlite3.PARSE_DECLTYPES)
     objects = []
     for model in MODELS:
         if model['model'].startswith('auth.') != auth:
@@ -103,7 +149,7 @@ def dumpdata(auth):
         cur = conn.execute('SELECT * FROM %s ORDER BY id' % model['table'])
         names = [d[0] for d in cur.description]
         for row in cur.fetchall():
-            fields = dict(zip(names[1:], row[1:]))
+            fields = dict(zip(names[1:], [json_value(v) for v in row[1:]]))
             for field, table in model['m2m'].items():
                 fields[field] = [r[0] for r in conn.execute('SELECT group_id FROM %s WHERE user_id = ?' % table, (row[0],))]
             objects.append({'pk': row[0], 'model': model['model'], 'fields': fields})
