@@ -229,6 +229,9 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             notes: Vec::new(),
         };
         let result = runner.run(step);
+        if result.is_ok() {
+            hold_before_journal(step.id, &log_path);
+        }
         let notes = std::mem::take(&mut runner.notes);
         let elapsed = started.elapsed();
         match result {
@@ -283,6 +286,22 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     }
     print_summary(config, &steps, &journal);
     Ok(())
+}
+
+/// The variable that holds a run between a step's work and its journal entry: for the fault
+/// matrix only (`xtask/tests/faults.rs` kills the run there), off unless a test sets it.
+pub const TEST_HOLD_BEFORE_JOURNAL: &str = "SENTRY_MIGRATE_TEST_HOLD_BEFORE_JOURNAL";
+
+/// With [`TEST_HOLD_BEFORE_JOURNAL`] set to `step`'s name: says so in the step's log, then waits
+/// a minute (the test kills the run in that time) before the journal records the step.
+fn hold_before_journal(step: StepId, log_path: &Path) {
+    if std::env::var(TEST_HOLD_BEFORE_JOURNAL).as_deref() != Ok(step.name()) {
+        return;
+    }
+    if let Ok(mut log) = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(log_path) {
+        let _ = writeln!(log, "held before the journal ({TEST_HOLD_BEFORE_JOURNAL})");
+    }
+    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// dumps/ (and dumps/logs/ when it exists) must take new files: refused before anything is

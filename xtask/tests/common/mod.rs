@@ -323,11 +323,21 @@ pub fn kill_migrate_when(
     signal: nix::sys::signal::Signal,
     ready: impl Fn(&Repo) -> bool,
 ) {
+    let env: Vec<(&str, &str)> = slow.map(|slow| ("FAKE_SLOW", slow)).into_iter().collect();
+    kill_migrate_with_env_when(repo, args, &env, signal, ready)
+}
+
+/// [`kill_migrate_when`] with `env` set for `migrate` (a fake's or the tool's test switch).
+pub fn kill_migrate_with_env_when(
+    repo: &Repo,
+    args: &[&str],
+    env: &[(&str, &str)],
+    signal: nix::sys::signal::Signal,
+    ready: impl Fn(&Repo) -> bool,
+) {
     use std::os::unix::process::CommandExt;
     let mut cmd = repo.command(args, None);
-    if let Some(slow) = slow {
-        cmd.env("FAKE_SLOW", slow);
-    }
+    cmd.envs(env.iter().copied());
     let mut child = cmd
         .process_group(0)
         .stdout(std::process::Stdio::null())
