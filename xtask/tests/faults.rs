@@ -468,7 +468,10 @@ fn a_load_killed_after_its_commit_before_the_journal_resumes_to_the_same_result(
             nix::sys::signal::Signal::SIGKILL,
             held,
         );
-        assert!(!journal_has(&repo, step), "{engine}: killed before the journal");
+        assert!(
+            !journal_has(&repo, step),
+            "{engine}: killed before the journal"
+        );
         let events: i64 = repo
             .target_client()
             .query_one("SELECT count(*) FROM sentry_message", &[])
@@ -478,8 +481,16 @@ fn a_load_killed_after_its_commit_before_the_journal_resumes_to_the_same_result(
 
         let out = repo.xtask(&args, None);
         assert!(out.ok, "{engine}: the run after the fault failed: {out:#?}");
-        assert_eq!(report_facts(&repo), expected, "{engine}: a different result");
-        assert_eq!(fs::read(&db).unwrap(), original, "{engine}: the source changed");
+        assert_eq!(
+            report_facts(&repo),
+            expected,
+            "{engine}: a different result"
+        );
+        assert_eq!(
+            fs::read(&db).unwrap(),
+            original,
+            "{engine}: the source changed"
+        );
         assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
         assert_eq!(
             table_hashes(&mut repo.target_client()),

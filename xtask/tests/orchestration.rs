@@ -536,17 +536,24 @@ fn fit_values_is_remembered_by_the_journal_and_named_in_the_resume_command() {
     assert!(journal_has(&repo, "fit-values"), "{out:#?}");
     assert!(
         out.stderr.contains("step `pg-upgrade` failed")
-            && out.stderr.contains("resume: cargo xtask migrate --fit-values (starts again"),
+            && out
+                .stderr
+                .contains("resume: cargo xtask migrate --fit-values (starts again"),
         "{}",
         out.stderr
     );
 
     let dry = repo.xtask(&["migrate", "--dry-run"], None);
-    assert!(dry.stdout.contains("fit-values: fit those values"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("fit-values: fit those values"),
+        "{}",
+        dry.stdout
+    );
     let out = repo.xtask(&["migrate"], None);
     assert!(out.ok, "{out:#?}");
     assert!(
-        out.stdout.contains("[9/20] fit-values … done earlier (journal)"),
+        out.stdout
+            .contains("[9/20] fit-values … done earlier (journal)"),
         "{}",
         out.stdout
     );

@@ -94,14 +94,22 @@ impl flags::Migrate {
             self.tag1.as_deref(),
             self.tag2.as_deref(),
         )?;
-        config.fit_values = self.fit_values;
-        // A plain re-run resumes with the engine the run was started with.
-        let journaled = Journal::load(&config.dumps_dir().join("journal.json"))
+        // A plain re-run resumes with the engine and `--fit-values` the run was started with; a
+        // flag given now wins (and the journal records it).
+        let journal = Journal::load(&config.dumps_dir().join("journal.json"))
             .ok()
-            .flatten()
-            .and_then(|it| it.engine)
+            .flatten();
+        let journaled = journal
+            .as_ref()
+            .and_then(|it| it.engine.as_deref())
             .and_then(|it| it.parse::<flags::Engine>().ok());
         config.engine = self.engine.or(journaled).unwrap_or_default();
+        // Journals older than the field: fitted when `fit-values` ran.
+        let journaled_fit = journal.as_ref().is_some_and(|it| {
+            it.fit_values
+                .unwrap_or_else(|| it.is_done(StepId::FitValues))
+        });
+        config.fit_values = self.fit_values || journaled_fit;
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
@@ -109,7 +117,7 @@ impl flags::Migrate {
             ("--tag1", path(&self.tag1)),
             ("--tag2", path(&self.tag2)),
         ])
-        .switch("--fit-values", self.fit_values)
+        .switch("--fit-values", config.fit_values)
         .switch(
             "--engine loaddata",
             config.engine == flags::Engine::Loaddata,
@@ -196,6 +204,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         },
     };
     journal.engine = Some(config.engine.name().to_string());
+    journal.fit_values = Some(config.fit_values);
     if let Some(from) = from {
         let ids: Vec<StepId> = steps[from..].iter().map(|it| it.id).collect();
         journal.forget(&ids);
@@ -298,7 +307,12 @@ fn hold_before_journal(step: StepId, log_path: &Path) {
     if std::env::var(TEST_HOLD_BEFORE_JOURNAL).as_deref() != Ok(step.name()) {
         return;
     }
-    if let Ok(mut log) = fs::OpenOptions::new().append(true).create(true).mode(0o600).open(log_path) {
+    if let Ok(mut log) = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log_path)
+    {
         let _ = writeln!(log, "held before the journal ({TEST_HOLD_BEFORE_JOURNAL})");
     }
     std::thread::sleep(Duration::from_secs(60));
