@@ -496,8 +496,18 @@ impl StepRunner<'_> {
             Action::PgCopy {
                 time_zone,
                 reset_sequence_sql,
+                truncate_sql,
+                marker_sql,
             } => self
-                .pg_copy(step, time_zone.as_deref(), reset_sequence_sql)
+                .pg_copy(
+                    step,
+                    time_zone.as_deref(),
+                    target::LoadSql {
+                        reset_sequence_sql,
+                        truncate_sql,
+                        marker_sql,
+                    },
+                )
                 .map(|()| Outputs::new()),
             Action::PgCreateDatabase { create_sql } => {
                 self.create_database(create_sql).map(|()| Outputs::new())
@@ -526,11 +536,23 @@ impl StepRunner<'_> {
             Action::PgLoad {
                 command,
                 reset_sequence_sql,
+                truncate_sql,
+                marker_sql,
             } => self
-                .load(step, command, reset_sequence_sql)
+                .load(
+                    step,
+                    command,
+                    target::LoadSql {
+                        reset_sequence_sql,
+                        truncate_sql,
+                        marker_sql,
+                    },
+                )
                 .map(|()| Outputs::new()),
             Action::VerifyPostgres => self.verify_postgres().map(|()| Outputs::new()),
-            Action::VerifySentry6 => self.verify_sentry6().map(|()| Outputs::new()),
+            Action::VerifySentry6 { drop_marker_sql } => self
+                .verify_sentry6(drop_marker_sql)
+                .map(|()| Outputs::new()),
         }
     }
 }
