@@ -705,12 +705,19 @@ mod tests {
 [15/21] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
       check: sentry_project holds only the demo project upgrade made ("Sentry (Internal)")
       sql (one transaction): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
-            where {tables} = every table in schema public, quoted
+            where {tables} = every table in schema public but sentry_migrate_load, quoted
 [16/21] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
       sql (PostgreSQL >= 12, as superuser, one transaction): CREATE OR REPLACE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
       sql (PostgreSQL >= 12, as superuser, one transaction): DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_cast WHERE castsource = 'timestamptz'::regtype AND casttarget = 'integer'::regtype) THEN CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz); END IF; END $$
       sql (PostgreSQL >= 12, as superuser, one transaction): DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'abstime') THEN CREATE DOMAIN abstime AS integer; END IF; END $$
 [17/21] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
+      check: the target is empty, or holds this migration's own load of the same dumps (sentry_migrate_load says so: a run stopped before its journal)
+      sql (one transaction, only over its own earlier load): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
+            where {tables} = every table in schema public but sentry_migrate_load, quoted
+      sql: CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())
+      sql: DELETE FROM sentry_migrate_load
+      sql: INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)
+            where $1 = 'pg-load', $2 = both dumps' sha256; then COMMIT, before the load
       run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json
       check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`
       sql (each table with an id sequence): SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}
@@ -724,6 +731,7 @@ mod tests {
 [20/21] sentry6-upgrade: apply Sentry 6's migrations
       run: bin/sentry --config=settings/settings.py upgrade --noinput
 [21/21] verify-sentry6: compare with the loaded counts: only Sentry 6's intended changes
+      sql: DROP TABLE IF EXISTS sentry_migrate_load (the load's marker: Sentry 6's data now, never loaded again)
       check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere
       check: every event points at an existing group
 "#;
