@@ -435,7 +435,7 @@ fn a_run_killed_in_the_middle_of_fit_values_resumes_to_the_same_result() {
 /// holds the run there): every row is in PostgreSQL and the journal does not know it. The same
 /// command recognises its own committed load of this source (the marker the load's transaction
 /// wrote), loads again in one transaction and ends with the report of an uninterrupted run,
-/// for both engines (`pg-copy`, `pg-load`).
+/// for both engines (`pg-copy`, `pg-load`); a marker of other input is refused as today.
 #[test]
 fn a_load_killed_after_its_commit_before_the_journal_resumes_to_the_same_result() {
     if skip() {
@@ -478,6 +478,28 @@ fn a_load_killed_after_its_commit_before_the_journal_resumes_to_the_same_result(
             .unwrap()
             .get(0);
         assert_eq!(events, 5, "{engine}: killed after the commit");
+
+        // A load of other input (or data without the marker) is still refused as not ours.
+        let input: String = repo
+            .target_client()
+            .query_one("SELECT input FROM sentry_migrate_load", &[])
+            .unwrap()
+            .get(0);
+        let set_input = |input: &str| {
+            repo.target_client()
+                .execute("UPDATE sentry_migrate_load SET input = $1", &[&input])
+                .unwrap();
+        };
+        set_input("dumps/other.json sha256 0");
+        let out = repo.xtask(&args, None);
+        assert!(
+            !out.ok
+                && out.stderr.contains(&format!(
+                    "step `{step}` failed: the target is not empty before the"
+                )),
+            "{engine}: {out:#?}"
+        );
+        set_input(&input);
 
         let out = repo.xtask(&args, None);
         assert!(out.ok, "{engine}: the run after the fault failed: {out:#?}");
