@@ -519,5 +519,14 @@ fn a_load_killed_after_its_commit_before_the_journal_resumes_to_the_same_result(
             table_hashes(&mut reference.target_client()),
             "{engine}: the target differs from an uninterrupted run's"
         );
+        let marker: Option<String> = repo
+            .target_client()
+            .query_one("SELECT to_regclass('sentry_migrate_load')::text", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            marker, None,
+            "{engine}: verify-sentry6 drops the load's marker"
+        );
     }
 }

@@ -268,12 +268,13 @@ pub fn recorded_backup(repo: &Repo) -> PathBuf {
     repo.root.join(journal["backup"]["path"].as_str().unwrap())
 }
 
-/// Every table's rows as text, in a stable order, hashed: equal hashes, equal tables.
+/// Every table's rows as text, in a stable order, hashed: equal hashes, equal tables. The
+/// tool's load marker (which names the step and its input) is left out.
 pub fn table_hashes(client: &mut postgres::Client) -> BTreeMap<String, String> {
     let tables: Vec<String> = client
         .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-            &[],
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1 ORDER BY 1",
+            &[&xtask::pg::LOAD_MARKER_TABLE],
         )
         .unwrap()
         .iter()
