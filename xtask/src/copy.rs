@@ -32,6 +32,18 @@ pub struct TableCopy {
     pub secs: f64,
 }
 
+/// What makes the copy safe to repeat, run in its own transaction (the plan carries the SQL).
+pub struct Repeatable<'a> {
+    /// `TRUNCATE_SQL` when the target holds this migration's own earlier load, run first.
+    pub truncate_sql: Option<&'a str>,
+    /// Run per id sequence before the commit.
+    pub reset_sequence_sql: &'a str,
+    /// Records `(step, input)` in the target before the commit (none: the bench's copy).
+    pub marker_sql: &'a [&'a str],
+    pub step: &'a str,
+    pub input: &'a str,
+}
+
 /// How a column's values are written for COPY's text format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -221,14 +233,17 @@ impl Progress {
 }
 
 /// Copies `tables` of `sqlite` into the target in one transaction, reading naive datetimes in
-/// `time_zone`. Returns what each table got; fails (and rolls back) on the first problem, naming
+/// `time_zone`; the same transaction clears an earlier load first and sets the id sequences and
+/// the marker last (`repeat`), so a copy that committed is repeated with the same end. Returns
+/// what each table got and the sequences; fails (and rolls back) on the first problem, naming
 /// the table, column and row.
 pub fn copy(
     sqlite: &Path,
     client: &mut Client,
     tables: &[String],
     time_zone: &str,
-) -> Result<Vec<TableCopy>> {
+    repeat: &Repeatable<'_>,
+) -> Result<(Vec<TableCopy>, Vec<crate::pg::SequenceState>)> {
     let source = values::open_read_only(sqlite)?;
     let target_tables: std::collections::BTreeSet<String> = client
         .query(
@@ -243,6 +258,9 @@ pub fn copy(
     tx.query_one("SELECT set_config('TimeZone', $1, true)", &[&time_zone])
         .with_context(|| format!("PostgreSQL does not know the time zone `{time_zone}`"))?;
     tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")?;
+    if let Some(truncate_sql) = repeat.truncate_sql {
+        crate::pg::truncate_tables(&mut tx, truncate_sql)?;
+    }
     // Foreign keys and plain indexes go for the load and come back before the commit, in the
     // same transaction: one validating query per key and one sorted build per index instead of
     // a check and an index entry per row. A failure rolls the drops back too: the target is
@@ -376,9 +394,13 @@ pub fn copy(
             )
         })?;
     }
+    let sequences = crate::pg::reset_sequences(&mut tx, repeat.reset_sequence_sql)?;
+    if !repeat.marker_sql.is_empty() {
+        crate::pg::write_load_marker(&mut tx, repeat.marker_sql, repeat.step, repeat.input)?;
+    }
     tx.commit()
         .map_err(|err| crate::pg::explain_sql_error(err, "the copy's commit (PostgreSQL checks the foreign keys here; everything was rolled back)"))?;
-    Ok(out)
+    Ok((out, sequences))
 }
 
 /// Asks the catalog for every foreign key and every plain (not unique, not primary key) index

@@ -34,6 +34,10 @@ pub struct Journal {
     /// with it.
     #[serde(default)]
     pub engine: Option<String>,
+    /// Whether the run fits values PostgreSQL rejects (`--fit-values`), recorded as the engine
+    /// is: a plain re-run resumes with it (the load reads the fitted working copy).
+    #[serde(default)]
+    pub fit_values: Option<bool>,
     pub backup: Option<Backup>,
     /// The source's sha256 as this tool last left it: the backup's at `backup-sqlite`, renewed
     /// after each step that writes the source (Sentry 4's `upgrade` and `repair`). A run that

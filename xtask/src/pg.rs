@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
-use postgres::{Client, NoTls};
+use postgres::{Client, GenericClient, NoTls};
 use postgres_openssl::MakeTlsConnector;
 
 use crate::{
@@ -26,6 +26,23 @@ pub const TRUNCATE_SQL: &str = "TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
 /// are the table's quoted name.
 pub const RESET_SEQUENCE_SQL: &str =
     "SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}";
+
+/// The tool's own table in the target: the load a step committed there (`step`, and `input`:
+/// the sha256 of what it read). Written in the load's transaction (`pg-copy`; `pg-load` in the
+/// transaction before Django's), so a run that stopped after the commit and before its journal
+/// can tell its own load of the same input from data of someone else. Left out of every table
+/// list this tool counts, compares or clears ([`public_tables`]); dropped by `verify-sentry6`.
+pub const LOAD_MARKER_TABLE: &str = "sentry_migrate_load";
+
+/// What a load runs to record itself; `$1` = the step, `$2` = its input.
+pub const LOAD_MARKER_SQL: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())",
+    "DELETE FROM sentry_migrate_load",
+    "INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)",
+];
+
+/// What `verify-sentry6` runs first: the load is Sentry 6's data now, never to be loaded again.
+pub const DROP_LOAD_MARKER_SQL: &str = "DROP TABLE IF EXISTS sentry_migrate_load";
 
 /// Asked in the maintenance database before creating the target.
 pub const DATABASE_EXISTS_SQL: &str = "SELECT 1 FROM pg_database WHERE datname = $1";
@@ -339,11 +356,11 @@ pub fn drop_database(admin: &mut Client, dbname: &str) -> Result<()> {
         .with_context(|| format!("cannot drop database `{dbname}`"))
 }
 
-/// Tables of schema `public`, sorted.
-pub fn public_tables(client: &mut Client) -> Result<Vec<String>> {
+/// Tables of schema `public`, sorted, but this tool's [`LOAD_MARKER_TABLE`].
+pub fn public_tables(client: &mut impl GenericClient) -> Result<Vec<String>> {
     let rows = client.query(
-        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-        &[],
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1 ORDER BY 1",
+        &[&LOAD_MARKER_TABLE],
     )?;
     rows.iter()
         .map(|row| checked_table_name(row.get(0)))
@@ -363,7 +380,7 @@ pub(crate) fn checked_table_name(name: String) -> Result<String> {
 }
 
 /// `SELECT count(*)` of each table.
-pub fn table_counts(client: &mut Client) -> Result<BTreeMap<String, u64>> {
+pub fn table_counts(client: &mut impl GenericClient) -> Result<BTreeMap<String, u64>> {
     let mut counts = BTreeMap::new();
     for table in public_tables(client)? {
         let row = client.query_one(
@@ -411,11 +428,58 @@ pub fn clear_generated_rows(
             bail!("{table} is not empty: this database has data of its own; use an empty target database");
         }
     }
-    let tables: Vec<String> = before.keys().map(|it| quote_identifier(it)).collect();
     let mut tx = client.transaction()?;
-    tx.batch_execute(&truncate_sql.replace("{tables}", &tables.join(", ")))?;
+    truncate_tables(&mut tx, truncate_sql)?;
     tx.commit()?;
     Ok(before.into_iter().filter(|(_, rows)| *rows > 0).collect())
+}
+
+/// `truncate_sql` (the plan carries [`TRUNCATE_SQL`]) with every table of [`public_tables`]:
+/// what `pg-clear-generated-rows` runs, and what a load runs in its own transaction before it
+/// loads again over its own earlier load.
+pub fn truncate_tables(client: &mut impl GenericClient, truncate_sql: &str) -> Result<()> {
+    let tables: Vec<String> = public_tables(client)?
+        .iter()
+        .map(|it| quote_identifier(it))
+        .collect();
+    if tables.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&truncate_sql.replace("{tables}", &tables.join(", ")))
+        .context("cannot clear the target's tables")
+}
+
+/// The load recorded in [`LOAD_MARKER_TABLE`]: `(step, input)`, if any.
+pub fn load_marker(client: &mut impl GenericClient) -> Result<Option<(String, String)>> {
+    if !has_table(client, LOAD_MARKER_TABLE)? {
+        return Ok(None);
+    }
+    let rows = client
+        .query("SELECT step, input FROM sentry_migrate_load", &[])
+        .context("cannot read this tool's load marker (sentry_migrate_load)")?;
+    Ok(match rows.as_slice() {
+        [row] => Some((row.get(0), row.get(1))),
+        _ => None,
+    })
+}
+
+/// Runs `marker_sql` (the plan carries [`LOAD_MARKER_SQL`]): `step` loaded `input` here.
+pub fn write_load_marker(
+    client: &mut impl GenericClient,
+    marker_sql: &[&str],
+    step: &str,
+    input: &str,
+) -> Result<()> {
+    for sql in marker_sql {
+        let result = if sql.contains("$1") {
+            client.execute(*sql, &[&step, &input]).map(|_| ())
+        } else {
+            client.batch_execute(sql)
+        };
+        result.with_context(|| format!("cannot record the load in the target: `{sql}` failed"))?;
+    }
+    Ok(())
 }
 
 /// What the shim step did.
@@ -482,7 +546,7 @@ pub fn events_after(client: &mut Client, last: i64) -> Result<u64> {
     Ok(row.get::<_, i64>(0) as u64)
 }
 
-fn has_table(client: &mut Client, table: &str) -> Result<bool> {
+fn has_table(client: &mut impl GenericClient, table: &str) -> Result<bool> {
     let row = client.query_one("SELECT to_regclass(quote_ident($1)) IS NOT NULL", &[&table])?;
     Ok(row.get(0))
 }
@@ -503,7 +567,10 @@ impl SequenceState {
 }
 
 /// Sets every `id` sequence past its table's max(id), then reads them back.
-pub fn reset_sequences(client: &mut Client, reset_sql: &str) -> Result<Vec<SequenceState>> {
+pub fn reset_sequences(
+    client: &mut impl GenericClient,
+    reset_sql: &str,
+) -> Result<Vec<SequenceState>> {
     let tables = serial_tables(client)?;
     for (table, _) in &tables {
         let quoted = quote_identifier(table);
@@ -520,7 +587,7 @@ pub fn reset_sequences(client: &mut Client, reset_sql: &str) -> Result<Vec<Seque
 /// Tables of schema `public` with an `id` column backed by a sequence, with that sequence.
 /// Tables without an `id` column are left out by the catalog query itself, so any error here is
 /// a real one (connection, privileges) and is reported.
-fn serial_tables(client: &mut Client) -> Result<Vec<(String, String)>> {
+fn serial_tables(client: &mut impl GenericClient) -> Result<Vec<(String, String)>> {
     let rows = client
         .query(
             "SELECT c.relname::text, pg_get_serial_sequence(format('public.%I', c.relname), 'id') \
@@ -542,13 +609,13 @@ fn serial_tables(client: &mut Client) -> Result<Vec<(String, String)>> {
 }
 
 /// Every `id` sequence with the next value it would hand out.
-pub fn sequences(client: &mut Client) -> Result<Vec<SequenceState>> {
+pub fn sequences(client: &mut impl GenericClient) -> Result<Vec<SequenceState>> {
     let tables = serial_tables(client)?;
     sequence_states(client, tables)
 }
 
 fn sequence_states(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     tables: Vec<(String, String)>,
 ) -> Result<Vec<SequenceState>> {
     let mut out = Vec::new();

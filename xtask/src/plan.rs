@@ -60,10 +60,14 @@ pub enum Action {
     /// The copy engine's source: rows per model table of the db it reads, against SQLite's.
     CountSource,
     /// The copy engine: every model table streamed into the target with COPY, one transaction,
-    /// the session's TimeZone set to Sentry 4's; then `reset_sequence_sql` per id sequence.
+    /// the session's TimeZone set to Sentry 4's; in the same transaction `truncate_sql` first
+    /// when the target holds this migration's own earlier load (`marker_sql` says so), and
+    /// `reset_sequence_sql` per id sequence and `marker_sql` before the commit: safe to repeat.
     PgCopy {
         time_zone: Option<String>,
         reset_sequence_sql: &'static str,
+        truncate_sql: &'static str,
+        marker_sql: &'static [&'static str],
     },
     /// Creates the target database (`create_sql`), or accepts an empty one.
     PgCreateDatabase { create_sql: String },
@@ -76,15 +80,20 @@ pub enum Action {
     /// Makes `abstime` work again on PostgreSQL 12+ (Sentry computes scores with it).
     PgAbstimeShim { sql: &'static [&'static str] },
     /// Loads both dumps in one transaction with the side-effect handlers disconnected; the
-    /// output is parsed, never trusted by exit code. Then `reset_sequence_sql` per id sequence.
+    /// output is parsed, never trusted by exit code. Before it, in a transaction of its own,
+    /// `truncate_sql` when the target holds this migration's own earlier load, and `marker_sql`;
+    /// after it `reset_sequence_sql` per id sequence (idempotent): safe to repeat.
     PgLoad {
         command: Command,
         reset_sequence_sql: &'static str,
+        truncate_sql: &'static str,
+        marker_sql: &'static [&'static str],
     },
     /// Compares every table with SQLite, checks every id sequence.
     VerifyPostgres,
-    /// Compares every table with the post-load counts, allowing Sentry 6's intended changes only.
-    VerifySentry6,
+    /// Drops the load's marker (`drop_marker_sql`), then compares every table with the
+    /// post-load counts, allowing Sentry 6's intended changes only.
+    VerifySentry6 { drop_marker_sql: &'static str },
 }
 
 /// Memory Django 1.4's `dumpdata` takes per event (measured: it builds the whole JSON in
@@ -378,6 +387,8 @@ pub fn plan(config: &Config) -> Vec<Step> {
                     None,
                 ),
                 reset_sequence_sql: pg::RESET_SEQUENCE_SQL,
+                truncate_sql: pg::TRUNCATE_SQL,
+                marker_sql: pg::LOAD_MARKER_SQL,
             },
         ),
         step(
@@ -402,7 +413,9 @@ pub fn plan(config: &Config) -> Vec<Step> {
             StepId::VerifySentry6,
             Sentry6,
             "compare with the loaded counts: only Sentry 6's intended changes",
-            VerifySentry6,
+            VerifySentry6 {
+                drop_marker_sql: pg::DROP_LOAD_MARKER_SQL,
+            },
         ),
     ];
     if config.engine == crate::flags::Engine::Copy {
@@ -425,6 +438,8 @@ pub fn plan(config: &Config) -> Vec<Step> {
                         action: PgCopy {
                             time_zone: config.time_zone.zone().map(str::to_string),
                             reset_sequence_sql: pg::RESET_SEQUENCE_SQL,
+                            truncate_sql: pg::TRUNCATE_SQL,
+                            marker_sql: pg::LOAD_MARKER_SQL,
                         },
                     }
                 }
@@ -519,21 +534,24 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             format!("count: rows of every model table in {} (the working copy with --fit-values)", db),
             "check: they equal SQLite's rows per table, less exactly the rows --fit-values merged".into(),
         ],
-        Action::PgCopy { time_zone, reset_sequence_sql } => vec![
+        Action::PgCopy { time_zone, reset_sequence_sql, truncate_sql, marker_sql } => [vec![
+            "check: the target is empty, or holds this migration's own committed load of the same source (sentry_migrate_load says so: a run stopped before its journal)".to_string(),
             "sql (one transaction): SELECT set_config('TimeZone', $1, true)".to_string(),
             format!(
                 "      where $1 = {}: naive datetimes are read in it, as Django's PostgreSQL backend reads them",
                 time_zone.as_deref().map_or("TIME_ZONE (not set: preflight stops)".to_string(), |zone| format!("'{zone}'"))
             ),
             "sql: SET CONSTRAINTS ALL DEFERRED".into(),
+            format!("sql (only over its own earlier load): {truncate_sql}"),
+            format!("      where {{tables}} = every table in schema public but {}, quoted", pg::LOAD_MARKER_TABLE),
             format!("sql: {}", crate::copy::KEYS_AND_INDEXES_SQL),
             "      then each DROP it lists; after the COPYs, each re-creating statement (indexes, then foreign keys), in the same transaction".into(),
             "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN".into(),
             "      rows streamed from SQLite one at a time: booleans 0/1 -> f/t, text escaped for COPY, NULL as \\N".into(),
             "check: rows copied = rows read, per table; foreign keys validated when re-created (a failure rolls everything back, drops included)".into(),
-            format!("sql (each table with an id sequence): {reset_sequence_sql}"),
+            format!("sql (each table with an id sequence, before the commit): {reset_sequence_sql}"),
             "      where {table} and $1 = the table's quoted name".into(),
-        ],
+        ], marker_lines(marker_sql, "pg-copy", "the source's sha256 (the working copy's with --fit-values)", "then COMMIT")].concat(),
         Action::VerifyDumps => vec![
             "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
             "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
@@ -547,24 +565,36 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
         Action::PgClearGeneratedRows { demo_project, truncate_sql } => vec![
             format!("check: sentry_project holds only the demo project upgrade made ({demo_project:?})"),
             format!("sql (one transaction): {truncate_sql}"),
-            "      where {tables} = every table in schema public, quoted".into(),
+            format!("      where {{tables}} = every table in schema public but {}, quoted", pg::LOAD_MARKER_TABLE),
         ],
         Action::PgAbstimeShim { sql } => sql.iter().map(|sql| format!("sql (PostgreSQL >= 12, as superuser, one transaction): {sql}")).collect(),
-        Action::PgLoad { command, reset_sequence_sql } => vec![
+        Action::PgLoad { command, reset_sequence_sql, truncate_sql, marker_sql } => [vec![
+            "check: the target is empty, or holds this migration's own load of the same dumps (sentry_migrate_load says so: a run stopped before its journal)".to_string(),
+            format!("sql (one transaction, only over its own earlier load): {truncate_sql}"),
+            format!("      where {{tables}} = every table in schema public but {}, quoted", pg::LOAD_MARKER_TABLE),
+        ], marker_lines(marker_sql, "pg-load", "both dumps' sha256", "then COMMIT, before the load"), vec![
             format!("run: {}", command.render()),
             "check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`".into(),
             format!("sql (each table with an id sequence): {reset_sequence_sql}"),
             "      where {table} and $1 = the table's quoted name".into(),
-        ],
+        ]].concat(),
         Action::VerifyPostgres => vec![
             "check: rows of every table equal SQLite's (report: dumps/report.md)".into(),
             "check: every id sequence's next value is past max(id)".into(),
         ],
-        Action::VerifySentry6 => vec![
+        Action::VerifySentry6 { drop_marker_sql } => vec![
+            format!("sql: {drop_marker_sql} (the load's marker: Sentry 6's data now, never loaded again)"),
             "check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere".into(),
             "check: every event points at an existing group".into(),
         ],
     }
+}
+
+/// The lines that show how a load records itself in the target.
+fn marker_lines(marker_sql: &[&str], step: &str, input: &str, then: &str) -> Vec<String> {
+    let mut lines: Vec<String> = marker_sql.iter().map(|sql| format!("sql: {sql}")).collect();
+    lines.push(format!("      where $1 = '{step}', $2 = {input}; {then}"));
+    lines
 }
 
 /// The plan as text, as `--dry-run` prints it.
@@ -681,12 +711,19 @@ mod tests {
 [15/21] pg-clear-generated-rows: remove the demo project and every row upgrade generated, in one transaction
       check: sentry_project holds only the demo project upgrade made ("Sentry (Internal)")
       sql (one transaction): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
-            where {tables} = every table in schema public, quoted
+            where {tables} = every table in schema public but sentry_migrate_load, quoted
 [16/21] pg-abstime-shim: install the abstime compatibility shim (PostgreSQL 12+ removed abstime)
       sql (PostgreSQL >= 12, as superuser, one transaction): CREATE OR REPLACE FUNCTION sentry_migrate_timestamptz_to_int(timestamptz) RETURNS integer AS 'SELECT extract(epoch FROM $1)::integer' LANGUAGE SQL IMMUTABLE STRICT
       sql (PostgreSQL >= 12, as superuser, one transaction): DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_cast WHERE castsource = 'timestamptz'::regtype AND casttarget = 'integer'::regtype) THEN CREATE CAST (timestamptz AS integer) WITH FUNCTION sentry_migrate_timestamptz_to_int(timestamptz); END IF; END $$
       sql (PostgreSQL >= 12, as superuser, one transaction): DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_type WHERE typname = 'abstime') THEN CREATE DOMAIN abstime AS integer; END IF; END $$
 [17/21] pg-load: load auth then the rest in one transaction, side-effect handlers disconnected
+      check: the target is empty, or holds this migration's own load of the same dumps (sentry_migrate_load says so: a run stopped before its journal)
+      sql (one transaction, only over its own earlier load): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
+            where {tables} = every table in schema public but sentry_migrate_load, quoted
+      sql: CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())
+      sql: DELETE FROM sentry_migrate_load
+      sql: INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)
+            where $1 = 'pg-load', $2 = both dumps' sha256; then COMMIT, before the load
       run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json
       check: output says `Installed N object(s) from 2 fixture(s)` with N = objects in both dumps, and no `Problem installing fixture`
       sql (each table with an id sequence): SELECT setval(pg_get_serial_sequence($1, 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {table}
@@ -700,6 +737,7 @@ mod tests {
 [20/21] sentry6-upgrade: apply Sentry 6's migrations
       run: bin/sentry --config=settings/settings.py upgrade --noinput
 [21/21] verify-sentry6: compare with the loaded counts: only Sentry 6's intended changes
+      sql: DROP TABLE IF EXISTS sentry_migrate_load (the load's marker: Sentry 6's data now, never loaded again)
       check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere
       check: every event points at an existing group
 "#;

@@ -568,3 +568,55 @@ fn from_and_until_naming_no_step_are_refused_before_anything() {
     assert!(repo.calls().is_empty(), "a program ran");
     assert!(!repo.target_exists(), "a database was created");
 }
+/// `--fit-values` is remembered as the engine is: a run with it that fails after `fit-values`
+/// names it in the resume command, and a plain `migrate` resumes with it (the copy reads the
+/// fitted working copy, not the source with values PostgreSQL rejects).
+#[test]
+fn fit_values_is_remembered_by_the_journal_and_named_in_the_resume_command() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("fitresume");
+    rusqlite::Connection::open(repo.root.join("var/sentry.db"))
+        .unwrap()
+        .execute_batch(
+            "ALTER TABLE sentry_project RENAME TO old_project;
+             CREATE TABLE sentry_project (id integer PRIMARY KEY, name varchar(200));
+             INSERT INTO sentry_project SELECT * FROM old_project;
+             DROP TABLE old_project;
+             UPDATE sentry_project SET name = 'web' || char(0) || 'site' WHERE id = 3;",
+        )
+        .unwrap();
+    let out = repo.xtask(&["migrate", "--fit-values"], Some("upgrade-pg"));
+    assert!(!out.ok, "{out:#?}");
+    assert!(journal_has(&repo, "fit-values"), "{out:#?}");
+    assert!(
+        out.stderr.contains("step `pg-upgrade` failed")
+            && out
+                .stderr
+                .contains("resume: cargo xtask migrate --fit-values (starts again"),
+        "{}",
+        out.stderr
+    );
+
+    let dry = repo.xtask(&["migrate", "--dry-run"], None);
+    assert!(
+        dry.stdout.contains("fit-values: fit those values"),
+        "{}",
+        dry.stdout
+    );
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("[9/20] fit-values … done earlier (journal)"),
+        "{}",
+        out.stdout
+    );
+    let name: String = repo
+        .target_client()
+        .query_one("SELECT name FROM sentry_project WHERE id = 3", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "website", "the copy read the fitted working copy");
+}

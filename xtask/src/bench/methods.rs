@@ -26,8 +26,15 @@ pub fn copy_worker(args: &[OsString]) -> Result<()> {
     })?;
     let mut client = pg::connect(&config.pg, &config.pg.dbname, Duration::from_secs(5))?;
     let tables = super::model_tables(Path::new(models))?;
-    let copies = crate::copy::copy(Path::new(sqlite), &mut client, &tables, zone)?;
-    let sequences = pg::reset_sequences(&mut client, pg::RESET_SEQUENCE_SQL)?;
+    let repeat = crate::copy::Repeatable {
+        truncate_sql: None,
+        reset_sequence_sql: pg::RESET_SEQUENCE_SQL,
+        marker_sql: &[],
+        step: COPY_WORKER,
+        input: "",
+    };
+    let (copies, sequences) =
+        crate::copy::copy(Path::new(sqlite), &mut client, &tables, zone, &repeat)?;
     let rows: u64 = copies.iter().map(|it| it.rows).sum();
     println!(
         "copied {rows} rows into {} tables; {} sequences reset; peak RSS {} KiB",

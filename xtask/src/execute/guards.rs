@@ -239,15 +239,29 @@ impl StepRunner<'_> {
 
     /// What both engines need before they write: an empty target, settings on PostgreSQL,
     /// Sentry 4 in bin/, no Sentry running. Returns the target's client.
-    pub(super) fn ready_to_load(&self, step: &Step, what: &str) -> Result<postgres::Client> {
+    /// The target must be empty, or hold this migration's own load of `input` by this step (its
+    /// marker says so; a run stopped after the load's commit, before its journal) while still at
+    /// Sentry 4's migrations: then `true`, the load clears it first in its own transaction.
+    /// Anything else is refused as someone else's data.
+    pub(super) fn ready_to_load(
+        &self,
+        step: &Step,
+        what: &str,
+        input: &str,
+    ) -> Result<(postgres::Client, bool)> {
         let mut client = self.target_client()?;
         let filled: Vec<String> = pg::table_counts(&mut client)?
             .into_iter()
             .filter(|(_, n)| *n > 0)
             .map(|(t, n)| format!("{t} ({n})"))
             .collect();
+        let again = !filled.is_empty()
+            && pg::load_marker(&mut client)?
+                == Some((step.id.name().to_string(), input.to_string()))
+            && pg::latest_sentry_migration(&mut client)?
+                .is_none_or(|it| it <= sqlite::SENTRY4_LAST_MIGRATION);
         ensure!(
-            filled.is_empty(),
+            filled.is_empty() || again,
             "the target is not empty before the {what}: {}; {}",
             filled.join(", "),
             self.resume.redo(StepId::PgClearGeneratedRows)
@@ -255,7 +269,14 @@ impl StepRunner<'_> {
         self.ensure_settings_for(step.phase)?;
         self.ensure_sentry_version_for(step.phase)?;
         self.ensure_sentry_stopped()?;
-        Ok(client)
+        if again {
+            writeln!(
+                self.log()?,
+                "the target holds this migration's own earlier {what} of the same input ({input}): \
+                 it is cleared and loaded again in one transaction"
+            )?;
+        }
+        Ok((client, again))
     }
 }
 

@@ -94,14 +94,22 @@ impl flags::Migrate {
             self.tag1.as_deref(),
             self.tag2.as_deref(),
         )?;
-        config.fit_values = self.fit_values;
-        // A plain re-run resumes with the engine the run was started with.
-        let journaled = Journal::load(&config.dumps_dir().join("journal.json"))
+        // A plain re-run resumes with the engine and `--fit-values` the run was started with; a
+        // flag given now wins (and the journal records it).
+        let journal = Journal::load(&config.dumps_dir().join("journal.json"))
             .ok()
-            .flatten()
-            .and_then(|it| it.engine)
+            .flatten();
+        let journaled = journal
+            .as_ref()
+            .and_then(|it| it.engine.as_deref())
             .and_then(|it| it.parse::<flags::Engine>().ok());
         config.engine = self.engine.or(journaled).unwrap_or_default();
+        // Journals older than the field: fitted when `fit-values` ran.
+        let journaled_fit = journal.as_ref().is_some_and(|it| {
+            it.fit_values
+                .unwrap_or_else(|| it.is_done(StepId::FitValues))
+        });
+        config.fit_values = self.fit_values || journaled_fit;
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
@@ -109,7 +117,7 @@ impl flags::Migrate {
             ("--tag1", path(&self.tag1)),
             ("--tag2", path(&self.tag2)),
         ])
-        .switch("--fit-values", self.fit_values)
+        .switch("--fit-values", config.fit_values)
         .switch(
             "--engine loaddata",
             config.engine == flags::Engine::Loaddata,
@@ -203,6 +211,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         },
     };
     journal.engine = Some(config.engine.name().to_string());
+    journal.fit_values = Some(config.fit_values);
     if let Some(from) = from {
         let ids: Vec<StepId> = steps[from..].iter().map(|it| it.id).collect();
         journal.forget(&ids);
@@ -236,6 +245,9 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             notes: Vec::new(),
         };
         let result = runner.run(step);
+        if result.is_ok() {
+            hold_before_journal(step.id, &log_path);
+        }
         let notes = std::mem::take(&mut runner.notes);
         let elapsed = started.elapsed();
         match result {
@@ -290,6 +302,27 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     }
     print_summary(config, &steps, &journal);
     Ok(())
+}
+
+/// The variable that holds a run between a step's work and its journal entry: for the fault
+/// matrix only (`xtask/tests/faults.rs` kills the run there), off unless a test sets it.
+pub const TEST_HOLD_BEFORE_JOURNAL: &str = "SENTRY_MIGRATE_TEST_HOLD_BEFORE_JOURNAL";
+
+/// With [`TEST_HOLD_BEFORE_JOURNAL`] set to `step`'s name: says so in the step's log, then waits
+/// a minute (the test kills the run in that time) before the journal records the step.
+fn hold_before_journal(step: StepId, log_path: &Path) {
+    if std::env::var(TEST_HOLD_BEFORE_JOURNAL).as_deref() != Ok(step.name()) {
+        return;
+    }
+    if let Ok(mut log) = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log_path)
+    {
+        let _ = writeln!(log, "held before the journal ({TEST_HOLD_BEFORE_JOURNAL})");
+    }
+    std::thread::sleep(Duration::from_secs(60));
 }
 
 /// dumps/ (and dumps/logs/ when it exists) must take new files: refused before anything is
@@ -470,8 +503,18 @@ impl StepRunner<'_> {
             Action::PgCopy {
                 time_zone,
                 reset_sequence_sql,
+                truncate_sql,
+                marker_sql,
             } => self
-                .pg_copy(step, time_zone.as_deref(), reset_sequence_sql)
+                .pg_copy(
+                    step,
+                    time_zone.as_deref(),
+                    target::LoadSql {
+                        reset_sequence_sql,
+                        truncate_sql,
+                        marker_sql,
+                    },
+                )
                 .map(|()| Outputs::new()),
             Action::PgCreateDatabase { create_sql } => {
                 self.create_database(create_sql).map(|()| Outputs::new())
@@ -500,11 +543,23 @@ impl StepRunner<'_> {
             Action::PgLoad {
                 command,
                 reset_sequence_sql,
+                truncate_sql,
+                marker_sql,
             } => self
-                .load(step, command, reset_sequence_sql)
+                .load(
+                    step,
+                    command,
+                    target::LoadSql {
+                        reset_sequence_sql,
+                        truncate_sql,
+                        marker_sql,
+                    },
+                )
                 .map(|()| Outputs::new()),
             Action::VerifyPostgres => self.verify_postgres().map(|()| Outputs::new()),
-            Action::VerifySentry6 => self.verify_sentry6().map(|()| Outputs::new()),
+            Action::VerifySentry6 { drop_marker_sql } => self
+                .verify_sentry6(drop_marker_sql)
+                .map(|()| Outputs::new()),
         }
     }
 }

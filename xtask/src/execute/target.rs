@@ -3,6 +3,13 @@
 
 use super::*;
 
+/// The SQL that makes a load safe to repeat, as the plan carries it.
+pub(super) struct LoadSql<'a> {
+    pub reset_sequence_sql: &'a str,
+    pub truncate_sql: &'a str,
+    pub marker_sql: &'a [&'a str],
+}
+
 impl StepRunner<'_> {
     pub(super) fn target_client(&self) -> Result<postgres::Client> {
         pg::connect(
@@ -16,7 +23,7 @@ impl StepRunner<'_> {
         &mut self,
         step: &Step,
         time_zone: Option<&str>,
-        reset_sequence_sql: &str,
+        sql: LoadSql<'_>,
     ) -> Result<()> {
         let zone = time_zone.with_context(|| {
             format!(
@@ -29,10 +36,18 @@ impl StepRunner<'_> {
             "the copy's source was not counted: resume with `{}`",
             self.resume.from(StepId::CountSource)
         );
-        let mut client = self.ready_to_load(step, "copy")?;
+        let input = self.load_input(step.id);
+        let (mut client, again) = self.ready_to_load(step, "copy", &input)?;
         let tables = self.model_tables()?;
         let source = self.engine_source();
-        let copies = crate::copy::copy(&source, &mut client, &tables, zone)?;
+        let repeat = crate::copy::Repeatable {
+            truncate_sql: again.then_some(sql.truncate_sql),
+            reset_sequence_sql: sql.reset_sequence_sql,
+            marker_sql: sql.marker_sql,
+            step: step.id.name(),
+            input: &input,
+        };
+        let (copies, sequences) = crate::copy::copy(&source, &mut client, &tables, zone, &repeat)?;
         let mut log = self.log()?;
         for copy in &copies {
             writeln!(
@@ -55,9 +70,33 @@ impl StepRunner<'_> {
             copies.len()
         ));
         self.journal.copied = copies;
-        let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
         writeln!(log, "sequences reset: {}", sequences.len())?;
         Ok(())
+    }
+
+    /// What a load reads, as the journal knows it (rechecked on every run): the dumps' sha256
+    /// for `pg-load`, the db's for `pg-copy` (the working copy's with `--fit-values`). The load
+    /// records it in the target, so a run can recognise its own load of the same input.
+    fn load_input(&self, step: StepId) -> String {
+        let producers: &[StepId] = match step {
+            StepId::PgLoad => &[StepId::DumpAuth, StepId::DumpRest],
+            _ if self.config.fit_values => &[StepId::FitValues],
+            _ => &[],
+        };
+        let mut parts: Vec<String> = producers
+            .iter()
+            .filter_map(|producer| self.journal.record_of(*producer))
+            .flat_map(|record| record.outputs.iter())
+            .map(|(path, sha256)| format!("{path} sha256 {sha256}"))
+            .collect();
+        if parts.is_empty() {
+            parts.push(format!(
+                "{} sha256 {}",
+                self.config.display_path(&self.config.sqlite_path),
+                self.journal.source_sha256.as_deref().unwrap_or("unknown")
+            ));
+        }
+        parts.join(", ")
     }
 
     pub(super) fn create_database(&mut self, create_sql: &str) -> Result<()> {
@@ -107,12 +146,7 @@ impl StepRunner<'_> {
         )
     }
 
-    pub(super) fn load(
-        &mut self,
-        step: &Step,
-        command: &Command,
-        reset_sequence_sql: &str,
-    ) -> Result<()> {
+    pub(super) fn load(&mut self, step: &Step, command: &Command, sql: LoadSql<'_>) -> Result<()> {
         let expected = self.journal.dump_objects;
         ensure!(
             self.journal.is_done(StepId::VerifyDumps),
@@ -123,7 +157,18 @@ impl StepRunner<'_> {
         for producer in [StepId::DumpAuth, StepId::DumpRest] {
             recheck_outputs(config, self.journal, producer, self.resume)?;
         }
-        let mut client = self.ready_to_load(step, "load")?;
+        let input = self.load_input(step.id);
+        let (mut client, again) = self.ready_to_load(step, "load", &input)?;
+        // Django's loaddata commits its own transaction, so the marker goes in before it (with
+        // the clearing of an earlier load): whatever stops the step from here on, the target
+        // holds this load's marker and nothing or this load, and the step can be repeated.
+        let mut tx = client.transaction()?;
+        if again {
+            pg::truncate_tables(&mut tx, sql.truncate_sql)?;
+        }
+        pg::write_load_marker(&mut tx, sql.marker_sql, step.id.name(), &input)?;
+        tx.commit()
+            .context("cannot record the load in the target")?;
         let start = fs::metadata(self.log_path).map(|m| m.len()).unwrap_or(0);
         let ran = self.run_command(command);
         let mut output = String::new();
@@ -139,7 +184,7 @@ impl StepRunner<'_> {
         }
         let summary = sentry::check_loaddata_output(&output, expected, 2)?;
         self.journal.loaddata_summary = Some(summary);
-        let sequences = pg::reset_sequences(&mut client, reset_sequence_sql)?;
+        let sequences = pg::reset_sequences(&mut client, sql.reset_sequence_sql)?;
         let _ = writeln!(self.log()?, "sequences reset: {}", sequences.len());
         Ok(())
     }
@@ -182,8 +227,11 @@ impl StepRunner<'_> {
         Ok(())
     }
 
-    pub(super) fn verify_sentry6(&mut self) -> Result<()> {
+    pub(super) fn verify_sentry6(&mut self, drop_marker_sql: &str) -> Result<()> {
         let mut client = self.target_client()?;
+        client
+            .batch_execute(drop_marker_sql)
+            .context("cannot drop this tool's load marker (sentry_migrate_load)")?;
         let counts = pg::table_counts(&mut client)?;
         let candidates = &self.journal.merge_candidates;
         let outcome = merge::outcome(&mut client, candidates)?;

@@ -1075,14 +1075,8 @@ fn compare_engines(
      -> Result<BTreeMap<String, (i64, String)>> {
         let mut client = cluster.client(dbname)?;
         client.batch_execute("SET TIME ZONE 'UTC'")?;
-        let tables: Vec<String> = client
-            .query(
-                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-                &[],
-            )?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
+        // Every table but this tool's load marker (which says which engine loaded).
+        let tables = crate::pg::public_tables(&mut client)?;
         let mut out = BTreeMap::new();
         for table in tables {
             let leave_out: Vec<String> = excluded.get(&table).cloned().unwrap_or_default();

@@ -268,12 +268,13 @@ pub fn recorded_backup(repo: &Repo) -> PathBuf {
     repo.root.join(journal["backup"]["path"].as_str().unwrap())
 }
 
-/// Every table's rows as text, in a stable order, hashed: equal hashes, equal tables.
+/// Every table's rows as text, in a stable order, hashed: equal hashes, equal tables. The
+/// tool's load marker (which names the step and its input) is left out.
 pub fn table_hashes(client: &mut postgres::Client) -> BTreeMap<String, String> {
     let tables: Vec<String> = client
         .query(
-            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
-            &[],
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' AND tablename <> $1 ORDER BY 1",
+            &[&xtask::pg::LOAD_MARKER_TABLE],
         )
         .unwrap()
         .iter()
@@ -323,11 +324,21 @@ pub fn kill_migrate_when(
     signal: nix::sys::signal::Signal,
     ready: impl Fn(&Repo) -> bool,
 ) {
+    let env: Vec<(&str, &str)> = slow.map(|slow| ("FAKE_SLOW", slow)).into_iter().collect();
+    kill_migrate_with_env_when(repo, args, &env, signal, ready)
+}
+
+/// [`kill_migrate_when`] with `env` set for `migrate` (a fake's or the tool's test switch).
+pub fn kill_migrate_with_env_when(
+    repo: &Repo,
+    args: &[&str],
+    env: &[(&str, &str)],
+    signal: nix::sys::signal::Signal,
+    ready: impl Fn(&Repo) -> bool,
+) {
     use std::os::unix::process::CommandExt;
     let mut cmd = repo.command(args, None);
-    if let Some(slow) = slow {
-        cmd.env("FAKE_SLOW", slow);
-    }
+    cmd.envs(env.iter().copied());
     let mut child = cmd
         .process_group(0)
         .stdout(std::process::Stdio::null())

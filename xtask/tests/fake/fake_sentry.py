@@ -6,7 +6,8 @@ $FAKE_CALLS.cmdline), then behaves like a tiny Sentry: dumpdata writes the
 SQLite rows as a Django fixture, upgrade builds a small schema on PostgreSQL (with the demo
 project), the helper's `models`/`load` work on that schema through psql. FAKE_FAIL=<what>
 makes one call fail: dump-rest (dump-rest-and-report: and the report can't be saved), load-silently (a Django 1.4 style failure that exits 0),
-truncate-dump, load-extra (adds a row, like Sentry's handlers), upgrade6.
+truncate-dump, load-extra (adds a row, like Sentry's handlers), upgrade-pg (the PostgreSQL
+upgrade), upgrade6.
 """
 import datetime, json, os, re, sqlite3, subprocess, sys
 
@@ -274,6 +275,9 @@ def main():
                  "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
         else:
             slow('upgrade-pg')
+            if FAIL == 'upgrade-pg':
+                sys.stderr.write('Traceback (most recent call last):\nOperationalError: could not connect to server\n')
+                sys.exit(1)
             if psql_value("SELECT count(*) FROM pg_tables WHERE tablename = 'sentry_project'", db) == '0':
                 psql(SCHEMA, db)
     elif command == 'dumpdata':
