@@ -169,12 +169,12 @@ impl Forecast {
         if fitted > 0 {
             format!(
                 "GO with --fit-values: {fitted} values will be fitted (every one listed in dumps/report.md); run `cargo xtask migrate{}`",
-                super::own_db::shown_args(&self.migrate_args)
+                shown_args(&self.migrate_args)
             )
         } else {
             format!(
                 "GO: run `cargo xtask migrate{}`",
-                super::own_db::shown_args(&self.migrate_args)
+                shown_args(&self.migrate_args)
             )
         }
     }
@@ -391,6 +391,11 @@ impl Forecast {
         }
         out
     }
+}
+
+/// `args` as they follow `migrate` on a command line (with a leading space).
+pub(super) fn shown_args(args: &[String]) -> String {
+    args.iter().map(|arg| format!(" {arg}")).collect()
 }
 
 #[cfg(test)]

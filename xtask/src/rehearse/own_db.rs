@@ -19,8 +19,9 @@ use rusqlite::{backup::Backup, Connection, OpenFlags};
 use xshell::Shell;
 
 use super::{
-    default_cache, forecast::Forecast, forecast::ProjectRow, processes_inside, provision,
-    stop_servers_on_interrupt, Phases, Scratch,
+    default_cache,
+    forecast::{shown_args, Forecast, ProjectRow},
+    processes_inside, provision, stop_servers_on_interrupt, Phases, Scratch,
 };
 use crate::{flags, journal::Journal, pgcluster::PgCluster, util, verify};
 
@@ -206,11 +207,6 @@ fn migrate_args(args: &flags::Rehearse) -> Vec<String> {
         out.push(engine.clone());
     }
     out
-}
-
-/// `args` as they follow `migrate` on a command line (with a leading space).
-pub(super) fn shown_args(args: &[String]) -> String {
-    args.iter().map(|arg| format!(" {arg}")).collect()
 }
 
 /// What the `migrate` child did: success, its wall time, its stderr, the peak RSS of its largest
