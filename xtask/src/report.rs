@@ -288,7 +288,10 @@ mod tests {
             text.contains("`sentry6-upgrade`: 7 migration(s), 5.6s of the step's 10.0s"),
             "{text}"
         );
-        let rows: Vec<&str> = text.lines().filter(|it| it.starts_with("| sentry:")).collect();
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|it| it.starts_with("| sentry:"))
+            .collect();
         assert_eq!(
             rows,
             [

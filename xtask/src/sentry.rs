@@ -328,7 +328,10 @@ mod south_tests {
         let slowest: Vec<String> = slowest(&times, 2).iter().map(|it| it.label()).collect();
         assert_eq!(
             slowest,
-            ["sentry:0083_migrate_dupe_groups", "djcelery:0004_v30_changes"]
+            [
+                "sentry:0083_migrate_dupe_groups",
+                "djcelery:0004_v30_changes"
+            ]
         );
     }
 

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-
 pub use crate::check::{cell, failures, tally, TableCheck, Tally, Verdict};
 use crate::merge::Merge;
 

@@ -600,7 +600,13 @@ fn every_south_migration_of_sentry6s_upgrade_is_timed_in_its_log_the_journal_and
         .collect();
     let names: Vec<String> = migrations
         .iter()
-        .map(|it| format!("{}:{}", it["app"].as_str().unwrap(), it["name"].as_str().unwrap()))
+        .map(|it| {
+            format!(
+                "{}:{}",
+                it["app"].as_str().unwrap(),
+                it["name"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(
         names,
@@ -636,7 +642,11 @@ fn every_south_migration_of_sentry6s_upgrade_is_timed_in_its_log_the_journal_and
 
     // The report: the slowest first, with seconds and share of the step; only this step.
     let report = fs::read_to_string(repo.root.join("dumps/report.md")).unwrap();
-    assert_eq!(report.matches("## Slowest migrations").count(), 1, "{report}");
+    assert_eq!(
+        report.matches("## Slowest migrations").count(),
+        1,
+        "{report}"
+    );
     assert!(
         report.contains("`sentry6-upgrade`: 4 migration(s), "),
         "{report}"
@@ -674,7 +684,8 @@ fn every_south_migration_of_sentry6s_upgrade_is_timed_in_its_log_the_journal_and
 
     // The summary names the 3 slowest.
     assert!(
-        out.stdout.contains("  slowest migrations of sentry6-upgrade: sentry:0083_migrate_dupe_groups "),
+        out.stdout
+            .contains("  slowest migrations of sentry6-upgrade: sentry:0083_migrate_dupe_groups "),
         "{}",
         out.stdout
     );
@@ -690,7 +701,11 @@ fn every_south_migration_of_sentry6s_upgrade_is_timed_in_its_log_the_journal_and
     let log = fs::read_dir(repo.root.join("dumps/logs"))
         .unwrap()
         .flatten()
-        .find(|it| it.file_name().to_string_lossy().ends_with("-sentry6-upgrade.log"))
+        .find(|it| {
+            it.file_name()
+                .to_string_lossy()
+                .ends_with("-sentry6-upgrade.log")
+        })
         .unwrap()
         .path();
     let log = fs::read_to_string(log).unwrap();

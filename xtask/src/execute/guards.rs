@@ -306,7 +306,11 @@ type SouthLines = (Vec<(String, Instant)>, Instant);
 
 /// Copies a program's stdout into the log `file` (at `path`) line by line, unchanged, noting
 /// when each of South's lines arrived.
-fn copy_lines(from: std::process::ChildStdout, mut file: fs::File, path: &Path) -> Result<SouthLines> {
+fn copy_lines(
+    from: std::process::ChildStdout,
+    mut file: fs::File,
+    path: &Path,
+) -> Result<SouthLines> {
     let mut from = std::io::BufReader::new(from);
     let mut line = Vec::new();
     let mut south = Vec::new();
