@@ -16,6 +16,10 @@ pub struct StepRecord {
     /// Files the step produced (relative to the root) and their sha256.
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    /// Each South migration the step's programs ran, in South's order, with its seconds (from
+    /// the step's log: `guards::run_command`). Empty for a step that ran none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<crate::sentry::MigrationTime>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -162,5 +166,27 @@ impl Journal {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_from_before_migration_times_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.json");
+        fs::write(
+            &path,
+            r#"{"sqlite": "var/sentry.db", "target": "t", "backup": null,
+                "steps": [{"name": "sentry6-upgrade", "finished_at": "x", "elapsed_secs": 1.5}]}"#,
+        )
+        .unwrap();
+        let journal = Journal::load(&path).unwrap().unwrap();
+        assert!(journal.steps[0].migrations.is_empty());
+        // A step without migrations is written as before.
+        let text = serde_json::to_string(&journal).unwrap();
+        assert!(!text.contains("migrations"), "{text}");
     }
 }

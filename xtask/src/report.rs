@@ -76,6 +76,36 @@ pub fn markdown(journal: &Journal) -> String {
             step.name, step.finished_at, step.elapsed_secs
         );
     }
+    for step in journal.steps.iter().filter(|it| !it.migrations.is_empty()) {
+        if !out.contains("\n## Slowest migrations\n") {
+            let _ = writeln!(
+                out,
+                "\n## Slowest migrations\n\nEach South migration from its ` > app:migration` line in the step's log to South's next line \
+                 (or the program's exit); every one is in report.json (`steps[].migrations`) and at the end of the step's log."
+            );
+        }
+        let total: f64 = step.migrations.iter().map(|it| it.secs).sum();
+        let _ = writeln!(
+            out,
+            "\n`{}`: {} migration(s), {total:.1}s of the step's {:.1}s\n\n| migration | time | share of the step |\n|---|---:|---:|",
+            step.name,
+            step.migrations.len(),
+            step.elapsed_secs
+        );
+        for migration in crate::sentry::slowest(&step.migrations, 5) {
+            let share = if step.elapsed_secs > 0.0 {
+                format!("{:.0}%", 100.0 * migration.secs / step.elapsed_secs)
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.2}s | {share} |",
+                migration.label(),
+                migration.secs
+            );
+        }
+    }
 
     let tables: BTreeSet<&String> = journal
         .sqlite_counts
@@ -236,6 +266,57 @@ pub fn markdown(journal: &Journal) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{journal::StepRecord, sentry::MigrationTime};
+
+    #[test]
+    fn the_slowest_migrations_of_each_step_that_ran_any() {
+        let migration = |name: &str, secs: f64| MigrationTime {
+            app: "sentry".into(),
+            name: name.into(),
+            at_secs: 0.0,
+            secs,
+        };
+        let step = |name: &str, elapsed_secs: f64, migrations: Vec<MigrationTime>| StepRecord {
+            name: name.into(),
+            elapsed_secs,
+            migrations,
+            ..StepRecord::default()
+        };
+        let journal = Journal {
+            steps: vec![
+                step("pg-load", 3.0, vec![]),
+                step(
+                    "sentry6-upgrade",
+                    10.0,
+                    (1..=7)
+                        .map(|n| migration(&format!("00{n}"), n as f64 * 0.2))
+                        .collect(),
+                ),
+            ],
+            ..Journal::default()
+        };
+        let text = markdown(&journal);
+        assert_eq!(text.matches("## Slowest migrations").count(), 1, "{text}");
+        assert!(
+            text.contains("`sentry6-upgrade`: 7 migration(s), 5.6s of the step's 10.0s"),
+            "{text}"
+        );
+        let rows: Vec<&str> = text
+            .lines()
+            .filter(|it| it.starts_with("| sentry:"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| sentry:007 | 1.40s | 14% |",
+                "| sentry:006 | 1.20s | 12% |",
+                "| sentry:005 | 1.00s | 10% |",
+                "| sentry:004 | 0.80s | 8% |",
+                "| sentry:003 | 0.60s | 6% |",
+            ]
+        );
+        assert!(!text.contains("`pg-load`:"), "{text}");
+    }
 
     #[test]
     fn columns_the_copy_skipped_are_in_the_report() {

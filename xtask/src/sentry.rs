@@ -1,9 +1,11 @@
-//! What we know about Sentry's processes and output: running-instance detection and the
-//! parsing of `loaddata`'s report (Django 1.4 exits 0 even when a load fails and rolls back).
+//! What we know about Sentry's processes and output: running-instance detection, the
+//! parsing of `loaddata`'s report (Django 1.4 exits 0 even when a load fails and rolls back)
+//! and the time of each South migration of an `upgrade`.
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, time::Instant};
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 /// Processes that look like a running Sentry of this install, or hold the SQLite db open.
 pub fn running_sentry(root: &Path, sqlite: &Path) -> Vec<(u32, String)> {
@@ -183,5 +185,179 @@ mod version_tests {
         assert_eq!(installed_version(&script).as_deref(), Some("6.4.4"));
         fs::write(&script, "sys.path[0:0] = ['/srv/src/sentry']").unwrap();
         assert_eq!(installed_version(&script), None);
+    }
+}
+
+/// One South migration of an `upgrade` and how long it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MigrationTime {
+    /// South's app label (`sentry`, `djcelery`).
+    pub app: String,
+    /// The migration (`0083_migrate_dupe_groups`).
+    pub name: String,
+    /// Seconds from the program's start to the migration's line.
+    pub at_secs: f64,
+    pub secs: f64,
+}
+
+impl MigrationTime {
+    /// `sentry:0083_migrate_dupe_groups`, as South prints it.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.app, self.name)
+    }
+}
+
+/// The line South prints before it runs a migration, ` > sentry:0083_migrate_dupe_groups`, as
+/// (app, migration). The `Synced:` list at the end (` > django.contrib.auth`) has no colon.
+pub fn south_marker(line: &str) -> Option<(&str, &str)> {
+    let rest = line.trim_end_matches(['\n', '\r']).strip_prefix(" > ")?;
+    let (app, name) = rest.split_once(':')?;
+    let plain = |it: &str| {
+        !it.is_empty()
+            && it
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+    };
+    (plain(app) && plain(name)).then_some((app, name))
+}
+
+/// A line South prints between migrations that ends the one before it: the next migration's,
+/// or what follows an app's last migration (` - Loading initial data for sentry.`, then
+/// `Running migrations for …:`). Anything else (a migration's own output) does not.
+pub fn south_line(line: &str) -> bool {
+    south_marker(line).is_some()
+        || line.starts_with(" - Loading initial data for ")
+        || line.starts_with("Running migrations for ")
+}
+
+/// Each migration's time from an upgrade's stdout lines and their arrival: from its marker to
+/// the next line South prints itself (`south_line`), or to `exited` for the last one.
+/// `started` is the program's start (for `at_secs`). Other lines may be given; they are skipped.
+pub fn south_migration_times(
+    lines: &[(String, Instant)],
+    started: Instant,
+    exited: Instant,
+) -> Vec<MigrationTime> {
+    let secs = |from: Instant, to: Instant| {
+        (to.saturating_duration_since(from).as_secs_f64() * 1000.0).round() / 1000.0
+    };
+    let mut times = Vec::new();
+    let mut open: Option<(MigrationTime, Instant)> = None;
+    for (line, at) in lines {
+        if !south_line(line) {
+            continue;
+        }
+        if let Some((mut migration, since)) = open.take() {
+            migration.secs = secs(since, *at);
+            times.push(migration);
+        }
+        if let Some((app, name)) = south_marker(line) {
+            let migration = MigrationTime {
+                app: app.to_string(),
+                name: name.to_string(),
+                at_secs: secs(started, *at),
+                secs: 0.0,
+            };
+            open = Some((migration, *at));
+        }
+    }
+    if let Some((mut migration, since)) = open {
+        migration.secs = secs(since, exited);
+        times.push(migration);
+    }
+    times
+}
+
+/// The `count` longest of `times`, longest first (South's order among equals).
+pub fn slowest(times: &[MigrationTime], count: usize) -> Vec<&MigrationTime> {
+    let mut sorted: Vec<&MigrationTime> = times.iter().collect();
+    sorted.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+    sorted.truncate(count);
+    sorted
+}
+
+#[cfg(test)]
+mod south_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn each_migration_runs_from_its_line_to_the_next_south_line() {
+        let started = Instant::now();
+        let at = |ms: u64| started + Duration::from_millis(ms);
+        // As Sentry 6.4.4's upgrade prints it (19-sentry6-upgrade.log of a rehearsal).
+        let lines: Vec<(String, Instant)> = [
+            ("Migrating...\n", 100),
+            ("Running migrations for djcelery:\n", 110),
+            (" - Migrating forwards to 0004_v30_changes.\n", 120),
+            (" > djcelery:0003_v26_changes\n", 200),
+            (" > djcelery:0004_v30_changes\n", 450),
+            (" - Loading initial data for djcelery.\n", 1450),
+            ("Installed 0 object(s) from 0 fixture(s)\n", 1500),
+            ("Running migrations for sentry:\n", 1600),
+            (" > sentry:0083_migrate_dupe_groups\n", 2000),
+            ("Merging duplicate events for <Group: x>\n", 2500),
+            (" > sentry:0084_auto__add_unique_messagefiltervalue\n", 4250),
+            ("\n", 4300),
+            ("Synced:\n", 4400),
+            (" > django.contrib.auth\n", 4410),
+        ]
+        .into_iter()
+        .map(|(line, ms)| (line.to_string(), at(ms)))
+        .collect();
+        let times = south_migration_times(&lines, started, at(5000));
+        let shown: Vec<(String, f64, f64)> = times
+            .iter()
+            .map(|it| (it.label(), it.at_secs, it.secs))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("djcelery:0003_v26_changes".to_string(), 0.2, 0.25),
+                ("djcelery:0004_v30_changes".to_string(), 0.45, 1.0),
+                ("sentry:0083_migrate_dupe_groups".to_string(), 2.0, 2.25),
+                // The last runs to the exit: South prints no line after it but the lists.
+                (
+                    "sentry:0084_auto__add_unique_messagefiltervalue".to_string(),
+                    4.25,
+                    0.75
+                ),
+            ]
+        );
+        let slowest: Vec<String> = slowest(&times, 2).iter().map(|it| it.label()).collect();
+        assert_eq!(
+            slowest,
+            [
+                "sentry:0083_migrate_dupe_groups",
+                "djcelery:0004_v30_changes"
+            ]
+        );
+    }
+
+    #[test]
+    fn no_migration_no_times() {
+        let started = Instant::now();
+        // Sentry 4's upgrade of an up-to-date db (05-sqlite-upgrade.log): the `Synced:` list.
+        let lines: Vec<(String, Instant)> = [
+            "Running migrations for sentry:",
+            "- Nothing to migrate.",
+            " - Loading initial data for sentry.",
+            "Synced:",
+            " > django.contrib.auth",
+            " > sentry.plugins.sentry_mail",
+            "Migrated:",
+            " - sentry",
+        ]
+        .into_iter()
+        .map(|line| (line.to_string(), started))
+        .collect();
+        assert!(south_migration_times(&lines, started, started).is_empty());
+        assert_eq!(
+            south_marker(" > social_auth:0002_auto__add_unique_nonce"),
+            Some(("social_auth", "0002_auto__add_unique_nonce"))
+        );
+        assert_eq!(south_marker("> sentry:0001_initial"), None);
+        assert_eq!(south_marker(" > sentry: 0001 initial"), None);
     }
 }

@@ -397,6 +397,15 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
             .iter()
             .map(|step| (step.name.clone(), step.elapsed_secs))
             .collect(),
+        sentry6_migrations: journal
+            .record_of(crate::plan::StepId::Sentry6Upgrade)
+            .map(|step| {
+                crate::sentry::slowest(&step.migrations, 5)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
         failure: (!measured.status.success()).then(|| {
             format!(
                 "{}; log {}: {}",

@@ -34,6 +34,10 @@ pub struct WholeRun {
     pub tool_peak_rss_kib: Option<u64>,
     /// Each step and its seconds, in order (the journal's figures).
     pub steps: Vec<(String, f64)>,
+    /// The slowest South migrations of Sentry 6's upgrade (at most 5, slowest first; the
+    /// journal's figures).
+    #[serde(default)]
+    pub sentry6_migrations: Vec<crate::sentry::MigrationTime>,
     /// Set when the run failed: what it said.
     pub failure: Option<String>,
 }
@@ -204,6 +208,26 @@ pub fn markdown(results: &Results) -> String {
         out.push_str("| step | time |\n|---|---:|\n");
         for (step, secs) in &whole.steps {
             let _ = writeln!(out, "| {step} | {} |", seconds(*secs));
+        }
+        if !whole.sentry6_migrations.is_empty() {
+            let upgrade = whole
+                .steps
+                .iter()
+                .find(|(step, _)| step == "sentry6-upgrade")
+                .map(|(_, secs)| *secs);
+            out.push_str("\nThe slowest South migrations of `sentry6-upgrade`:\n\n| migration | time | share of the step |\n|---|---:|---:|\n");
+            for migration in &whole.sentry6_migrations {
+                let share = upgrade
+                    .filter(|secs| *secs > 0.0)
+                    .map(|secs| format!("{:.0}%", 100.0 * migration.secs / secs))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {share} |",
+                    migration.label(),
+                    seconds(migration.secs)
+                );
+            }
         }
     }
     for size in &results.sizes {
@@ -426,6 +450,12 @@ mod tests {
                 peak_rss_kib: 180 << 10,
                 tool_peak_rss_kib: Some(20 << 10),
                 steps: vec![("pg-copy".into(), 1.0), ("sentry6-upgrade".into(), 40.31)],
+                sentry6_migrations: vec![crate::sentry::MigrationTime {
+                    app: "sentry".into(),
+                    name: "0083_migrate_dupe_groups".into(),
+                    at_secs: 3.0,
+                    secs: 36.2,
+                }],
                 failure: None,
             }],
         }
@@ -460,6 +490,10 @@ mod tests {
             text.contains(
                 "At 10000 events the copy engine is 60× faster than dumpdata + loaddata."
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains("The slowest South migrations of `sentry6-upgrade`:\n\n| migration | time | share of the step |\n|---|---:|---:|\n| sentry:0083_migrate_dupe_groups | 36.2 s | 90% |\n"),
             "{text}"
         );
     }

@@ -92,8 +92,13 @@ impl StepRunner<'_> {
     }
 
     /// Runs a program from the root with stdin closed, stderr (and stdout unless redirected)
-    /// into the step's log; shows progress while it runs.
-    pub(super) fn run_command(&self, command: &Command) -> Result<Outputs> {
+    /// into the step's log; shows progress while it runs. Stdout goes through a pipe either way:
+    /// into a dump (a failed write, a full disk, is ours to name), or line by line, unchanged,
+    /// into the log, each South migration line (` > app:migration`) noted with its arrival, so
+    /// the log ends with every migration's time and the step's record gets them
+    /// (`self.migrations`). Stderr is written by the program itself, so between the two streams
+    /// the log's order may differ slightly from the program's.
+    pub(super) fn run_command(&mut self, command: &Command) -> Result<Outputs> {
         let config = self.config;
         let program = config.root.join(&command.program);
         if !program.exists() {
@@ -121,12 +126,15 @@ impl StepRunner<'_> {
             cmd = cmd.env("PGPASSWORD", password.expose());
         }
         let mut process: std::process::Command = cmd.into();
-        process.stdin(Stdio::null()).stderr(log.try_clone()?);
+        process
+            .stdin(Stdio::null())
+            .stderr(log.try_clone()?)
+            .stdout(Stdio::piped());
         let partial = command
             .stdout_to
             .as_ref()
             .map(|path| util::sibling(&config.root.join(path), ".partial"));
-        let dump_file = match &partial {
+        let stdout_file = match &partial {
             Some(partial) => {
                 // A dump holds password hashes and DSN keys: the owner's only, from creation.
                 let file = fs::OpenOptions::new()
@@ -137,29 +145,33 @@ impl StepRunner<'_> {
                     .open(partial)
                     .with_context(|| format!("cannot create {}", partial.display()))?;
                 file.set_permissions(fs::Permissions::from_mode(0o600))?;
-                // Through a pipe, so that a failed write (a full disk) is ours to name: the
-                // program's own complaint would go to a log on the same full disk.
-                process.stdout(Stdio::piped());
-                Some(file)
+                file
             }
-            None => {
-                process.stdout(log.try_clone()?);
-                None
-            }
+            None => log.try_clone()?,
         };
+        let started = Instant::now();
+        let started_unix = util::unix_now();
         let mut child = process
             .spawn()
             .with_context(|| format!("cannot start {}", command.program.display()))?;
-        let mut copier = match (dump_file, child.stdout.take(), &partial) {
-            (Some(file), Some(stdout), Some(partial)) => {
+        let stdout = child
+            .stdout
+            .take()
+            .context("the program's stdout is not a pipe")?;
+        let copier = match &partial {
+            Some(partial) => {
                 let partial = partial.clone();
-                Some(std::thread::spawn(move || {
-                    copy_output(stdout, file, &partial)
-                }))
+                std::thread::spawn(move || {
+                    copy_output(stdout, stdout_file, &partial).map(|_| (Vec::new(), Instant::now()))
+                })
             }
-            _ => None,
+            None => {
+                let log_path = self.log_path.to_path_buf();
+                std::thread::spawn(move || copy_lines(stdout, stdout_file, &log_path))
+            }
         };
-        let join = |copier: std::thread::JoinHandle<Result<u64>>| {
+        let mut copier = Some(copier);
+        let join = |copier: std::thread::JoinHandle<Result<SouthLines>>| {
             copier
                 .join()
                 .unwrap_or_else(|_| Err(anyhow!("the copy of the program's output panicked")))
@@ -181,8 +193,27 @@ impl StepRunner<'_> {
             self.progress(partial.as_deref(), &mut reported);
             std::thread::sleep(Duration::from_millis(250));
         };
+        let exited = Instant::now();
         if let Some(copier) = copier {
-            copied = Some(join(copier));
+            if partial.is_some() {
+                // A dump is complete or the step fails: wait for all of it.
+                copied = Some(join(copier));
+            } else {
+                // A process the program left behind may hold its stdout open: the log's copy
+                // gets a few seconds after the exit, then the step goes on without it.
+                let deadline = exited + Duration::from_secs(10);
+                while !copier.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if copier.is_finished() {
+                    copied = Some(join(copier));
+                } else {
+                    let _ = writeln!(
+                        log,
+                        "(stdout still open 10 s after the program exited: its copy into this log goes on; no migration times)"
+                    );
+                }
+            }
         }
         if std::io::stdout().is_terminal() {
             // Clear the live line and write the step's name again for `ok`/`FAILED`.
@@ -191,14 +222,24 @@ impl StepRunner<'_> {
             print!("{} … ", self.label);
         }
         // A failed write is the cause, whatever the program made of it.
-        if let Some(Err(err)) = copied {
-            return Err(err.context(format!("`{}` stopped", command.render())));
+        let (south_lines, ended) = match copied {
+            Some(Err(err)) => return Err(err.context(format!("`{}` stopped", command.render()))),
+            Some(Ok(copied)) => copied,
+            None => (Vec::new(), exited),
+        };
+        // Quoted before the migration times are appended: the program's own last lines.
+        let tail = (!status.success()).then(|| util::log_tail(self.log_path, 15));
+        // The last migration ends with the program's output (its exit, or its kill).
+        let migrations = sentry::south_migration_times(&south_lines, started, ended.min(exited));
+        if !migrations.is_empty() {
+            write!(log, "{}", migration_block(&migrations, started_unix))
+                .map_err(|err| util::write_error(self.log_path, err))?;
         }
-        if !status.success() {
+        self.migrations.extend(migrations);
+        if let Some(tail) = tail {
             bail!(
-                "`{}` exited with {status}; last lines of its log:\n{}",
+                "`{}` exited with {status}; last lines of its log:\n{tail}",
                 command.render(),
-                util::log_tail(self.log_path, 15)
             );
         }
         let mut outputs = Outputs::new();
@@ -278,6 +319,63 @@ impl StepRunner<'_> {
         }
         Ok((client, again))
     }
+}
+
+/// South's lines of a program's stdout (`sentry::south_line`) with their arrival, and when the
+/// output ended.
+type SouthLines = (Vec<(String, Instant)>, Instant);
+
+/// Copies a program's stdout into the log `file` (at `path`) line by line, unchanged, noting
+/// when each of South's lines arrived.
+fn copy_lines(
+    from: std::process::ChildStdout,
+    mut file: fs::File,
+    path: &Path,
+) -> Result<SouthLines> {
+    let mut from = std::io::BufReader::new(from);
+    let mut line = Vec::new();
+    let mut south = Vec::new();
+    loop {
+        line.clear();
+        let n = match from.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err).context("cannot read the program's output"),
+        };
+        let at = Instant::now();
+        file.write_all(&line[..n])
+            .map_err(|err| util::write_error(path, err))?;
+        let text = String::from_utf8_lossy(&line[..n]);
+        if sentry::south_line(&text) {
+            south.push((text.into_owned(), at));
+        }
+    }
+    Ok((south, Instant::now()))
+}
+
+/// The log's record of each migration: when its line came (UTC and seconds after the start)
+/// and how long it ran.
+fn migration_block(migrations: &[sentry::MigrationTime], started_unix: u64) -> String {
+    let mut out = String::from(
+        "migration times (each from its ` > app:migration` line to South's next line or the exit; \
+         UTC, seconds after the start, seconds):\n",
+    );
+    for migration in migrations {
+        out.push_str(&format!(
+            "  {}  +{:.3}  {:.3} s  {}\n",
+            util::utc_timestamp(started_unix + migration.at_secs as u64),
+            migration.at_secs,
+            migration.secs,
+            migration.label()
+        ));
+    }
+    let total: f64 = migrations.iter().map(|it| it.secs).sum();
+    out.push_str(&format!(
+        "  {} migration(s), {total:.3} s in all\n",
+        migrations.len()
+    ));
+    out
 }
 
 /// Copies a program's output into `file` (at `path`), then syncs it: a dump is complete on disk

@@ -8,7 +8,7 @@ mod target;
 use std::{
     collections::BTreeMap,
     fs,
-    io::{IsTerminal, Read, Seek, SeekFrom, Write},
+    io::{BufRead, IsTerminal, Read, Seek, SeekFrom, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Stdio,
@@ -243,12 +243,14 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             label: &label,
             started,
             notes: Vec::new(),
+            migrations: Vec::new(),
         };
         let result = runner.run(step);
         if result.is_ok() {
             hold_before_journal(step.id, &log_path);
         }
         let notes = std::mem::take(&mut runner.notes);
+        let migrations = std::mem::take(&mut runner.migrations);
         let elapsed = started.elapsed();
         match result {
             Ok(outputs) => {
@@ -258,6 +260,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
                     finished_at: util::utc_timestamp(util::unix_now()),
                     elapsed_secs: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
                     outputs,
+                    migrations,
                 });
                 journal.save(&journal_path)?;
                 report::write(&journal, &config.dumps_dir())?;
@@ -466,6 +469,8 @@ struct StepRunner<'a> {
     started: Instant,
     /// Lines to show under the step's `ok`.
     notes: Vec<String>,
+    /// The South migrations the step's programs ran, with their times (`run_command`).
+    migrations: Vec<sentry::MigrationTime>,
 }
 
 type Outputs = BTreeMap<String, String>;
@@ -594,6 +599,19 @@ fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
             .map(|r| r.elapsed_secs)
             .sum();
         println!("  {:<40} {:>8.1}s", phase.title(), secs);
+    }
+    if let Some(record) = journal.record_of(StepId::Sentry6Upgrade) {
+        let slowest: Vec<String> = sentry::slowest(&record.migrations, 3)
+            .iter()
+            .map(|it| format!("{} {:.1}s", it.label(), it.secs))
+            .collect();
+        if !slowest.is_empty() {
+            println!(
+                "  slowest migrations of {}: {}",
+                StepId::Sentry6Upgrade,
+                slowest.join(", ")
+            );
+        }
     }
     if !journal.leftover_tables.is_empty() {
         let tables: Vec<String> = journal

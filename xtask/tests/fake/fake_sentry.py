@@ -68,6 +68,16 @@ INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0062
 """
 
 
+def south(*lines, sleep=0):
+    """Prints `lines` on stdout at once (as South does, unbuffered), then takes `sleep` seconds."""
+    for line in lines:
+        sys.stdout.write(line + '\n')
+    sys.stdout.flush()
+    if sleep:
+        import time
+        time.sleep(sleep)
+
+
 def settings():
     scope = {}
     with open(os.path.join(ROOT, 'settings', 'settings_local.py')) as f:
@@ -271,8 +281,19 @@ def main():
                 UPDATE sentry_groupedmessage g SET last_seen = coalesce(
                     (SELECT max(datetime) FROM sentry_message m WHERE m.group_id = g.id), now());
             """
+            # South's lines as Sentry 6's upgrade prints them, each migration taking its time.
+            south('Migrating...', 'Running migrations for djcelery:')
+            south(' > djcelery:0004_v30_changes', sleep=0.05)
+            south(' - Loading initial data for djcelery.', 'Installed 0 object(s) from 0 fixture(s)',
+                  'Running migrations for sentry:')
+            south(' > sentry:0065_create_default_project_key', sleep=0.4)
+            south(' > sentry:0083_migrate_dupe_groups')
             psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;" + schema6 +
                  "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
+            south('Merging duplicate events for <Group: fake>', sleep=0.8)
+            south(' > sentry:0100_fake', sleep=0.2)
+            south(' - Loading initial data for sentry.', 'Installed 0 object(s) from 0 fixture(s)', '',
+                  'Synced:', ' > django.contrib.auth', '', 'Migrated:', ' - sentry')
         else:
             slow('upgrade-pg')
             if FAIL == 'upgrade-pg':
