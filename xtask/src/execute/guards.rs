@@ -2,7 +2,24 @@
 //! checks (Sentry stopped, settings and version for the phase, an empty target before a load),
 //! and `run_command` with its log and progress.
 
-use super::*;
+use std::{
+    fs,
+    io::{BufRead, IsTerminal, Read, Write},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use super::{Outputs, StepRunner};
+use crate::{
+    flags::DbKind,
+    pg,
+    plan::{Command, Phase, Step, StepId},
+    sentry, settings, sqlite, util,
+};
 
 impl StepRunner<'_> {
     pub(super) fn log(&self) -> Result<fs::File> {

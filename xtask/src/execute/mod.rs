@@ -8,10 +8,9 @@ mod target;
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead, IsTerminal, Read, Seek, SeekFrom, Write},
+    io::{Read, Seek, SeekFrom, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -20,14 +19,11 @@ use xshell::Shell;
 
 use crate::{
     config::Config,
-    dumps,
-    flags::{self, DbKind},
-    journal::{Backup, Journal, StepRecord},
-    merge, pg,
-    plan::{self, Action, Command, Phase, Step, StepId},
-    report, sentry, settings, sqlite, util, values,
-    verify::{self, TableCheck},
-    zone,
+    flags,
+    journal::{Journal, StepRecord},
+    pg,
+    plan::{self, Action, Phase, Step, StepId},
+    report, sentry, sqlite, util, verify,
 };
 
 pub struct Options {

@@ -1,9 +1,29 @@
 //! The steps on the SQLite side: preflight, the verified backup, the value scan and fit, and
 //! what each engine will load, checked against SQLite's rows.
 
-use super::*;
-use std::path::PathBuf;
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
 use xshell::cmd;
+
+use super::{with_remedy, Outputs, StepRunner};
+use crate::{
+    config::Config,
+    dumps,
+    flags::DbKind,
+    journal::Backup,
+    pg,
+    plan::{self, StepId},
+    sentry, settings, sqlite, util, values,
+    verify::{self, TableCheck},
+    zone,
+};
 
 impl StepRunner<'_> {
     pub(super) fn preflight(&mut self, limits: &plan::Limits) -> Result<()> {

@@ -1,7 +1,20 @@
 //! The steps on the PostgreSQL side: the target database, both engines' loads, and the checks
 //! after the load and after Sentry 6's upgrade.
 
-use super::*;
+use std::{
+    fs,
+    io::{Read, Seek, SeekFrom, Write},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+
+use super::{recheck_outputs, StepRunner};
+use crate::{
+    merge, pg,
+    plan::{Command, Step, StepId},
+    sentry, sqlite, verify,
+};
 
 /// The SQL that makes a load safe to repeat, as the plan carries it.
 pub(super) struct LoadSql<'a> {
