@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::util::{free_port, log_tail, text_tail};
+use crate::util::{self, free_port, log_tail, text_tail};
 
 /// A running cluster. Superuser `postgres` with `password`, scram over TCP on 127.0.0.1.
 pub struct PgCluster {
@@ -56,12 +56,10 @@ impl PgCluster {
     pub fn start_with_options(sh: &Shell, dir: &Path, extra_options: &str) -> Result<PgCluster> {
         let bindir = find_bindir()?;
         let run_as_postgres = fs::metadata("/proc/self")?.uid() == 0;
-        fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the cluster folder {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
-        let password = format!("pw{}", std::process::id());
+        private_folder(dir)?;
+        let password = random_password()?;
         let pwfile = dir.join("pwfile");
-        fs::write(&pwfile, &password)?;
+        util::write_atomic(&pwfile, password.as_bytes(), 0o600)?;
         if run_as_postgres {
             let user = server_user("postgres")?;
             std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
@@ -83,7 +81,7 @@ impl PgCluster {
         // The folder (and any log in it) is removed when `cluster` drops on an error, so errors
         // quote what the programs said instead of naming files.
         let initdb_out = cluster
-            .as_server_user(sh, cmd!(sh, "{initdb} -D {data} -U postgres --auth-local=trust --auth-host=scram-sha-256 --pwfile={pwfile} -E UTF8 --no-sync"))
+            .as_server_user(sh, cmd!(sh, "{initdb} -D {data} -U postgres --auth-local=scram-sha-256 --auth-host=scram-sha-256 --pwfile={pwfile} -E UTF8 --no-sync"))
             .quiet()
             .ignore_status()
             .output()
@@ -263,6 +261,42 @@ impl Drop for PgCluster {
     }
 }
 
+/// The cluster's folder (its data, log and Unix socket): made here with mode 0700, or an
+/// existing empty folder of this user's (a fresh temp folder), made 0700. A folder someone else
+/// made, a symlink or a folder with files in it is refused: the cluster would be theirs to read.
+fn private_folder(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::symlink_metadata(dir) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the cluster folder {}", dir.display()))?,
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot inspect {}", dir.display()));
+        }
+        Ok(meta) => {
+            let me = nix::unistd::geteuid().as_raw();
+            if !meta.is_dir() || meta.uid() != me || fs::read_dir(dir)?.next().is_some() {
+                bail!(
+                    "{} is not an empty folder of this user's: the throwaway PostgreSQL makes its folder itself (remove it, or give a path that does not exist)",
+                    dir.display()
+                );
+            }
+        }
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))
+}
+
+/// The superuser's password: 24 random bytes from the OS, as hex. It goes to clients only by
+/// environment (`PGPASSWORD`) or in memory, never on a command line.
+fn random_password() -> Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|err| anyhow::anyhow!("cannot get random bytes for a password: {err}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// uid and gid of the system user the server runs as (the user database: /etc/passwd, NSS).
 pub fn server_user(name: &str) -> Result<(u32, u32)> {
     let user = nix::unistd::User::from_name(name)
@@ -295,10 +329,12 @@ pub mod testing {
         if let Some(cluster) = slot.upgrade() {
             return cluster;
         }
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let dir =
-            std::env::temp_dir().join(format!("sentry-migrate-pg-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // An unpredictable, private name; the cluster removes it when it stops.
+        let dir = tempfile::Builder::new()
+            .prefix("sentry-migrate-pg-")
+            .tempdir()
+            .expect("a temp folder for the test cluster")
+            .keep();
         let sh = xshell::Shell::new().unwrap();
         let cluster =
             Arc::new(PgCluster::start(&sh, &dir).expect("start a throwaway PostgreSQL cluster"));

@@ -158,14 +158,8 @@ impl flags::Bench {
             require("sqlite3", "the floor's CSV export")?;
             require("psql", "the floor's COPY")?;
         }
-        let root =
-            std::env::temp_dir().join(format!("sentry-migrate-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(root.join("logs"))?;
-        let mut scratch = Scratch {
-            path: root.clone(),
-            keep: self.keep,
-        };
+        let mut scratch = Scratch::new("sentry-migrate-bench-", self.keep)?;
+        let root = scratch.path.clone();
         println!(
             "benchmark in {} (sizes {}; methods {})",
             root.display(),

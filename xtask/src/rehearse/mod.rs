@@ -69,9 +69,33 @@ fn default_cache() -> PathBuf {
 }
 
 /// The scratch folder: removed at the end unless `--keep`, kept after a failure for its logs.
-pub(crate) struct Scratch {
+pub struct Scratch {
     pub path: PathBuf,
     pub keep: bool,
+}
+
+impl Scratch {
+    /// A new scratch folder in the temp folder under an unpredictable name (`tempfile`), mode
+    /// 0700: it holds a copy of data, DSN keys and password hashes. Run as root, it is 0750 with
+    /// PostgreSQL's group, so that the throwaway server (running as `postgres`) reaches its own
+    /// 0700 folder inside. With `logs/` made.
+    pub fn new(prefix: &str, keep: bool) -> Result<Scratch> {
+        let path = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .context("cannot make a scratch folder in the temp folder (TMPDIR)")?
+            .keep();
+        let scratch = Scratch { path, keep };
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if fs::metadata("/proc/self")?.uid() == 0 {
+            if let Ok((_, gid)) = crate::pgcluster::server_user("postgres") {
+                std::os::unix::fs::chown(&scratch.path, None, Some(gid))?;
+                fs::set_permissions(&scratch.path, fs::Permissions::from_mode(0o750))?;
+            }
+        }
+        fs::create_dir_all(scratch.path.join("logs"))?;
+        Ok(scratch)
+    }
 }
 
 impl Drop for Scratch {
@@ -142,19 +166,13 @@ impl flags::Rehearse {
             "--events must be at least 8 (two of each kind per project)"
         );
         let cache = self.cache.clone().unwrap_or_else(default_cache);
-        let path =
-            std::env::temp_dir().join(format!("sentry-migrate-rehearsal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(path.join("logs"))?;
+        let mut scratch = Scratch::new("sentry-migrate-rehearsal-", self.keep)?;
+        let path = scratch.path.clone();
         // `migrate` runs as this very binary, copied: a `cargo build` while the rehearsal runs
         // replaces target/debug/xtask, and the running one's path then names a deleted file.
         let exe = path.join(".rehearsal-xtask");
         fs::copy(std::env::current_exe()?, &exe)
             .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
-        let mut scratch = Scratch {
-            path: path.clone(),
-            keep: self.keep,
-        };
         println!(
             "rehearsal in {} (cache {})",
             path.display(),

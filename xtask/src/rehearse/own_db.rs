@@ -309,27 +309,12 @@ impl flags::Rehearse {
         }
         let untouched = fingerprint(&source)?;
         let cache = self.cache.clone().unwrap_or_else(default_cache);
-        let path =
-            std::env::temp_dir().join(format!("sentry-migrate-rehearsal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(path.join("logs"))?;
-        // A copy of the user's data lives here: theirs to read only (and, when the throwaway
-        // PostgreSQL runs as `postgres` under root, its group's to traverse to the cluster).
-        let mut mode = 0o700;
-        if fs::metadata("/proc/self")?.uid() == 0 {
-            if let Ok((_, gid)) = crate::pgcluster::server_user("postgres") {
-                std::os::unix::fs::chown(&path, None, Some(gid))?;
-                mode = 0o750;
-            }
-        }
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        // A copy of the user's data lives here: theirs to read only (see `Scratch::new`).
+        let mut scratch = Scratch::new("sentry-migrate-rehearsal-", self.keep)?;
+        let path = scratch.path.clone();
         let exe = path.join(".rehearsal-xtask");
         fs::copy(std::env::current_exe()?, &exe)
             .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
-        let mut scratch = Scratch {
-            path: path.clone(),
-            keep: self.keep,
-        };
         println!(
             "dress rehearsal of {} in {} (cache {})",
             source.display(),
