@@ -1120,12 +1120,13 @@ mod tests {
                 .expect("must fail")
         };
         assert!(is_missing_database(&fails(&superuser(&db), "no_such_db")));
-        // Over the unix socket (trust): "role \"no_such_role\" does not exist", SQLSTATE 28000.
+        // Over the unix socket (scram, as over TCP): a role that does not exist fails the
+        // password check (SQLSTATE 28P01), and is no missing database either.
         let mut no_role = superuser(&db);
         no_role.host = db.cluster.dir.display().to_string();
         no_role.user = "no_such_role".into();
         let err = fails(&no_role, &db.name);
-        assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+        assert!(format!("{err:#}").contains("no_such_role"), "{err:#}");
         assert!(!is_missing_database(&err), "{err:#}");
         let wrong_password = target(&db, "postgres", "not-the-password");
         assert!(!is_missing_database(&fails(&wrong_password, &db.name)));
@@ -1358,10 +1359,9 @@ mod tests {
         );
         assert!(!err.contains(&db.cluster.password), "{err}");
 
-        // A socket folder as the host (local connections: trust in the test cluster).
+        // A socket folder as the host (local connections ask for the password too).
         let mut socket = superuser(&db);
         socket.host = db.cluster.dir.display().to_string();
-        socket.password = None;
         socket.passfile = None;
         let mut client = connect(&socket, &db.name, Duration::from_secs(2)).unwrap();
         let over_socket: bool = client
