@@ -1,6 +1,6 @@
-//! All PostgreSQL access, by job: [`connect`] (libpq's configuration, TLS, errors by kind,
-//! retry), [`catalog`] (creating, clearing, counting, the load marker, the abstime shim),
-//! [`sequences`] and [`preflight`] (privileges, encoding); names go into SQL as a checked
+//! All PostgreSQL access, by job: `connect` (libpq's configuration, TLS, errors by kind,
+//! retry), `catalog` (creating, clearing, counting, the load marker, the abstime shim),
+//! `sequences` and `preflight` (privileges, encoding); names go into SQL as a checked
 //! [`crate::ident::Ident`]. Callers name everything as `crate::pg::name`.
 
 mod catalog;
