@@ -19,7 +19,7 @@ use postgres::Client;
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::quote_identifier, values};
+use crate::{ident::Ident, values};
 
 /// What the copy of one table did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,7 +284,7 @@ pub fn copy(
                  redo from pg-upgrade"
             );
         }
-        crate::pg::checked_table_name(table.clone())?;
+        let table_ident = Ident::table(table.clone())?;
         let columns = target_columns(&mut tx, table)?;
         let missing: Vec<&str> = columns
             .iter()
@@ -328,10 +328,10 @@ pub fn copy(
         );
         let copy_sql = format!(
             "COPY {} ({}) FROM STDIN",
-            quote_identifier(table),
+            table_ident,
             shared
                 .iter()
-                .map(|(name, _)| quote_column(name))
+                .map(|(name, _)| Ident::column(name).map(|it| it.quoted()))
                 .collect::<Result<Vec<_>>>()?
                 .join(", ")
         );
@@ -438,18 +438,6 @@ fn drop_keys_and_indexes(tx: &mut postgres::Transaction<'_>) -> Result<Vec<Strin
 
 fn quote_sqlite(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Column names from the catalog: plain ones only, quoted.
-fn quote_column(name: &str) -> Result<String> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        bail!("unexpected column name {name:?} in the target: this tool only handles Sentry's own tables");
-    }
-    Ok(format!("\"{name}\""))
 }
 
 /// Rows per table the copy wrote, for the report.

@@ -8,6 +8,7 @@ pub mod copy;
 pub mod dumps;
 pub mod execute;
 pub mod flags;
+pub mod ident;
 pub mod journal;
 pub mod merge;
 pub mod pg;

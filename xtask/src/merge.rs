@@ -9,8 +9,8 @@ use postgres::Client;
 
 use crate::{
     check::{TableCheck, Verdict},
-    config::quote_identifier,
-    pg::{checked_table_name, public_tables},
+    ident::Ident,
+    pg::public_tables,
 };
 
 /// Groups that Sentry 6's migration 0083 may merge (same project and checksum), with the rows
@@ -27,21 +27,19 @@ pub struct MergeCandidates {
 }
 
 /// Tables with a `group_id` column (besides the events, which a merge repoints, never drops).
-fn tables_pointing_at_groups(client: &mut Client) -> Result<Vec<String>> {
+fn tables_pointing_at_groups(client: &mut Client) -> Result<Vec<Ident>> {
     let rows = client.query(
         "SELECT table_name::text FROM information_schema.columns \
          WHERE table_schema = 'public' AND column_name = 'group_id' AND table_name <> 'sentry_message' ORDER BY 1",
         &[],
     )?;
-    rows.iter()
-        .map(|row| checked_table_name(row.get(0)))
-        .collect()
+    rows.iter().map(|row| Ident::table(row.get(0))).collect()
 }
 
 fn sum_times_seen(client: &mut Client, table: &str) -> Result<i64> {
     let sql = format!(
         "SELECT COALESCE(SUM(times_seen), 0)::bigint FROM {}",
-        quote_identifier(table)
+        Ident::new("table name", table)?
     );
     Ok(client.query_one(&sql, &[])?.get(0))
 }
@@ -60,15 +58,14 @@ pub fn candidates(client: &mut Client) -> Result<MergeCandidates> {
     let mut rows = BTreeMap::new();
     for table in tables_pointing_at_groups(client)? {
         let sql = format!(
-            "SELECT group_id::bigint, count(*) FROM {} WHERE group_id = ANY($1::bigint[]) GROUP BY 1",
-            quote_identifier(&table)
+            "SELECT group_id::bigint, count(*) FROM {table} WHERE group_id = ANY($1::bigint[]) GROUP BY 1"
         );
         let counts: BTreeMap<i64, u64> = client
             .query(&sql, &[&groups])?
             .iter()
             .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))
             .collect();
-        rows.insert(table, counts);
+        rows.insert(table.into_string(), counts);
     }
     if public_tables(client)?
         .iter()

@@ -341,7 +341,9 @@ pub fn plan(config: &Config) -> Vec<Step> {
             Postgres,
             "create the target database, or accept an empty one",
             PgCreateDatabase {
-                create_sql: pg::create_database_sql(&config.pg.dbname),
+                create_sql: pg::create_database_sql(
+                    &config.pg.database().expect("PgTarget::from_env_or_url checked the name"),
+                ),
             },
         ),
         step(

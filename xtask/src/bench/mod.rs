@@ -438,7 +438,7 @@ fn one_line(run: &Run) -> String {
 fn model_tables(models_json: &Path) -> Result<Vec<String>> {
     let tables = dumps::model_tables(&dumps::read_models(models_json)?);
     for table in &tables {
-        crate::config::validate_identifier("the model table", table)?;
+        crate::ident::Ident::new("the model table", table)?;
     }
     Ok(tables)
 }

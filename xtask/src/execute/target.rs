@@ -144,7 +144,7 @@ impl StepRunner<'_> {
             drop(client);
             writeln!(log, "database {} was created by an earlier run of this migration and is not empty: recreating it", target.dbname)?;
             let mut admin = pg::connect_admin(target, Duration::from_secs(5))?;
-            pg::drop_database(&mut admin, &target.dbname)?;
+            pg::drop_database(&mut admin, &target.database()?)?;
             pg::create_database(&mut admin, create_sql, &target.dbname)?;
             return Ok(());
         }

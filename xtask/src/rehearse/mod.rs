@@ -1108,7 +1108,7 @@ fn compare_engines(
                 .map(|row| (row.get(0), row.get(1)))
                 .filter(|(name, _): &(String, String)| !leave_out.contains(name))
                 .collect();
-            let quoted = crate::config::quote_identifier(&table);
+            let quoted = crate::ident::Ident::table(table.clone())?.quoted();
             let exprs: Vec<String> = columns
                 .iter()
                 .map(|(name, ty)| {
@@ -1455,7 +1455,7 @@ fn more_data_after_upgrade(sh: &Shell, root: &Path, logs: &Path, events: u64) ->
 fn max_id(client: &mut postgres::Client, table: &str) -> Result<i64> {
     let sql = format!(
         "SELECT COALESCE(MAX(id), 0)::bigint FROM {}",
-        crate::config::quote_identifier(table)
+        crate::ident::Ident::new("table name", table)?
     );
     Ok(client.query_one(&sql, &[])?.get(0))
 }
