@@ -172,7 +172,9 @@ pub fn table_counts(path: &Path) -> Result<BTreeMap<String, u64>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use rusqlite::Connection;
+
+    use super::{check_integrity, check_sentry4, table_counts, SENTRY4_LAST_MIGRATION};
 
     #[test]
     fn errors_name_the_database_and_the_table() {
