@@ -19,7 +19,11 @@ use postgres::Client;
 use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
-use crate::{ident::Ident, values};
+use crate::{
+    ident::Ident,
+    sqlite::{open_read_only, quote_ident},
+    values,
+};
 
 /// What the copy of one table did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,7 +248,7 @@ pub fn copy(
     time_zone: &str,
     repeat: &Repeatable<'_>,
 ) -> Result<(Vec<TableCopy>, Vec<crate::pg::SequenceState>)> {
-    let source = values::open_read_only(sqlite)?;
+    let source = open_read_only(sqlite)?;
     let target_tables: std::collections::BTreeSet<String> = client
         .query(
             "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
@@ -269,7 +273,7 @@ pub fn copy(
     let mut out = Vec::new();
     for table in tables {
         let sqlite_columns: Vec<String> = source
-            .prepare(&format!("PRAGMA table_info({})", quote_sqlite(table)))?
+            .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))?
             .query_map([], |row| row.get(1))?
             .collect::<rusqlite::Result<_>>()
             .with_context(|| {
@@ -311,7 +315,7 @@ pub fn copy(
         let started = Instant::now();
         let total: u64 = source
             .query_row(
-                &format!("SELECT count(*) FROM {}", quote_sqlite(table)),
+                &format!("SELECT count(*) FROM {}", quote_ident(table)),
                 [],
                 |row| row.get::<_, i64>(0),
             )
@@ -321,10 +325,10 @@ pub fn copy(
             "SELECT rowid, {} FROM {}",
             shared
                 .iter()
-                .map(|(name, _)| quote_sqlite(name))
+                .map(|(name, _)| quote_ident(name))
                 .collect::<Vec<_>>()
                 .join(", "),
-            quote_sqlite(table)
+            quote_ident(table)
         );
         let copy_sql = format!(
             "COPY {} ({}) FROM STDIN",
@@ -434,10 +438,6 @@ fn drop_keys_and_indexes(tx: &mut postgres::Transaction<'_>) -> Result<Vec<Strin
     }
     rebuild_indexes.extend(rebuild_keys);
     Ok(rebuild_indexes)
-}
-
-fn quote_sqlite(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Rows per table the copy wrote, for the report.

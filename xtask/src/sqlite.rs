@@ -1,5 +1,6 @@
-//! Reading the SQLite source: open read-only, integrity checks, "is this Sentry 4?", row counts.
-//! Nothing here writes to the source.
+//! Reading the SQLite source: open read-only, quote identifiers, integrity checks, "is this
+//! Sentry 4?", row counts. Nothing here writes to the source. The one read-only opener and the
+//! one identifier quoter of SQLite for the whole tool.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -9,7 +10,8 @@ use rusqlite::{Connection, OpenFlags};
 /// Sentry 4.10.0's last South migration of the `sentry` app.
 pub const SENTRY4_LAST_MIGRATION: u32 = 62;
 
-fn open_read_only(path: &Path) -> Result<Connection> {
+/// Opens an existing SQLite database read-only (a missing path is refused, never created).
+pub fn open_read_only(path: &Path) -> Result<Connection> {
     if !path.exists() {
         bail!(
             "SQLite database {} does not exist: pass its path with --sqlite PATH",
@@ -22,6 +24,11 @@ fn open_read_only(path: &Path) -> Result<Connection> {
     )
     .with_context(|| format!("cannot open {} as a SQLite database", path.display()))?;
     Ok(conn)
+}
+
+/// An identifier (a table, a column, an index, from the db's own catalog) quoted for SQLite.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `PRAGMA quick_check` (`full`: `integrity_check`) must answer `ok`.
@@ -147,7 +154,7 @@ pub fn table_counts(path: &Path) -> Result<BTreeMap<String, u64>> {
     let conn = open_read_only(path)?;
     let mut counts = BTreeMap::new();
     for table in table_names(&conn).with_context(|| not_a_database(path))? {
-        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        let quoted = quote_ident(&table);
         let rows: i64 = conn
             .query_row(&format!("SELECT count(*) FROM {quoted}"), [], |row| {
                 row.get(0)
@@ -165,7 +172,9 @@ pub fn table_counts(path: &Path) -> Result<BTreeMap<String, u64>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use rusqlite::Connection;
+
+    use super::{check_integrity, check_sentry4, table_counts, SENTRY4_LAST_MIGRATION};
 
     #[test]
     fn errors_name_the_database_and_the_table() {

@@ -113,7 +113,7 @@ pub fn hint(db: &Path) -> Result<Option<Hint>> {
     let written = fs::metadata(db)
         .and_then(|meta| meta.modified())
         .with_context(|| format!("cannot read the modification time of {}", db.display()))?;
-    let conn = crate::values::open_read_only(db)?;
+    let conn = crate::sqlite::open_read_only(db)?;
     let newest: Option<String> = conn
         .query_row("SELECT max(datetime) FROM sentry_message", [], |row| {
             row.get(0)

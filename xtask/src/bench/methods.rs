@@ -10,7 +10,13 @@ use super::{
     report::{Part, Run, Size},
     Bench,
 };
-use crate::{config::Config, flags::DbKind, pg, settings, util};
+use crate::{
+    config::Config,
+    flags::DbKind,
+    pg, settings,
+    sqlite::{open_read_only, quote_ident},
+    util,
+};
 
 /// The copy engine's own process: `xtask __bench-copy SQLITE ZONE MODELS_JSON`, the target from
 /// libpq's variables. Not a task: `bench` runs it to measure the engine's memory alone.
@@ -134,13 +140,13 @@ fn shared_columns(
         .map(|row| row.get(0))
         .collect();
     let source: Vec<String> = sqlite
-        .prepare(&format!("PRAGMA table_info(\"{table}\")"))?
+        .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))?
         .query_map([], |row| row.get(1))?
         .collect::<rusqlite::Result<_>>()?;
     Ok(source
         .into_iter()
         .filter(|column| target.contains(column))
-        .map(|column| format!("\"{}\"", column.replace('"', "\"\"")))
+        .map(|column| quote_ident(&column))
         .collect())
 }
 
@@ -151,7 +157,7 @@ fn floor(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts
     let csv_dir = bench.root.join("bench-csv");
     let _ = fs::remove_dir_all(&csv_dir);
     fs::create_dir_all(&csv_dir)?;
-    let sqlite = crate::values::open_read_only(scaled)?;
+    let sqlite = open_read_only(scaled)?;
     let mut client = bench.cluster.client(dbname)?;
     let mut export_secs = 0.0;
     let mut export_peak = 0;
@@ -164,16 +170,17 @@ fn floor(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts
     );
     script.push_str("BEGIN;\nSET CONSTRAINTS ALL DEFERRED;\n");
     for table in &bench.tables {
-        let rows: i64 =
-            sqlite.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |row| {
-                row.get(0)
-            })?;
+        let rows: i64 = sqlite.query_row(
+            &format!("SELECT count(*) FROM {}", quote_ident(table)),
+            [],
+            |row| row.get(0),
+        )?;
         if rows == 0 {
             continue;
         }
         let columns = shared_columns(&sqlite, &mut client, table)?.join(", ");
         let csv = csv_dir.join(format!("{table}.csv"));
-        let select = format!("SELECT {columns} FROM \"{table}\"");
+        let select = format!("SELECT {columns} FROM {}", quote_ident(table));
         let out = fs::File::create(&csv)?;
         let measured = measure::run(
             cmd!(sh, "sqlite3 -csv -noheader {scaled} {select}"),

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{ensure, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{dumps, flags, pgcluster::PgCluster, rehearse::Scratch, util};
+use crate::{dumps, flags, pgcluster::PgCluster, rehearse::Scratch, sqlite, util};
 use report::{Results, Run, Size};
 
 pub use methods::{copy_worker, COPY_WORKER};
@@ -444,14 +444,16 @@ fn model_tables(models_json: &Path) -> Result<Vec<String>> {
 }
 
 fn sqlite_counts(db: &Path, tables: &[String]) -> Result<BTreeMap<String, u64>> {
-    let conn = crate::values::open_read_only(db)?;
+    let conn = sqlite::open_read_only(db)?;
     tables
         .iter()
         .map(|table| {
             let n: i64 = conn
-                .query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |row| {
-                    row.get(0)
-                })
+                .query_row(
+                    &format!("SELECT count(*) FROM {}", sqlite::quote_ident(table)),
+                    [],
+                    |row| row.get(0),
+                )
                 .with_context(|| format!("cannot count {table} in {}", db.display()))?;
             Ok((table.clone(), n as u64))
         })

@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use rusqlite::{backup::Backup, Connection, OpenFlags};
+use rusqlite::{backup::Backup, Connection};
 use xshell::Shell;
 
 use super::{
@@ -35,11 +35,7 @@ pub const PASSWORD_VAR: &str = "SENTRY_REHEARSE_PASSWORD";
 /// opened read-only: a running Sentry 4 may keep writing (a write during the copy makes SQLite
 /// restart it, so the copy is always one consistent state of the db).
 pub fn copy_online(source: &Path, dest: &Path) -> Result<()> {
-    let from = Connection::open_with_flags(
-        source,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("cannot open {} read-only", source.display()))?;
+    let from = crate::sqlite::open_read_only(source)?;
     from.busy_timeout(Duration::from_secs(60))?;
     fs::OpenOptions::new()
         .write(true)
@@ -94,7 +90,7 @@ fn per_project_sqlite(conn: &Connection, table: &str) -> Result<BTreeMap<i64, u6
 }
 
 fn before(db: &Path) -> Result<Before> {
-    let conn = crate::values::open_read_only(db)?;
+    let conn = crate::sqlite::open_read_only(db)?;
     let events = per_project_sqlite(&conn, "sentry_message")?;
     let groups = per_project_sqlite(&conn, "sentry_groupedmessage")?;
     let mut stmt =
@@ -587,7 +583,7 @@ impl flags::Rehearse {
         // The merged groups, by project (the copy still has them).
         let mut merged: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         {
-            let conn = crate::values::open_read_only(copy)?;
+            let conn = crate::sqlite::open_read_only(copy)?;
             let mut stmt =
                 conn.prepare("SELECT project_id FROM sentry_groupedmessage WHERE id = ?1")?;
             for group in &journal.merged_groups {
