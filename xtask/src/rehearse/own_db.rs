@@ -21,7 +21,7 @@ use xshell::Shell;
 use super::{
     default_cache,
     forecast::{shown_args, Forecast, ProjectRow},
-    processes_inside, provision, stop_servers_on_interrupt, Phases, Scratch,
+    processes_inside, prove, provision, stop_servers_on_interrupt, Phases, Scratch,
 };
 use crate::{flags, journal::Journal, pgcluster::PgCluster, util, verify};
 
@@ -135,7 +135,7 @@ fn per_project_pg(client: &mut postgres::Client, sql: &str) -> Result<BTreeMap<i
 
 /// The repo files a scratch install needs, with the user's own tag configs and settings.
 fn copy_into_scratch(args: &flags::Rehearse, repo: &Path, root: &Path) -> Result<()> {
-    super::copy_repo_files(repo, root, None)?;
+    provision::copy_repo_files(repo, root, None)?;
     // Buildout configs `extends` their neighbours: every file in the folder of each.
     for config in [&args.tag1, &args.tag2].into_iter().flatten() {
         ensure!(
@@ -430,8 +430,12 @@ impl flags::Rehearse {
 
         let (toolchain, browser) = phases.run("provision", || {
             let toolchain = provision::toolchain(&sh, cache, &logs)?;
-            let browser =
-                provision::browser(&sh, cache, &root.join(super::BROWSER_REQUIREMENTS), &logs)?;
+            let browser = provision::browser(
+                &sh,
+                cache,
+                &root.join(provision::BROWSER_REQUIREMENTS),
+                &logs,
+            )?;
             provision::bootstrap(&sh, &toolchain, root, &logs)?;
             Ok((toolchain, browser))
         })?;
@@ -609,7 +613,7 @@ impl flags::Rehearse {
         let state_path = root.join("prove-db-state.json");
         fs::write(&state_path, serde_json::to_string(&state)?)?;
         let logs = root.join("logs");
-        let facts = super::prove_on_sentry6(sh, &logs, "prove_db.py", &state_path)?;
+        let facts = prove::prove_on_sentry6(sh, &logs, "prove_db.py", &state_path)?;
         // Then as a person looks: every project's whole stream (at most BROWSED) and its first
         // group's page, in headless Chromium.
         let login: serde_json::Value = serde_json::from_str(
@@ -632,7 +636,7 @@ impl flags::Rehearse {
             })
             .take(BROWSED)
             .collect();
-        let browsed = super::browse(sh, root, &logs, browser, &login, &pages)?;
+        let browsed = prove::browse(sh, root, &logs, browser, &login, &pages)?;
         println!(
             "    in headless Chromium: {} project stream(s) and a group page of each, no script error; screenshots in {}",
             browsed["pages"].as_object().map_or(0, |pages| pages.len()),
