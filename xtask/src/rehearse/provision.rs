@@ -270,29 +270,6 @@ pub fn browser(sh: &Shell, cache: &Path, requirements: &Path, logs: &Path) -> Re
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bullseye_sources_from_deb822_and_one_line_formats() {
-        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
-        let out = bullseye_sources(deb822).unwrap();
-        assert!(out.contains("Suites: bullseye\n"), "{out}");
-        assert!(out.contains("Suites: bullseye-security\n"), "{out}");
-        assert!(!out.contains("bookworm"), "{out}");
-        assert!(
-            out.contains("URIs: http://mirror.example/debian\n"),
-            "the host is kept from the system: {out}"
-        );
-
-        let list = "deb http://mirror.example/debian bookworm main\ndeb http://mirror.example/debian bookworm-updates main\n";
-        let out = bullseye_sources(list).unwrap();
-        assert_eq!(out, "deb http://mirror.example/debian bullseye main\n");
-        assert!(bullseye_sources("Types: deb\nSuites: jammy\n").is_err());
-    }
-}
-
 /// The pinned selenium and its dependencies for `browse.py`.
 pub(super) const BROWSER_REQUIREMENTS: &str = "xtask/python/rehearse/browser-requirements.txt";
 
@@ -344,4 +321,27 @@ pub(super) fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> R
         .open(root.join("settings/settings.py"))?;
     writeln!(settings, "\n# Rehearsal only: no mail leaves this machine.\nEMAIL_BACKEND = 'django.core.mail.backends.locmem.EmailBackend'")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bullseye_sources_from_deb822_and_one_line_formats() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        let out = bullseye_sources(deb822).unwrap();
+        assert!(out.contains("Suites: bullseye\n"), "{out}");
+        assert!(out.contains("Suites: bullseye-security\n"), "{out}");
+        assert!(!out.contains("bookworm"), "{out}");
+        assert!(
+            out.contains("URIs: http://mirror.example/debian\n"),
+            "the host is kept from the system: {out}"
+        );
+
+        let list = "deb http://mirror.example/debian bookworm main\ndeb http://mirror.example/debian bookworm-updates main\n";
+        let out = bullseye_sources(list).unwrap();
+        assert_eq!(out, "deb http://mirror.example/debian bullseye main\n");
+        assert!(bullseye_sources("Types: deb\nSuites: jammy\n").is_err());
+    }
 }
