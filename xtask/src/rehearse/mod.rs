@@ -16,6 +16,7 @@ mod forecast;
 mod migrate;
 mod own_db;
 mod prove;
+mod prove_db;
 mod provision;
 mod rollback;
 mod run;
