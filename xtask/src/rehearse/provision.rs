@@ -1,16 +1,18 @@
 //! Rehearsal provisioning, cached: Python 2.7 from Debian bullseye packages extracted into a
 //! private prefix (the system's apt state untouched), a 2.7 virtualenv with zc.buildout, and a
-//! buildout home whose eggs directory is shared by every rehearsal.
+//! buildout home whose eggs directory is shared by every rehearsal; and this repo's files a
+//! buildout checkout has, copied into the scratch root.
 
 use std::{
     fs,
+    io::Write,
     path::{Path, PathBuf},
 };
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::log_run;
+use super::run::log_run;
 
 const PY27_PACKAGES: &[&str] = &[
     "python2.7",
@@ -266,6 +268,59 @@ pub fn browser(sh: &Shell, cache: &Path, requirements: &Path, logs: &Path) -> Re
         chromium,
         chromedriver,
     })
+}
+
+/// The pinned selenium and its dependencies for `browse.py`.
+pub(super) const BROWSER_REQUIREMENTS: &str = "xtask/python/rehearse/browser-requirements.txt";
+
+/// The files of this repo a buildout checkout has, copied into the scratch root.
+/// `zone`: write the rehearsal's own `settings/sentry_conf.py` with it (`None`: the caller
+/// brings the install's own).
+pub(super) fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> Result<()> {
+    for dir in [
+        "buildout",
+        "settings",
+        "xtask/python/rehearse",
+        "var",
+        "dumps",
+    ] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    for file in [
+        "buildout/tag1-sentry4.cfg",
+        "buildout/tag2-sentry6.cfg",
+        "buildout/tag0-sentry4.0.cfg",
+        "settings/settings.py",
+        "xtask/python/sentry_helper.py",
+        "xtask/python/rehearse/sentry_setup.py",
+        "xtask/python/rehearse/seed.py",
+        "xtask/python/rehearse/send_events.py",
+        "xtask/python/rehearse/send_bad_values.py",
+        "xtask/python/rehearse/serve.py",
+        "xtask/python/rehearse/prove.py",
+        "xtask/python/rehearse/prove4.py",
+        "xtask/python/rehearse/compare_encoded.py",
+        "xtask/python/rehearse/prove_db.py",
+        "xtask/python/rehearse/browse.py",
+        "xtask/python/rehearse/browser-requirements.txt",
+    ] {
+        fs::copy(repo.join(file), root.join(file))
+            .with_context(|| format!("cannot copy {file} into the scratch repo"))?;
+    }
+    // The install's own settings: the zone its Sentry 4 runs with (daylight saving included),
+    // which `migrate` must read the naive dates in.
+    if let Some(zone) = zone {
+        fs::write(
+            root.join("settings/sentry_conf.py"),
+            format!("# Rehearsal: the install's own settings.\nTIME_ZONE = '{zone}'\n"),
+        )?;
+    }
+    // The scratch install sends no mail (Sentry mails on every new event).
+    let mut settings = fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("settings/settings.py"))?;
+    writeln!(settings, "\n# Rehearsal only: no mail leaves this machine.\nEMAIL_BACKEND = 'django.core.mail.backends.locmem.EmailBackend'")?;
+    Ok(())
 }
 
 #[cfg(test)]

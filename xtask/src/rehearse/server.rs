@@ -1,5 +1,6 @@
 //! A Sentry web server for the rehearsal: its own process group on 127.0.0.1, stopped with
-//! every process of that group when dropped (also when a rehearsal step fails).
+//! every process of that group when dropped (also when a rehearsal step fails); and Sentry 4's
+//! and Sentry 6's web services started as such.
 
 use std::{
     fs,
@@ -15,6 +16,8 @@ use nix::{
     sys::signal::{killpg, Signal},
     unistd::Pid,
 };
+
+use xshell::{cmd, Cmd, Shell};
 
 use crate::util::log_tail;
 
@@ -131,6 +134,44 @@ pub fn group_alive(pgid: u32) -> bool {
     crate::util::live_processes()
         .iter()
         .any(|process| process.pgrp == pgid)
+}
+
+/// A Sentry web service on 127.0.0.1:`port`, stopped (whole process group) when dropped.
+fn web_server(name: &str, command: Cmd<'_>, port: u16, log: &Path) -> Result<Server> {
+    let command: std::process::Command = command
+        .env("SENTRY_WEB_HOST", "127.0.0.1")
+        .env("SENTRY_WEB_PORT", port.to_string())
+        .into();
+    Server::start(name, command, port, log, Duration::from_secs(120))
+}
+
+/// Sentry 4's web service, started through the rehearsal's launcher: 4.10's `start` lets
+/// gunicorn parse the command line, which rejects `--noupgrade` (see serve.py).
+pub(super) fn sentry4_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
+    let py = sh.current_dir().join("bin/py");
+    web_server(
+        "Sentry 4 web",
+        cmd!(
+            sh,
+            "{py} xtask/python/rehearse/serve.py settings/settings.py"
+        ),
+        port,
+        log,
+    )
+}
+
+/// Sentry 6.4's web service, started with exactly the command `migrate` tells users to run.
+pub(super) fn sentry6_server(sh: &Shell, port: u16, log: &Path) -> Result<Server> {
+    let sentry = sh.current_dir().join("bin/sentry");
+    web_server(
+        "Sentry 6.4 web",
+        cmd!(
+            sh,
+            "{sentry} --config=settings/settings.py start --noupgrade"
+        ),
+        port,
+        log,
+    )
 }
 
 #[cfg(test)]
