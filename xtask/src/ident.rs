@@ -1,6 +1,6 @@
 //! The one PostgreSQL identifier: a name checked once, when it is made, and quoted when it goes
 //! into SQL (`Display` and [`Ident::quoted`]; [`Ident::as_str`] is the plain name for messages).
-//! A module of its own, under both `config` (which checks the names the user gives) and `pg`
+//! A module of its own, under both `pgtarget` (which checks the names the user gives) and `pg`
 //! (which quotes them and the catalog's), so that neither imports the other for it.
 //!
 //! Two rules, as the tool has always had them, because two kinds of names come in:

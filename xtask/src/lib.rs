@@ -14,6 +14,7 @@ pub mod merge;
 pub mod pg;
 pub mod pgcluster;
 pub mod pgpass;
+pub mod pgtarget;
 pub mod plan;
 pub mod pyliteral;
 pub mod rehearse;
