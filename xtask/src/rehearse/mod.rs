@@ -82,6 +82,22 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// A failed run's error, the folder kept for its logs and the message saying where they are.
+    pub(crate) fn kept_after_failure(
+        &mut self,
+        err: anyhow::Error,
+        what: &str,
+        note: &str,
+    ) -> anyhow::Error {
+        self.keep = true;
+        let path = self.path.display();
+        err.context(format!(
+            "{what} failed; every server it started is stopped; logs: {path}/logs and {path}/dumps/logs (kept{note})"
+        ))
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if !self.keep {
@@ -183,14 +199,7 @@ impl flags::Rehearse {
                 }
                 Ok(())
             }
-            Err(err) => {
-                scratch.keep = true;
-                Err(err.context(format!(
-                    "the rehearsal failed; every server it started is stopped; logs: {}/logs and {}/dumps/logs (kept)",
-                    path.display(),
-                    path.display()
-                )))
-            }
+            Err(err) => Err(scratch.kept_after_failure(err, "the rehearsal", "")),
         }
     }
 }

@@ -324,12 +324,11 @@ impl flags::Rehearse {
             }
             Err(err) => {
                 println!("  {source_line}");
-                scratch.keep = true;
-                Err(err.context(format!(
-                    "the dress rehearsal failed; every server it started is stopped; logs: {}/logs and {}/dumps/logs (kept; it holds a copy of your data: remove it when done)",
-                    path.display(),
-                    path.display()
-                )))
+                Err(scratch.kept_after_failure(
+                    err,
+                    "the dress rehearsal",
+                    "; it holds a copy of your data: remove it when done",
+                ))
             }
         }
     }
