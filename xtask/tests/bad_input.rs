@@ -132,6 +132,7 @@ fn bad_input_gets_a_clear_error() {
         "sentry_projectkey: expected 3, found 4 (1 rows more than SQLite)",
     );
 }
+
 /// Messages built from outside data (settings switched by hand, a journal edited by hand) say
 /// what they mean in words and never panic.
 #[test]
@@ -170,6 +171,7 @@ fn hand_switched_settings_and_an_edited_journal_get_plain_messages() {
     );
     assert!(out.stdout.contains("(sha256 ab…)"), "{}", out.stdout);
 }
+
 /// Values PostgreSQL rejects are found before any dump and before PostgreSQL is touched; with
 /// `--fit-values` they are fitted in a working copy (the source keeps them), reported, loaded.
 #[test]
@@ -286,6 +288,7 @@ fn values_postgres_rejects_stop_the_run_early_and_are_fitted_on_request() {
         "{report}"
     );
 }
+
 /// Without a TIME_ZONE in the settings the run stops before anything is touched, says why it
 /// matters and what to set; with one, the plan, the preflight output and the report show it.
 #[test]
@@ -342,6 +345,7 @@ fn the_time_zone_is_never_guessed() {
         "{report}"
     );
 }
+
 /// Database and role names that are not plain identifiers are refused before any SQL runs:
 /// no database is created, no program runs, nothing is written.
 #[test]
@@ -388,6 +392,7 @@ fn names_that_are_not_plain_identifiers_are_refused_before_any_sql() {
         assert!(created.is_empty(), "{tag}: a database was created");
     }
 }
+
 /// A target a DBA created and owns, where the app role may only connect (PostgreSQL 15 gives
 /// no CREATE on schema public to other roles): refused in preflight, before any dump, with the
 /// GRANT a DBA runs; so is a missing database the role may not create.
@@ -452,6 +457,7 @@ fn missing_privileges_are_refused_in_preflight_with_the_sql_for_a_dba() {
         .batch_execute(&format!("DROP ROLE \"{role}\""))
         .unwrap();
 }
+
 /// An existing target database in another encoding than UTF8 is refused in preflight, naming
 /// the encoding, with the SQL a DBA runs: in SQL_ASCII `ééé` overflows a varchar(3) the scan
 /// counted as fitting, LATIN1 refuses an emoji, both only at `pg-copy`, after Sentry's upgrade.
@@ -563,6 +569,7 @@ fn a_tag_that_installs_the_wrong_sentry_is_named() {
         .count();
     assert_eq!(upgrades, 2, "only Sentry 4's upgrades ran: {calls:?}");
 }
+
 /// A journal whose migration started from another db than the one now at the source's path
 /// (another install's dumps/, or the db replaced since) is refused before anything is touched,
 /// naming both sha256s and how to start over; doing what it says migrates the db given.
@@ -622,6 +629,7 @@ fn a_journal_from_another_source_db_is_refused_naming_both() {
         .get(0);
     assert_eq!(events, 6, "this db's events, the one added included");
 }
+
 /// Sentry 4's `upgrade` killed halfway may leave other bytes in the db, never other events: the
 /// resume goes on. Once the steps that write the source are done, any change is refused, and so
 /// is a change of the events at any time.
@@ -684,6 +692,7 @@ fn only_an_interrupted_write_of_sentry4_may_change_the_source() {
         repo.calls()
     );
 }
+
 /// dumps/ on a read-only file system: refused before anything is written (no lock, no backup,
 /// no program, no database), saying why and what to do.
 #[test]
@@ -712,6 +721,7 @@ fn dumps_not_writable_is_refused_before_anything() {
     assert!(repo.calls().is_empty(), "a program ran");
     assert!(!repo.target_exists(), "a database was created");
 }
+
 /// A settings file Python cannot compile is refused in preflight by the install's own bin/py,
 /// naming the file and the line, before the backup or any Sentry step.
 #[test]
@@ -775,6 +785,7 @@ fn settings_that_are_not_python_are_refused_in_preflight() {
     );
     assert!(out.ok, "{out:#?}");
 }
+
 /// `dumps/` this user may not write (modes, not a read-only file system): the install belongs
 /// to `nobody`, who runs `migrate`, but dumps/ is root's 0755. Refused before anything, naming
 /// the user. Needs root to switch users (CI runs as root); elsewhere it says it is skipped.

@@ -98,6 +98,7 @@ fn the_copy_engine_loads_what_loaddata_loads() {
     let report = fs::read_to_string(copy.root.join("dumps/report.md")).unwrap();
     assert!(report.contains("copy engine: "), "{report}");
 }
+
 /// A copy that breaks a foreign key fails at commit with PostgreSQL's words, and leaves the
 /// target as it was before the copy (one transaction).
 #[test]
@@ -140,6 +141,7 @@ fn a_failed_copy_rolls_back_and_names_the_constraint() {
         .get(0);
     assert!(keys >= 5, "the foreign keys are back: {keys}");
 }
+
 /// Where Django's dumpdata cannot fit in memory, the loaddata engine is refused in preflight,
 /// pointing at the copy engine, which takes the same db.
 #[test]

@@ -18,6 +18,7 @@ fn a_run_killed_anywhere_resumes_to_the_same_result() {
     }
     fault_matrix(&["migrate", "--engine", "loaddata"], 21, true);
 }
+
 /// The same for the copy engine: SIGKILL right after each of its steps.
 #[test]
 fn a_copy_killed_anywhere_resumes_to_the_same_result() {
@@ -26,6 +27,7 @@ fn a_copy_killed_anywhere_resumes_to_the_same_result() {
     }
     fault_matrix(&["migrate", "--engine", "copy"], 19, false);
 }
+
 /// PostgreSQL stopped in the middle of the load: the step fails naming the lost connection, the
 /// target keeps nothing of the half load (one transaction), and once the server is back the
 /// same command finishes the migration.
@@ -85,6 +87,7 @@ fn postgres_stopped_in_the_middle_of_the_load_is_named_and_the_run_resumes() {
         .get(0);
     assert_eq!(events, 5, "every event, once");
 }
+
 /// The disk under dumps/ fills up while `dump-rest` writes: the step fails saying so, naming the
 /// file; the partial dump is not taken for a finished one; source and backup are untouched. With
 /// the disk enlarged, the same command finishes with the report of an uninterrupted run.
@@ -144,6 +147,7 @@ fn a_full_disk_while_dumping_is_named_and_the_same_command_finishes() {
     assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
     assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
 }
+
 /// SIGKILL in the middle of `pg-copy`: the test holds a lock on the last table the copy fills,
 /// so the run is caught with every other table streamed into its transaction. The target is
 /// then as before the copy (rows, keys and indexes), and the same command finishes with the
@@ -241,6 +245,7 @@ fn a_copy_killed_in_the_middle_of_pg_copy_changes_nothing_and_resumes() {
     assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
     assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
 }
+
 /// The disk beside the db fills up after preflight (which checked it had room): the backup
 /// fails saying so, naming the file, leaves no half-written backup behind and the source as it
 /// was; with room again, the same command makes the backup and finishes with the report of an
@@ -302,6 +307,7 @@ fn a_full_disk_beside_the_db_fails_the_backup_and_the_same_command_finishes() {
     assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
     drop(disk);
 }
+
 /// SIGKILL in the middle of `backup-sqlite` (a db big enough for the copy to take a moment):
 /// no file is left under a backup's name unless it is a whole copy, and the same command makes
 /// the backup again (the interrupted copy removed) and ends with the report of an
@@ -372,6 +378,7 @@ fn a_run_killed_in_the_middle_of_the_backup_leaves_no_partial_backup_and_resumes
         backups(&repo)
     );
 }
+
 /// SIGKILL in the middle of `fit-values` (its working copy being written): the working copy
 /// is never left under its own name half made, and the same command fits it again and ends
 /// with the report of an uninterrupted run, the source unchanged.
@@ -431,6 +438,7 @@ fn a_run_killed_in_the_middle_of_fit_values_resumes_to_the_same_result() {
     assert_eq!(fs::read(&db).unwrap(), original, "the source changed");
     assert_eq!(fs::read(recorded_backup(&repo)).unwrap(), original);
 }
+
 /// SIGKILL after a load's commit, before the journal records the step (the tool's test switch
 /// holds the run there): every row is in PostgreSQL and the journal does not know it. The same
 /// command recognises its own committed load of this source (the marker the load's transaction

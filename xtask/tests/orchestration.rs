@@ -193,6 +193,7 @@ fn full_migration_verifies_every_phase_and_reports() {
     );
     assert_eq!(repo.calls().len(), expected.len(), "no Sentry command ran");
 }
+
 #[test]
 fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there() {
     if skip() {
@@ -266,6 +267,7 @@ fn a_failed_step_names_cause_log_and_resume_command_and_resume_continues_there()
     let out = repo.xtask(&["migrate", "--from", "dump-auth"], None);
     assert!(out.ok, "{out:#?}");
 }
+
 #[test]
 fn dry_run_prints_the_plan_and_touches_nothing() {
     if skip() {
@@ -350,6 +352,7 @@ fn the_dry_run_warns_of_what_preflight_will_stop_on() {
         out.stderr
     );
 }
+
 #[test]
 fn a_second_migrate_is_refused_while_one_runs() {
     if skip() {
@@ -389,6 +392,7 @@ fn a_second_migrate_is_refused_while_one_runs() {
         0o600
     );
 }
+
 /// Two runs started at the same instant: exactly one proceeds, the other is refused by the lock.
 #[test]
 fn two_migrates_started_at_once_one_runs_one_is_refused() {
@@ -435,6 +439,7 @@ fn two_migrates_started_at_once_one_runs_one_is_refused() {
         .count();
     assert_eq!(dumps, 1, "{:?}", repo.calls());
 }
+
 /// The `resume:` line of a failure, and every `redo with` hint, are commands that work when
 /// pasted into a shell, with a db path that holds spaces and non-ASCII characters (written to
 /// settings_local.py as Python 2 reads it) and the flags the run was given.
@@ -508,6 +513,7 @@ fn resume_hints_are_pasteable_with_spaces_in_paths() {
     let out = repo.xtask(&args, None);
     assert!(out.ok, "{out:#?}");
 }
+
 /// When a step fails and the report cannot be saved either, the step's cause still leads.
 #[test]
 fn a_failed_step_keeps_its_cause_when_saving_the_report_fails_too() {
@@ -537,6 +543,7 @@ fn a_failed_step_keeps_its_cause_when_saving_the_report_fails_too() {
         out.stderr
     );
 }
+
 /// `--from`/`--until` naming no step, or a step not in this plan, are refused before anything
 /// is touched (no lock, no journal, no program, no database).
 #[test]
@@ -568,6 +575,7 @@ fn from_and_until_naming_no_step_are_refused_before_anything() {
     assert!(repo.calls().is_empty(), "a program ran");
     assert!(!repo.target_exists(), "a database was created");
 }
+
 /// `--fit-values` is remembered as the engine is: a run with it that fails after `fit-values`
 /// names it in the resume command, and a plain `migrate` resumes with it (the copy reads the
 /// fitted working copy, not the source with values PostgreSQL rejects).

@@ -83,6 +83,7 @@ fn rollback_returns_to_sentry4_with_the_db_from_the_verified_backup() {
         "Sentry 4 in bin/"
     );
 }
+
 /// A backup whose sha256 differs from the journal's is refused before anything changes; events
 /// Sentry 6 stored after the migration are counted and refused without --force.
 #[test]

@@ -42,6 +42,7 @@ fn wrong_password_is_named_without_printing_it() {
         "no backup was made"
     );
 }
+
 /// The dumps hold every password hash and DSN secret key: dumps/ is 0700 (made so even when it
 /// existed wider), every dump, journal, report, log and the lock in it 0600; the SQLite backup
 /// has the source's mode, never a wider one.
@@ -99,6 +100,7 @@ fn dumps_and_the_backup_are_private() {
         "the backup has the source's mode"
     );
 }
+
 /// A full run with a password set: no child the tool starts (bin/buildout, bin/sentry, the
 /// helper under bin/py) nor the tool itself shows it in `/proc/<pid>/cmdline`, and no file under
 /// dumps/ (dumps, journal, report, logs, lock) holds it; only the 0600 settings_local.py does.
