@@ -19,6 +19,8 @@ pub struct Config {
     pub tag2_cfg: PathBuf,
     /// `--fit-values`: fit what PostgreSQL rejects in a working copy the dumps read.
     pub fit_values: bool,
+    /// `--sentry-own-upgrade`: Sentry 6's `upgrade` as shipped (0083 walks every group).
+    pub sentry_own_upgrade: bool,
     /// How the rows go into PostgreSQL.
     pub engine: crate::flags::Engine,
     /// The `TIME_ZONE` Sentry 4 wrote its naive dates in, as the settings files say.
@@ -44,6 +46,7 @@ impl Config {
             tag1_cfg: root.join("buildout/tag1-sentry4.cfg"),
             tag2_cfg: root.join("buildout/tag2-sentry6.cfg"),
             fit_values: false,
+            sentry_own_upgrade: false,
             engine: crate::flags::Engine::default(),
             time_zone: crate::zone::read(&root),
             root,

@@ -42,6 +42,11 @@ xflags::xflags! {
             /// `loaddata` (the runbook's own dumpdata/loaddata). A plain re-run resumes with
             /// the engine the journal records.
             optional --engine engine: Engine
+            /// Run Sentry 6's upgrade exactly as Sentry ships it, `bin/sentry upgrade
+            /// --noinput`: its migration 0083 then walks every group in Python (about 20 minutes
+            /// at a million events). Without it the same migrations run in the same order, 0083
+            /// set-based (proven equal to Sentry's own by the rehearsal).
+            optional --sentry-own-upgrade
         }
         /// Back to the state before `migrate`: settings_local.py to SQLite, buildout tag 1, and
         /// with --restore-backup the db from the backup the journal verified. Refused while

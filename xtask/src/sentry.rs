@@ -268,6 +268,16 @@ pub fn south_migration_times(
     times
 }
 
+/// What the helper's set-based 0083 printed (`sentry_helper.py`: groups walked, sets merged,
+/// time), for the step's notes: "0083_migrate_dupe_groups set-based: …".
+pub fn set_based_0083_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|line| line.strip_prefix("sentry-migrate: "))
+        .filter(|line| line.starts_with("0083_migrate_dupe_groups set-based:"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The `count` longest of `times`, longest first (South's order among equals).
 pub fn slowest(times: &[MigrationTime], count: usize) -> Vec<&MigrationTime> {
     let mut sorted: Vec<&MigrationTime> = times.iter().collect();
@@ -281,6 +291,19 @@ mod south_tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_set_based_0083_line_is_found_among_souths() {
+        let log = " > sentry:0083_migrate_dupe_groups\n\
+            sentry-migrate: sentry.migrations.0083_migrate_dupe_groups runs set-based (x.sql)\n\
+            sentry-migrate: 0083_migrate_dupe_groups set-based: 2711 groups walked, 33 set(s) of duplicates merged, 35 group(s) merged into their survivor, in 0.1s\n\
+             > sentry:0084_auto\n";
+        assert_eq!(
+            set_based_0083_lines(log),
+            ["0083_migrate_dupe_groups set-based: 2711 groups walked, 33 set(s) of duplicates merged, 35 group(s) merged into their survivor, in 0.1s"]
+        );
+        assert!(set_based_0083_lines(" > sentry:0083_migrate_dupe_groups\n").is_empty());
+    }
 
     #[test]
     fn each_migration_runs_from_its_line_to_the_next_south_line() {

@@ -565,7 +565,7 @@ fn a_tag_that_installs_the_wrong_sentry_is_named() {
     let calls = repo.calls();
     let upgrades = calls
         .iter()
-        .filter(|call| call.contains("upgrade --noinput"))
+        .filter(|call| call.contains(" upgrade"))
         .count();
     assert_eq!(upgrades, 2, "only Sentry 4's upgrades ran: {calls:?}");
 }
@@ -684,10 +684,7 @@ fn only_an_interrupted_write_of_sentry4_may_change_the_source() {
     let out = repo.xtask(&args, None);
     assert!(refused(&out), "other events are another db: {out:#?}");
     assert!(
-        !repo
-            .calls()
-            .iter()
-            .any(|call| call.contains("upgrade --noinput")),
+        !repo.calls().iter().any(|call| call.contains(" upgrade")),
         "{:?}",
         repo.calls()
     );

@@ -55,7 +55,7 @@ fn full_migration_verifies_every_phase_and_reports() {
         "sentry --config=settings/settings.py upgrade --noinput",
         "py xtask/python/sentry_helper.py --config=settings/settings.py load dumps/dumpdata-auth.json dumps/dumpdata.json",
         "buildout -c buildout/tag2-sentry6.cfg",
-        "sentry --config=settings/settings.py upgrade --noinput",
+        "py xtask/python/sentry_helper.py --config=settings/settings.py upgrade",
     ];
     assert_eq!(calls.len(), expected.len(), "{calls:#?}");
     for (call, want) in calls.iter().zip(expected) {
@@ -806,4 +806,43 @@ fn every_south_migration_of_sentry6s_upgrade_is_timed_in_its_log_the_journal_and
         "{log}"
     );
     assert!(block[4].starts_with("  4 migration(s), "), "{log}");
+}
+
+/// Sentry 6's step runs the helper (0083 set-based), shows what 0083 merged under its `ok`, and
+/// `--sentry-own-upgrade` runs Sentry's own `bin/sentry upgrade --noinput` instead.
+#[test]
+fn sentry6s_upgrade_runs_0083_set_based_unless_told_to_run_sentrys_own() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("setbased");
+    let out = repo.xtask(&["migrate"], None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(
+        repo.calls().last().unwrap(),
+        "py xtask/python/sentry_helper.py --config=settings/settings.py upgrade"
+    );
+    assert!(
+        out.stdout.contains(
+            "0083_migrate_dupe_groups set-based: 9 groups walked, 1 set(s) of duplicates merged"
+        ),
+        "{}",
+        out.stdout
+    );
+
+    let own = Repo::new("sentryown");
+    let out = own.xtask(&["migrate", "--sentry-own-upgrade"], None);
+    assert!(out.ok, "{out:#?}");
+    assert_eq!(
+        own.calls().last().unwrap(),
+        "sentry --config=settings/settings.py upgrade --noinput"
+    );
+    assert!(!out.stdout.contains("set-based"), "{}", out.stdout);
+    let dry = own.xtask(&["migrate", "--dry-run", "--sentry-own-upgrade"], None);
+    assert!(
+        dry.stdout
+            .contains("Sentry's own upgrade as shipped (--sentry-own-upgrade)"),
+        "{}",
+        dry.stdout
+    );
 }

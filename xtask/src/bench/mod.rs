@@ -372,19 +372,76 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
     let log = bench
         .logs
         .join(format!("whole-{}.log", label.to_lowercase()));
-    let measured = measure::run(
-        cmd!(sh, "{exe} migrate --sqlite {scaled}")
+    // To Sentry 6's step, the loaded state cloned for Sentry's own upgrade, then the rest:
+    // the same command resumed, its steps timed by the journal.
+    let first = measure::run(
+        cmd!(sh, "{exe} migrate --sqlite {scaled} --until buildout-tag2")
             .env("SENTRY_MIGRATE_ROOT", root)
             .envs(bench.pg_env(&dbname)),
         &log,
         None,
     )?;
+    let reference = if first.status.success() {
+        Some(crate::rehearse::sentry_own::clone_loaded(
+            &bench.cluster,
+            &dbname,
+        )?)
+    } else {
+        None
+    };
+    let second_log = log.with_extension("sentry6.log");
+    let measured = if first.status.success() {
+        measure::run(
+            cmd!(sh, "{exe} migrate --sqlite {scaled}")
+                .env("SENTRY_MIGRATE_ROOT", root)
+                .envs(bench.pg_env(&dbname)),
+            &second_log,
+            None,
+        )?
+    } else {
+        first.clone()
+    };
     let journal = crate::journal::Journal::load(&dumps.join("journal.json"))?
         .context("the whole run left no journal")?;
+    // Sentry's own upgrade on the clone, in the same run, and the two results compared.
+    let sentry_own = match (&reference, measured.status.success()) {
+        (Some(reference), true) => {
+            println!("  Sentry's own upgrade on a clone of the loaded db, for the ratio and the equality check …");
+            let own_log = bench
+                .logs
+                .join(format!("sentry-own-upgrade-{}.log", label.to_lowercase()));
+            let (secs, found) = crate::rehearse::sentry_own::sentry_own_upgrade(
+                &sh,
+                root,
+                &bench.cluster,
+                &dbname,
+                reference,
+                &own_log,
+                &bench.pg_env(&reference.dbname),
+            )?;
+            Some(report::SentryOwn {
+                secs,
+                equal: found.is_equal(),
+                found: found.summary(),
+            })
+        }
+        _ => None,
+    };
+    let (log, measured) = if first.status.success() {
+        (second_log, measured)
+    } else {
+        (log, first.clone())
+    };
     Ok(report::WholeRun {
         events: 0,
-        secs: measured.secs,
-        peak_rss_kib: measured.peak_rss_kib,
+        secs: first.secs
+            + if first.status.success() {
+                measured.secs
+            } else {
+                0.0
+            },
+        peak_rss_kib: first.peak_rss_kib.max(measured.peak_rss_kib),
+        sentry_own,
         tool_peak_rss_kib: journal.tool_peak_rss_kib,
         steps: journal
             .steps

@@ -40,6 +40,19 @@ pub struct WholeRun {
     pub sentry6_migrations: Vec<crate::sentry::MigrationTime>,
     /// Set when the run failed: what it said.
     pub failure: Option<String>,
+    /// Sentry 6.4.4's own unmodified upgrade on a clone of the same loaded db, in the same run.
+    #[serde(default)]
+    pub sentry_own: Option<SentryOwn>,
+}
+
+/// Sentry's own upgrade beside the tool's Sentry 6 step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentryOwn {
+    pub secs: f64,
+    /// Both databases equal (`pg::sameness`).
+    pub equal: bool,
+    /// What the comparison found, in one line.
+    pub found: String,
 }
 
 /// One scaled db and what each method did with it.
@@ -228,6 +241,24 @@ pub fn markdown(results: &Results) -> String {
                     seconds(migration.secs)
                 );
             }
+        }
+        if let Some(own) = &whole.sentry_own {
+            let ours = whole
+                .steps
+                .iter()
+                .find(|(step, _)| step == "sentry6-upgrade")
+                .map(|(_, secs)| *secs);
+            let _ = writeln!(
+                out,
+                "\nSentry 6.4.4's own unmodified `upgrade`, in the same run on a clone of the same loaded db: {}; the tool's `sentry6-upgrade` {}{}. The two databases: {}{}",
+                seconds(own.secs),
+                ours.map(seconds).unwrap_or_else(|| "?".into()),
+                ours.filter(|_| own.secs > 0.0)
+                    .map(|secs| format!(" ({:.3}x)", secs / own.secs))
+                    .unwrap_or_default(),
+                own.found,
+                if own.equal { "" } else { " **NOT EQUAL**" }
+            );
         }
     }
     for size in &results.sizes {
@@ -457,6 +488,11 @@ mod tests {
                     secs: 36.2,
                 }],
                 failure: None,
+                sentry_own: Some(SentryOwn {
+                    secs: 161.2,
+                    equal: true,
+                    found: "equal: schema".into(),
+                }),
             }],
         }
     }
@@ -494,6 +530,10 @@ mod tests {
         );
         assert!(
             text.contains("The slowest South migrations of `sentry6-upgrade`:\n\n| migration | time | share of the step |\n|---|---:|---:|\n| sentry:0083_migrate_dupe_groups | 36.2 s | 90% |\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Sentry 6.4.4's own unmodified `upgrade`, in the same run on a clone of the same loaded db: 161.2 s; the tool's `sentry6-upgrade` 40.3 s (0.250x). The two databases: equal: schema\n"),
             "{text}"
         );
     }

@@ -106,6 +106,7 @@ impl flags::Migrate {
                 .unwrap_or_else(|| it.is_done(StepId::FitValues))
         });
         config.fit_values = self.fit_values || journaled_fit;
+        config.sentry_own_upgrade = self.sentry_own_upgrade;
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
@@ -491,6 +492,22 @@ impl StepRunner<'_> {
                 if writes_source(step.id) {
                     // Recorded with the step: the source as this step left it.
                     self.journal.source_sha256 = Some(util::sha256_file(&self.config.sqlite_path)?);
+                }
+                Ok(outputs)
+            }
+            Action::Sentry6Upgrade {
+                command,
+                set_based_0083,
+            } => {
+                self.ensure_sentry_stopped()?;
+                self.ensure_settings_for(step.phase)?;
+                self.ensure_sentry_version_for(step.phase)?;
+                let outputs = self.run_command(command)?;
+                if *set_based_0083 {
+                    self.notes
+                        .extend(sentry::set_based_0083_lines(&fs::read_to_string(
+                            self.log_path,
+                        )?));
                 }
                 Ok(outputs)
             }

@@ -523,6 +523,10 @@ pub(super) fn missing_files(config: &Config) -> Vec<String> {
         (&config.tag2_cfg, "tag 2 buildout config (--tag2)"),
         (&config.settings_py(), "Sentry settings"),
         (&config.helper_py(), "load helper"),
+        (
+            &config.root.join(crate::plan::MERGE_DUPE_GROUPS_SQL),
+            "set-based migration 0083 the helper runs",
+        ),
     ] {
         if !path.exists() {
             problems.push(format!(

@@ -1,11 +1,13 @@
 //! All PostgreSQL access, by job: `connect` (libpq's configuration, TLS, errors by kind,
 //! retry), `catalog` (creating, clearing, counting, the load marker, the abstime shim),
-//! `sequences` and `preflight` (privileges, encoding); names go into SQL as a checked
+//! `sequences`, `preflight` (privileges, encoding) and `sameness` (two upgraded databases
+//! compared); names go into SQL as a checked
 //! [`crate::ident::Ident`]. Callers name everything as `crate::pg::name`.
 
 mod catalog;
 mod connect;
 mod preflight;
+pub mod sameness;
 mod sequences;
 
 pub use catalog::{

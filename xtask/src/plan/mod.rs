@@ -103,12 +103,23 @@ pub enum Action {
         truncate_sql: &'static str,
         marker_sql: &'static [&'static str],
     },
+    /// Sentry 6's `upgrade --noinput`: every South migration in its order and process; with
+    /// `set_based_0083`, through the helper, which runs 0083_migrate_dupe_groups set-based
+    /// (`MERGE_DUPE_GROUPS_SQL`) in South's transaction of that migration.
+    Sentry6Upgrade {
+        command: Command,
+        set_based_0083: bool,
+    },
     /// Compares every table with SQLite, checks every id sequence.
     VerifyPostgres,
     /// Drops the load's marker (`drop_marker_sql`), then compares every table with the
     /// post-load counts, allowing Sentry 6's intended changes only.
     VerifySentry6 { drop_marker_sql: &'static str },
 }
+
+/// Sentry 6.4.4's migration 0083_migrate_dupe_groups as set-based SQL, run by the helper's
+/// `upgrade` (the file beside it); the tests run it on real PostgreSQL.
+pub const MERGE_DUPE_GROUPS_SQL: &str = "xtask/python/merge_dupe_groups.sql";
 
 /// Memory Django 1.4's `dumpdata` takes per event (measured: it builds the whole JSON in
 /// memory), bytes.
@@ -340,7 +351,14 @@ pub fn plan(config: &Config) -> Vec<Step> {
             StepId::Sentry6Upgrade,
             Sentry6,
             "apply Sentry 6's migrations",
-            Run(sentry(&["upgrade", "--noinput"], None)),
+            Sentry6Upgrade {
+                command: if config.sentry_own_upgrade {
+                    sentry(&["upgrade", "--noinput"], None)
+                } else {
+                    helper(&["upgrade"], None)
+                },
+                set_based_0083: !config.sentry_own_upgrade,
+            },
         ),
         step(
             StepId::VerifySentry6,

@@ -64,6 +64,17 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             "check: PRAGMA integrity_check on the copy; sha256 of the copy equals the source's; record it in the journal".into(),
         ],
         Action::Buildout(cmd) | Action::Run(cmd) => vec![format!("run: {}", cmd.render())],
+        Action::Sentry6Upgrade { command, set_based_0083 } => {
+            let mut lines = vec![format!("run: {}", command.render())];
+            if *set_based_0083 {
+                lines.push("what `sentry upgrade --noinput` runs (syncdb --migrate), every South migration in its order and process, but".into());
+                lines.push(format!("0083_migrate_dupe_groups set-based: {} (Sentry's walk over every group, its merges), then the merged", super::MERGE_DUPE_GROUPS_SQL));
+                lines.push("groups deleted by that migration's own ORM, in South's transaction of 0083, which records it (--sentry-own-upgrade: as shipped)".into());
+            } else {
+                lines.push("Sentry's own upgrade as shipped (--sentry-own-upgrade): 0083_migrate_dupe_groups walks every group in Python".into());
+            }
+            lines
+        }
         Action::WriteSettings(kind) => vec![match kind {
             DbKind::Sqlite => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): sqlite3 {db}"),
             DbKind::Postgres => format!("write settings/settings_local.py (0600, atomically; the file it replaces is kept): postgresql_psycopg2 {target}, password {}", match &config.pg_password_source {
@@ -272,7 +283,10 @@ mod tests {
 [19/21] buildout-tag2: install tag 2: Sentry 6.4
       run: bin/buildout -c buildout/tag2-sentry6.cfg buildout:directory=/srv/central_sentry
 [20/21] sentry6-upgrade: apply Sentry 6's migrations
-      run: bin/sentry --config=settings/settings.py upgrade --noinput
+      run: bin/py xtask/python/sentry_helper.py --config=settings/settings.py upgrade
+      what `sentry upgrade --noinput` runs (syncdb --migrate), every South migration in its order and process, but
+      0083_migrate_dupe_groups set-based: xtask/python/merge_dupe_groups.sql (Sentry's walk over every group, its merges), then the merged
+      groups deleted by that migration's own ORM, in South's transaction of 0083, which records it (--sentry-own-upgrade: as shipped)
 [21/21] verify-sentry6: compare with the loaded counts: only Sentry 6's intended changes
       sql: DROP TABLE IF EXISTS sentry_migrate_load (the load's marker: Sentry 6's data now, never loaded again)
       check: events, users, projects, team members, options unchanged; only Sentry 6's intended deltas elsewhere

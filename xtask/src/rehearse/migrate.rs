@@ -11,6 +11,7 @@ use super::{
     compare::compare_engines,
     run::run_logged,
     seed::{BadValues, REHEARSAL_ZONE},
+    sentry_own::{clone_loaded, prove_equal},
 };
 use crate::{pgcluster::PgCluster, util};
 
@@ -107,11 +108,15 @@ pub(super) fn migrate_fitting_values(
     .run()
     .context("`cargo xtask migrate --fit-values --engine copy --until verify-postgres` failed")?;
     compare_engines(sh, cluster, &loaddata_db, dbname, logs, pg_env)?;
+    // The loaded state, kept for Sentry's own upgrade: the tool's Sentry 6 step must leave
+    // the same database.
+    let reference = clone_loaded(cluster, dbname)?;
     cmd!(sh, "{exe} migrate --fit-values --engine copy")
         .env("SENTRY_MIGRATE_ROOT", root)
         .envs(pg_env.iter().cloned())
         .run()
         .context("`cargo xtask migrate --fit-values --engine copy` failed")?;
+    prove_equal(sh, root, cluster, dbname, &reference, logs, pg_env)?;
 
     let report = read_report(root)?;
     check_fit(&report["fit"])?;

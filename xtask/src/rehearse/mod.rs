@@ -9,7 +9,7 @@
 //!
 //! Here: the command's entry, the phase runner, the scratch folder, and the order of the
 //! phases; each phase's work lives in its own file (`seed`, `migrate`, `compare`, `prove`,
-//! `rollback`, `summary`), `rehearse --db` in `own_db`.
+//! `sentry_own`, `rollback`, `summary`), `rehearse --db` in `own_db`.
 
 mod compare;
 mod forecast;
@@ -21,6 +21,7 @@ mod provision;
 mod rollback;
 mod run;
 mod seed;
+pub(crate) mod sentry_own;
 mod server;
 mod summary;
 

@@ -292,6 +292,7 @@ pub(super) fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> R
         "buildout/tag0-sentry4.0.cfg",
         "settings/settings.py",
         "xtask/python/sentry_helper.py",
+        "xtask/python/merge_dupe_groups.sql",
         "xtask/python/rehearse/sentry_setup.py",
         "xtask/python/rehearse/seed.py",
         "xtask/python/rehearse/send_events.py",

@@ -49,6 +49,7 @@ impl Repo {
             "buildout/tag1-sentry4.cfg",
             "buildout/tag2-sentry6.cfg",
             "xtask/python/sentry_helper.py",
+            "xtask/python/merge_dupe_groups.sql",
         ] {
             fs::copy(source.join(file), root.join(file)).unwrap();
         }

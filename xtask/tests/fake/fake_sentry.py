@@ -208,6 +208,66 @@ def load(paths):
     sys.stdout.write('Installed %d object(s) from %d fixture(s)\n' % (count, len(paths)))
 
 
+def upgrade6(db, set_based):
+    """Sentry 6's upgrade: `bin/sentry upgrade` as shipped, or the helper's (`set_based`)."""
+    slow('upgrade6')
+    # Like South: an applied migration is not applied again.
+    if psql_value("SELECT count(*) FROM south_migrationhistory WHERE migration = '0100_fake'", db) != '0':
+        return
+    if FAIL == 'upgrade6':
+        sys.stderr.write('Traceback (most recent call last):\nDatabaseError: boom\n')
+        sys.exit(1)
+    # Like Sentry 6: drops views, a key per project, and migration 0083's merge of
+    # duplicate groups (same project and checksum) into the lowest id.
+    merge = """
+        CREATE TEMP TABLE dupes AS SELECT g.id, (SELECT min(o.id) FROM sentry_groupedmessage o
+            WHERE o.project_id = g.project_id AND o.checksum = g.checksum) AS twin
+            FROM sentry_groupedmessage g;
+        DELETE FROM dupes WHERE id = twin;
+        UPDATE sentry_message m SET group_id = d.twin FROM dupes d WHERE m.group_id = d.id;
+        UPDATE sentry_groupedmessage g SET times_seen = g.times_seen + s.n
+            FROM (SELECT d.twin, sum(o.times_seen) AS n FROM dupes d JOIN sentry_groupedmessage o ON o.id = d.id GROUP BY 1) s
+            WHERE g.id = s.twin;
+        UPDATE sentry_messagecountbyminute c SET times_seen = c.times_seen + o.times_seen
+            FROM sentry_messagecountbyminute o JOIN dupes d ON d.id = o.group_id
+            WHERE c.group_id = d.twin AND c.date = o.date;
+        DELETE FROM sentry_messagecountbyminute o USING dupes d, sentry_messagecountbyminute c
+            WHERE o.group_id = d.id AND c.group_id = d.twin AND c.date = o.date;
+        UPDATE sentry_messagecountbyminute o SET group_id = d.twin FROM dupes d WHERE o.group_id = d.id;
+        DELETE FROM sentry_groupbookmark b USING dupes d WHERE b.group_id = d.id;
+        DELETE FROM sentry_groupedmessage g USING dupes d WHERE g.id = d.id;
+    """
+    if FAIL == 'upgrade6-loses':
+        merge += "DELETE FROM sentry_message WHERE id = (SELECT max(id) FROM sentry_message);"
+        merge += "DELETE FROM sentry_groupbookmark WHERE id = (SELECT max(id) FROM sentry_groupbookmark);"
+    # Like Sentry 6's schema: slugs for teams and projects, a project's team, a
+    # group's last_seen (here its newest event's time).
+    schema6 = """
+        ALTER TABLE sentry_team ADD COLUMN slug text;
+        UPDATE sentry_team SET slug = lower(name);
+        ALTER TABLE sentry_project ADD COLUMN slug text, ADD COLUMN team_id integer;
+        UPDATE sentry_project SET slug = lower(name);
+        ALTER TABLE sentry_groupedmessage ADD COLUMN last_seen timestamp with time zone;
+        UPDATE sentry_groupedmessage g SET last_seen = coalesce(
+            (SELECT max(datetime) FROM sentry_message m WHERE m.group_id = g.id), now());
+    """
+    # South's lines as Sentry 6's upgrade prints them, each migration taking its time.
+    south('Migrating...', 'Running migrations for djcelery:')
+    south(' > djcelery:0004_v30_changes', sleep=0.05)
+    south(' - Loading initial data for djcelery.', 'Installed 0 object(s) from 0 fixture(s)',
+          'Running migrations for sentry:')
+    south(' > sentry:0065_create_default_project_key', sleep=0.4)
+    south(' > sentry:0083_migrate_dupe_groups')
+    if set_based:
+        south('sentry-migrate: 0083_migrate_dupe_groups set-based: 9 groups walked, 1 set(s) of duplicates merged, 1 group(s) merged into their survivor, in 0.0s')
+    psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;" + schema6 +
+         "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
+    south('Merging duplicate events for <Group: fake>', sleep=0.8)
+    south(' > sentry:0100_fake', sleep=0.2)
+    south(' - Loading initial data for sentry.', 'Installed 0 object(s) from 0 fixture(s)', '',
+          'Synced:', ' > django.contrib.auth', '', 'Migrated:', ' - sentry')
+
+
 def main():
     if NAME == 'buildout':
         cfg = ARGS[1]
@@ -235,65 +295,19 @@ def main():
         elif command == 'load':
             slow('load')
             load(ARGS[3:])
+        elif command == 'upgrade' and tag == '6':
+            if ARGS[3:] == ['--sentry-own']:
+                south('sentry-migrate: every migration as Sentry ships it (--sentry-own)')
+            else:
+                south('sentry-migrate: sentry.migrations.0083_migrate_dupe_groups runs set-based (%s)'
+                      % os.path.join(os.path.dirname(ARGS[0]), 'merge_dupe_groups.sql'))
+            upgrade6(settings(), set_based=ARGS[3:] != ['--sentry-own'])
         return
     command = ARGS[1]
     db = settings()
     if command == 'upgrade' and 'postgresql' in db['ENGINE']:
         if tag == '6':
-            slow('upgrade6')
-            # Like South: an applied migration is not applied again.
-            if psql_value("SELECT count(*) FROM south_migrationhistory WHERE migration = '0100_fake'", db) != '0':
-                return
-            if FAIL == 'upgrade6':
-                sys.stderr.write('Traceback (most recent call last):\nDatabaseError: boom\n')
-                sys.exit(1)
-            # Like Sentry 6: drops views, a key per project, and migration 0083's merge of
-            # duplicate groups (same project and checksum) into the lowest id.
-            merge = """
-                CREATE TEMP TABLE dupes AS SELECT g.id, (SELECT min(o.id) FROM sentry_groupedmessage o
-                    WHERE o.project_id = g.project_id AND o.checksum = g.checksum) AS twin
-                    FROM sentry_groupedmessage g;
-                DELETE FROM dupes WHERE id = twin;
-                UPDATE sentry_message m SET group_id = d.twin FROM dupes d WHERE m.group_id = d.id;
-                UPDATE sentry_groupedmessage g SET times_seen = g.times_seen + s.n
-                    FROM (SELECT d.twin, sum(o.times_seen) AS n FROM dupes d JOIN sentry_groupedmessage o ON o.id = d.id GROUP BY 1) s
-                    WHERE g.id = s.twin;
-                UPDATE sentry_messagecountbyminute c SET times_seen = c.times_seen + o.times_seen
-                    FROM sentry_messagecountbyminute o JOIN dupes d ON d.id = o.group_id
-                    WHERE c.group_id = d.twin AND c.date = o.date;
-                DELETE FROM sentry_messagecountbyminute o USING dupes d, sentry_messagecountbyminute c
-                    WHERE o.group_id = d.id AND c.group_id = d.twin AND c.date = o.date;
-                UPDATE sentry_messagecountbyminute o SET group_id = d.twin FROM dupes d WHERE o.group_id = d.id;
-                DELETE FROM sentry_groupbookmark b USING dupes d WHERE b.group_id = d.id;
-                DELETE FROM sentry_groupedmessage g USING dupes d WHERE g.id = d.id;
-            """
-            if FAIL == 'upgrade6-loses':
-                merge += "DELETE FROM sentry_message WHERE id = (SELECT max(id) FROM sentry_message);"
-                merge += "DELETE FROM sentry_groupbookmark WHERE id = (SELECT max(id) FROM sentry_groupbookmark);"
-            # Like Sentry 6's schema: slugs for teams and projects, a project's team, a
-            # group's last_seen (here its newest event's time).
-            schema6 = """
-                ALTER TABLE sentry_team ADD COLUMN slug text;
-                UPDATE sentry_team SET slug = lower(name);
-                ALTER TABLE sentry_project ADD COLUMN slug text, ADD COLUMN team_id integer;
-                UPDATE sentry_project SET slug = lower(name);
-                ALTER TABLE sentry_groupedmessage ADD COLUMN last_seen timestamp with time zone;
-                UPDATE sentry_groupedmessage g SET last_seen = coalesce(
-                    (SELECT max(datetime) FROM sentry_message m WHERE m.group_id = g.id), now());
-            """
-            # South's lines as Sentry 6's upgrade prints them, each migration taking its time.
-            south('Migrating...', 'Running migrations for djcelery:')
-            south(' > djcelery:0004_v30_changes', sleep=0.05)
-            south(' - Loading initial data for djcelery.', 'Installed 0 object(s) from 0 fixture(s)',
-                  'Running migrations for sentry:')
-            south(' > sentry:0065_create_default_project_key', sleep=0.4)
-            south(' > sentry:0083_migrate_dupe_groups')
-            psql("BEGIN; DROP TABLE sentry_view; INSERT INTO sentry_projectkey (project_id) SELECT id FROM sentry_project;" + schema6 +
-                 "INSERT INTO south_migrationhistory (app_name, migration) VALUES ('sentry', '0100_fake');" + merge + "COMMIT;", db)
-            south('Merging duplicate events for <Group: fake>', sleep=0.8)
-            south(' > sentry:0100_fake', sleep=0.2)
-            south(' - Loading initial data for sentry.', 'Installed 0 object(s) from 0 fixture(s)', '',
-                  'Synced:', ' > django.contrib.auth', '', 'Migrated:', ' - sentry')
+            upgrade6(db, set_based=False)
         else:
             slow('upgrade-pg')
             if FAIL == 'upgrade-pg':
