@@ -399,7 +399,7 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
             None,
         )?
     } else {
-        first.clone()
+        first
     };
     let journal = crate::journal::Journal::load(&dumps.join("journal.json"))?
         .context("the whole run left no journal")?;
@@ -430,7 +430,7 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
     let (log, measured) = if first.status.success() {
         (second_log, measured)
     } else {
-        (log, first.clone())
+        (log, first)
     };
     Ok(report::WholeRun {
         events: 0,
