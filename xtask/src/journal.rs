@@ -138,6 +138,18 @@ impl Journal {
         self.steps.iter().find(|it| it.name == step.name())
     }
 
+    /// The downtime: every step, preflight on, needs Sentry 4 stopped (preflight checks it), so
+    /// Sentry is down from the first step recorded to the last; the figure is the sum of the
+    /// steps' times (of a resumed run too; the time between a failure and its resume is not in
+    /// it). `None` before any step.
+    pub fn downtime(&self) -> Option<(&str, f64)> {
+        let first = self.steps.first()?;
+        Some((
+            first.name.as_str(),
+            self.steps.iter().map(|it| it.elapsed_secs).sum(),
+        ))
+    }
+
     pub fn record(&mut self, record: StepRecord) {
         self.steps.retain(|it| it.name != record.name);
         self.steps.push(record);

@@ -62,6 +62,12 @@ pub fn markdown(journal: &Journal) -> String {
             "- this tool's peak memory: {kib} KiB (Sentry's processes not included)"
         );
     }
+    if let Some((first, secs)) = journal.downtime() {
+        let _ = writeln!(
+            out,
+            "- downtime: Sentry down from step `{first}` to the end: {secs:.1} s (every step needs Sentry 4 stopped; the sum of the step times)"
+        );
+    }
     if let Some(summary) = &journal.loaddata_summary {
         let _ = writeln!(out, "- loaddata: {summary}");
     }
@@ -316,6 +322,11 @@ mod tests {
             ]
         );
         assert!(!text.contains("`pg-load`:"), "{text}");
+        assert!(
+            text.contains("- downtime: Sentry down from step `pg-load` to the end: 13.0 s"),
+            "{text}"
+        );
+        assert!(!markdown(&Journal::default()).contains("downtime"));
     }
 
     #[test]

@@ -830,6 +830,19 @@ fn sentry6s_upgrade_runs_0083_set_based_unless_told_to_run_sentrys_own() {
         out.stdout
     );
 
+    // The downtime: every step needs Sentry stopped, so from preflight to the end.
+    assert!(
+        out.stdout
+            .contains("  Sentry down (`preflight` to the end)"),
+        "{}",
+        out.stdout
+    );
+    let report = fs::read_to_string(repo.root.join("dumps/report.md")).unwrap();
+    assert!(
+        report.contains("- downtime: Sentry down from step `preflight` to the end: "),
+        "{report}"
+    );
+
     let own = Repo::new("sentryown");
     let out = own.xtask(&["migrate", "--sentry-own-upgrade"], None);
     assert!(out.ok, "{out:#?}");

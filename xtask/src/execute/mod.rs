@@ -613,6 +613,13 @@ fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
             .sum();
         println!("  {:<40} {:>8.1}s", phase.title(), secs);
     }
+    if let Some((first, secs)) = journal.downtime() {
+        println!(
+            "  {:<40} {:>8.1}s",
+            format!("Sentry down (`{first}` to the end)"),
+            secs
+        );
+    }
     if let Some(record) = journal.record_of(StepId::Sentry6Upgrade) {
         let slowest: Vec<String> = sentry::slowest(&record.migrations, 3)
             .iter()
