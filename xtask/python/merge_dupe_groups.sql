@@ -24,8 +24,10 @@
 --   model's default, now). Then the others' rows are deleted.
 -- * Per-minute counts: summed per date into the survivor's rows the same way (created when
 --   missing), then the others' rows deleted.
--- * Events are re-pointed to the survivor. Rows created get ids in survivor order (the migration
---   creates them survivor by survivor; within one survivor in the order of a Python dict).
+-- * Events are re-pointed to the survivor. Rows created get ids in survivor order, as the
+--   migration creates them survivor by survivor; within one survivor the migration follows a
+--   Python dict's order (of hashes), here the key's or the date's order: the same ids, given to
+--   the same rows in another order (the proof compares these tables' ids as a set).
 -- * Floats (time_spent_total) are summed in a different order than Python sums them: equal for
 --   the integral values Sentry 4 stores.
 CREATE TEMP TABLE sentry_migrate_0083_member (

@@ -128,6 +128,10 @@ xflags::xflags! {
             optional --whole-run sizes: String
             /// Measure nothing: redraw bench.md and bench.svg from an earlier run's bench.json
             /// (into --out).
+            /// Scale this Sentry 4 SQLite db instead of the one the rehearsal seeds (its dates in
+            /// the rehearsal's zone, America/Chicago): e.g. a long-lived rehearsal's `--keep-db`,
+            /// whose duplicate groups Sentry 6's migration 0083 merges. Only read (copied).
+            optional --seed-db path: PathBuf
             optional --redraw json: PathBuf
         }
         /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically).

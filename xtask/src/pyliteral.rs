@@ -76,7 +76,8 @@ pub struct Statement<'a> {
 /// outside brackets, strings and backslash continuations.
 pub fn statements(source: &str) -> Vec<Statement<'_>> {
     let mut out = Vec::new();
-    let (mut start, mut start_line, mut line) = (0, 1, 1);
+    let mut open = Open { start: 0, line: 1 };
+    let mut line = 1;
     let mut depth = 0usize;
     let mut code = String::new();
     let mut chars = source.char_indices().peekable();
@@ -105,12 +106,7 @@ pub fn statements(source: &str) -> Vec<Statement<'_>> {
                             code.pop();
                             line += 1;
                             if depth == 0 {
-                                out.push(Statement {
-                                    line: start_line,
-                                    text: &source[start..at],
-                                    code: std::mem::take(&mut code),
-                                });
-                                (start, start_line) = (at + 1, line);
+                                open = open.end(&mut out, source, at, line, &mut code);
                             }
                             break;
                         }
@@ -136,12 +132,7 @@ pub fn statements(source: &str) -> Vec<Statement<'_>> {
             '\n' => {
                 line += 1;
                 if depth == 0 {
-                    out.push(Statement {
-                        line: start_line,
-                        text: &source[start..at],
-                        code: std::mem::take(&mut code),
-                    });
-                    (start, start_line) = (at + 1, line);
+                    open = open.end(&mut out, source, at, line, &mut code);
                 } else {
                     code.push(' ');
                 }
@@ -149,14 +140,44 @@ pub fn statements(source: &str) -> Vec<Statement<'_>> {
             c => code.push(c),
         }
     }
-    if start < source.len() {
+    if open.start < source.len() {
         out.push(Statement {
-            line: start_line,
-            text: &source[start..],
+            line: open.line,
+            text: &source[open.start..],
             code,
         });
     }
     out
+}
+
+/// Where the statement being read began: its byte offset and line.
+#[derive(Clone, Copy)]
+struct Open {
+    start: usize,
+    line: usize,
+}
+
+impl Open {
+    /// Ends the statement at the line break at `at` (its code read so far in `code`); the next
+    /// begins after it, on `line`.
+    fn end<'a>(
+        self,
+        out: &mut Vec<Statement<'a>>,
+        source: &'a str,
+        at: usize,
+        line: usize,
+        code: &mut String,
+    ) -> Open {
+        out.push(Statement {
+            line: self.line,
+            text: &source[self.start..at],
+            code: std::mem::take(code),
+        });
+        Open {
+            start: at + 1,
+            line,
+        }
+    }
 }
 
 /// Whether `code` has `name` as a whole word (so `SENTRY_SECRET_KEY` is not `SECRET_KEY`).

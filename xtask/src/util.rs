@@ -87,6 +87,15 @@ pub fn text_tail(text: &str, lines: usize) -> String {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+/// This very binary, copied to `dir/name` for children to run: a `cargo build` meanwhile
+/// replaces target/debug/xtask, and the running one's path then names a deleted file.
+pub fn copy_of_this_binary(dir: &Path, name: &str) -> Result<PathBuf> {
+    let exe = dir.join(name);
+    fs::copy(std::env::current_exe()?, &exe)
+        .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
+    Ok(exe)
+}
+
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .context("cannot bind a free port on 127.0.0.1: is the loopback interface up?")?;

@@ -321,3 +321,69 @@ fn without_duplicates_nothing_changes() {
     assert!(run_0083(&mut client).is_empty());
     assert_eq!(digest(&mut client), before);
 }
+
+/// Killed before its commit (South's transaction of 0083), the script leaves nothing behind:
+/// no merge, no table of its own; the run South then repeats gives the same result as one run,
+/// but for the ids of the rows it creates: sequences are not transactional, so the killed run
+/// used some up (Sentry's own migration, killed, does the same).
+#[test]
+fn a_merge_killed_before_its_commit_leaves_nothing_and_runs_again_the_same() {
+    let setup = "INSERT INTO sentry_groupedmessage (id, project_id, checksum, times_seen) VALUES
+             (1, 1, 'a', 1), (2, 1, 'a', 2), (3, 1, 'b', 3), (4, 1, 'b', 4);
+         INSERT INTO sentry_messagefiltervalue (project_id, group_id, key, value, times_seen) VALUES
+             (1, 2, 'k', 'v', 1), (1, 4, 'k', 'v', 1);";
+    let state = |client: &mut Client| -> Vec<String> {
+        client
+            .query(
+                "SELECT format('%s %s', 'group', g.*) FROM sentry_groupedmessage g
+                 UNION ALL SELECT format('%s %s', 'tag', t.group_id || ' ' || t.times_seen)
+                     FROM sentry_messagefiltervalue t
+                 UNION ALL SELECT format('%s %s', 'table', c.relname) FROM pg_class c
+                     WHERE c.relname LIKE 'sentry_migrate%'
+                 ORDER BY 1",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    let (_once, mut once) = database();
+    once.batch_execute(setup).unwrap();
+    run_0083(&mut once);
+
+    let (_db, mut client) = database();
+    client.batch_execute(setup).unwrap();
+    let before = state(&mut client);
+    let killer = _db.client();
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let mut tx = client.transaction().unwrap();
+    tx.batch_execute(&merge_sql()).unwrap();
+    // The process dies before South's commit: the server ends its session.
+    let mut killer = killer;
+    killer
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    assert!(tx.commit().is_err(), "the killed session cannot commit");
+    let mut client = _db.client();
+    assert_eq!(
+        state(&mut client),
+        before,
+        "nothing of the killed run is left"
+    );
+    run_0083(&mut client);
+    assert_eq!(state(&mut client), state(&mut once));
+    let ids = |client: &mut Client| -> Vec<i32> {
+        client
+            .query("SELECT id FROM sentry_messagefiltervalue ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
+    assert_eq!(ids(&mut once), [3, 4]);
+    assert_eq!(ids(&mut client), [5, 6], "the killed run used 3 and 4");
+}

@@ -150,6 +150,13 @@ impl flags::Bench {
                 .as_deref()
                 .unwrap_or("copy,loaddata,pgloader,floor"),
         )?;
+        if let Some(seed) = &self.seed_db {
+            ensure!(
+                seed.is_file(),
+                "--seed-db {}: no such file (a Sentry 4 SQLite db, e.g. from `cargo xtask rehearse --long-lived --keep-db PATH`)",
+                seed.display()
+            );
+        }
         require("python3", "it scales the db")?;
         if methods.contains(&"pgloader") {
             require("pgloader", "the pgloader method")?;
@@ -174,9 +181,12 @@ impl flags::Bench {
             &repo,
             self.cache.as_deref(),
             &root,
-            &sizes,
-            &methods,
-            &whole_runs,
+            &Wanted {
+                sizes: &sizes,
+                methods: &methods,
+                whole_runs: &whole_runs,
+                seed_db: self.seed_db.as_deref(),
+            },
             &out_dir,
         );
         if result.is_err() {
@@ -189,21 +199,31 @@ impl flags::Bench {
     }
 }
 
+/// What `bench` is asked to measure (the flags, parsed).
+struct Wanted<'a> {
+    sizes: &'a [u64],
+    methods: &'a [&'static str],
+    whole_runs: &'a [u64],
+    seed_db: Option<&'a Path>,
+}
+
 fn bench(
     repo: &Path,
     cache: Option<&Path>,
     root: &Path,
-    sizes: &[u64],
-    methods: &[&'static str],
-    whole_runs: &[u64],
+    wanted: &Wanted<'_>,
     out_dir: &Path,
 ) -> Result<()> {
+    let Wanted {
+        sizes,
+        methods,
+        whole_runs,
+        seed_db,
+    } = *wanted;
     let started = Instant::now();
     let logs = root.join("logs");
     // The binary copied, as the rehearsal does: a rebuild meanwhile must not pull it away.
-    let exe = root.join(".bench-xtask");
-    fs::copy(std::env::current_exe()?, &exe)
-        .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
+    let exe = util::copy_of_this_binary(root, ".bench-xtask")?;
 
     print!(
         "[1/3] a real Sentry 4.10 db: provision, install, seed {SEED_EVENTS} events over HTTP … "
@@ -213,6 +233,18 @@ fn bench(
     let install = crate::rehearse::seeded_install(repo, cache, root, SEED_EVENTS)?;
     let (toolchain_env, zone) = (install.env, install.zone);
     println!("ok ({})", util::human_duration(phase.elapsed()));
+    if let Some(seed) = seed_db {
+        // The given db in the seeded one's place: the install, its settings and zone stay.
+        let db = root.join("var/sentry.db");
+        fs::copy(seed, &db).with_context(|| {
+            format!(
+                "cannot copy --seed-db {} to {}",
+                seed.display(),
+                db.display()
+            )
+        })?;
+        println!("      scaling {} instead (--seed-db)", seed.display());
+    }
 
     print!("[2/3] PostgreSQL, and Sentry 4.10's schema on it (`migrate --fit-values --until pg-clear-generated-rows`) … ");
     flush();
@@ -260,9 +292,15 @@ fn bench(
             .then(methods::pgloader_version)
             .transpose()?,
         time_zone: zone.to_string(),
-        source: format!(
-            "a Sentry 4.10 db seeded over HTTP by the rehearsal ({base_events} events, values fitted by `migrate --fit-values`), scaled with xtask/python/bench/scale_sqlite.py"
-        ),
+        source: match seed_db {
+            Some(seed) => format!(
+                "{} (--seed-db; {base_events} events, values fitted by `migrate --fit-values`), scaled with xtask/python/bench/scale_sqlite.py",
+                seed.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            None => format!(
+                "a Sentry 4.10 db seeded over HTTP by the rehearsal ({base_events} events, values fitted by `migrate --fit-values`), scaled with xtask/python/bench/scale_sqlite.py"
+            ),
+        },
         sizes: Vec::new(),
         whole_runs: Vec::new(),
     };

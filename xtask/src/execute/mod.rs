@@ -2,19 +2,23 @@
 //! report, writes one log per step, prints progress, and says how to resume after a failure.
 
 mod guards;
+mod lock;
 mod source;
+mod summary;
 mod target;
 
 use std::{
     collections::BTreeMap,
     fs,
-    io::{Read, Seek, SeekFrom, Write},
+    io::Write,
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
+pub use lock::Lock;
+use summary::print_summary;
 use xshell::Shell;
 
 use crate::{
@@ -22,8 +26,8 @@ use crate::{
     flags,
     journal::{Journal, StepRecord},
     pg,
-    plan::{self, Action, Phase, Step, StepId},
-    report, sentry, sqlite, util, verify,
+    plan::{self, Action, Step, StepId},
+    report, sentry, sqlite, util,
 };
 
 pub struct Options {
@@ -585,154 +589,4 @@ impl StepRunner<'_> {
 /// The cause first, then what to do about it.
 fn with_remedy<T>(result: Result<T>, remedy: String) -> Result<T> {
     result.map_err(|cause| anyhow!("{cause:#}; {remedy}"))
-}
-
-fn print_summary(config: &Config, steps: &[Step], journal: &Journal) {
-    println!("\nSummary ({} -> {})", journal.sqlite, journal.target);
-    println!(
-        "  {:<22} {:>7} {:>7} {:>9} {:>10} {:>8}",
-        "check", "tables", "equal", "intended", "different", ""
-    );
-    for (name, checks) in &journal.checks {
-        let tally = verify::tally(checks);
-        println!(
-            "  {:<22} {:>7} {:>7} {:>9} {:>10}",
-            name,
-            tally.tables,
-            tally.equal,
-            tally.intended + tally.not_carried_over,
-            tally.differs
-        );
-    }
-    for phase in [Phase::Sqlite, Phase::Postgres, Phase::Sentry6] {
-        let secs: f64 = steps
-            .iter()
-            .filter(|s| s.phase == phase)
-            .filter_map(|s| journal.record_of(s.id))
-            .map(|r| r.elapsed_secs)
-            .sum();
-        println!("  {:<40} {:>8.1}s", phase.title(), secs);
-    }
-    if let Some((first, secs)) = journal.downtime() {
-        println!(
-            "  {:<40} {:>8.1}s",
-            format!("Sentry down (`{first}` to the end)"),
-            secs
-        );
-    }
-    if let Some(record) = journal.record_of(StepId::Sentry6Upgrade) {
-        let slowest: Vec<String> = sentry::slowest(&record.migrations, 3)
-            .iter()
-            .map(|it| format!("{} {:.1}s", it.label(), it.secs))
-            .collect();
-        if !slowest.is_empty() {
-            println!(
-                "  slowest migrations of {}: {}",
-                StepId::Sentry6Upgrade,
-                slowest.join(", ")
-            );
-        }
-    }
-    if !journal.leftover_tables.is_empty() {
-        let tables: Vec<String> = journal
-            .leftover_tables
-            .iter()
-            .map(|(table, rows)| format!("{table} ({rows} rows)"))
-            .collect();
-        println!(
-            "  not carried over (SQLite-only tables): {}",
-            tables.join(", ")
-        );
-    }
-    if let Some(backup) = &journal.backup {
-        // The journal is a file a user can edit: never slice what it says.
-        let short: String = backup.sha256.chars().take(16).collect();
-        println!("  backup: {} (sha256 {short}…)", backup.path);
-    }
-    for note in crate::streams::notes(&journal.streams) {
-        println!("  stream: {note}");
-    }
-    println!(
-        "\nreport: {}",
-        config.display_path(&config.dumps_dir().join("report.md"))
-    );
-    println!("next:   bin/sentry --config=settings/settings.py start --noupgrade   (Sentry 6 on PostgreSQL)");
-}
-
-/// `dumps/migrate.lock`: one `migrate` at a time per repo. An OS file lock (flock) on the file
-/// decides, held as long as the file is open: the kernel releases it when the process ends,
-/// however it ends, so a lock file left behind never blocks. The pid written into the file only
-/// names the holder in the message.
-pub struct Lock {
-    _file: fs::File,
-}
-
-impl Lock {
-    pub fn acquire(path: &Path) -> Result<Lock> {
-        let mut file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open the lock {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim().parse::<u32>() {
-                    Ok(pid) => format!(" (pid {pid})"),
-                    Err(_) => String::new(),
-                };
-                bail!(
-                    "another `cargo xtask migrate`{holder} is running on this repo (it holds {}): wait for it to finish",
-                    path.display()
-                )
-            }
-            Err(fs::TryLockError::Error(err)) => {
-                return Err(err).with_context(|| format!("cannot lock {}", path.display()))
-            }
-        }
-        // Ours now: say who holds it (a file from an older run may be wider than 0600).
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-        file.set_len(0)?;
-        file.seek(SeekFrom::Start(0))?;
-        writeln!(file, "{}", std::process::id())?;
-        file.sync_all()?;
-        Ok(Lock { _file: file })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_lock_is_exclusive_and_released_with_its_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("migrate.lock");
-        let held = Lock::acquire(&path).unwrap();
-        // flock conflicts between open files, even in one process.
-        let err = format!("{:#}", Lock::acquire(&path).err().unwrap());
-        assert!(
-            err.contains(&format!(
-                "another `cargo xtask migrate` (pid {}) is running",
-                std::process::id()
-            )),
-            "{err}"
-        );
-        drop(held);
-        // A child another test forks in this moment shares the open file until it execs (the
-        // descriptor is close-on-exec): give the lock that long to go.
-        let again = (0..100).find_map(|_| {
-            Lock::acquire(&path).ok().or_else(|| {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-                None
-            })
-        });
-        assert!(again.is_some(), "the lock is released with its holder");
-        assert!(path.exists(), "the file may stay");
-    }
 }

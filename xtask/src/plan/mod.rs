@@ -518,6 +518,11 @@ mod tests {
             cmd.args.last().unwrap(),
             "buildout:directory=/srv/my sentry"
         );
+        assert_eq!(
+            cmd.render(),
+            "bin/buildout -c buildout/tag1-sentry4.cfg 'buildout:directory=/srv/my sentry'",
+            "and quoted as one word where it is shown"
+        );
         let err = find(&steps, "dump-everything").unwrap_err().to_string();
         assert!(
             err.starts_with(

@@ -9,7 +9,7 @@ use xshell::{cmd, Shell};
 
 use super::{
     compare::compare_engines,
-    run::run_logged,
+    run::run_tool,
     seed::{BadValues, REHEARSAL_ZONE},
     sentry_own::{clone_loaded, prove_equal},
 };
@@ -28,12 +28,7 @@ pub(super) fn migrate_fitting_values(
     bad: &BadValues,
 ) -> Result<()> {
     let log = logs.join("migrate-without-fit-values.log");
-    let (ok, stderr) = run_logged(
-        cmd!(sh, "{exe} migrate")
-            .env("SENTRY_MIGRATE_ROOT", root)
-            .envs(pg_env.iter().cloned()),
-        &log,
-    )?;
+    let (ok, stderr) = run_tool(sh, exe, &["migrate"], root, pg_env, &log)?;
     ensure!(
         !ok,
         "`migrate` without --fit-values succeeded on a db with values PostgreSQL refuses; log {}",

@@ -40,7 +40,7 @@ use prove::{look_in_browser, prove_sentry6};
 use provision::{copy_repo_files, BROWSER_REQUIREMENTS};
 use rollback::{rollback_to_sentry4, sentry4_counts};
 pub(crate) use run::log_run;
-use seed::{more_data_after_upgrade, seed_sentry4, Strictness, REHEARSAL_ZONE};
+use seed::{more_data_after_upgrade, seed_plain_sentry4, seed_sentry4, Strictness, REHEARSAL_ZONE};
 use summary::print_summary;
 
 fn default_cache() -> PathBuf {
@@ -153,11 +153,8 @@ impl flags::Rehearse {
         let cache = self.cache.clone().unwrap_or_else(default_cache);
         let mut scratch = Scratch::new("sentry-migrate-rehearsal-", self.keep)?;
         let path = scratch.path.clone();
-        // `migrate` runs as this very binary, copied: a `cargo build` while the rehearsal runs
-        // replaces target/debug/xtask, and the running one's path then names a deleted file.
-        let exe = path.join(".rehearsal-xtask");
-        fs::copy(std::env::current_exe()?, &exe)
-            .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
+        // `migrate` runs as this very binary, copied.
+        let exe = util::copy_of_this_binary(&path, ".rehearsal-xtask")?;
         println!(
             "rehearsal in {} (cache {})",
             path.display(),
@@ -179,16 +176,7 @@ impl flags::Rehearse {
             &mut phases,
         );
         // Every server is stopped by now (guards dropped, on success and on failure alike).
-        let leftovers = processes_inside(&path);
-        let result = match result {
-            Ok(_) if !leftovers.is_empty() => {
-                Err(anyhow::anyhow!("processes left running: {leftovers:?}"))
-            }
-            Err(err) if !leftovers.is_empty() => {
-                Err(err.context(format!("and processes were left running: {leftovers:?}")))
-            }
-            other => other,
-        };
+        let result = fail_on_leftovers(result, &processes_inside(&path));
         match result {
             Ok(facts) => {
                 print_summary(&path, &phases, &facts, started.elapsed())?;
@@ -230,11 +218,7 @@ fn rehearse(
     }
 
     // Stopped when it goes out of scope: at the end, or on the first failure.
-    let cluster = phases.run("postgres", || {
-        let mut cluster = PgCluster::start(&sh, &root.join("pg"))?;
-        cluster.stop_on_interrupt();
-        Ok(cluster)
-    })?;
+    let cluster = phases.run("postgres", || throwaway_postgres(&sh, root))?;
     let pg_env = cluster.env(&cluster.superuser, &cluster.password, "sentry");
 
     let (seeded, bad) = if long_lived {
@@ -255,15 +239,7 @@ fn rehearse(
         (seeded, bad)
     } else {
         let mut seeded = phases.run("sentry4-install-and-data", || {
-            seed_sentry4(
-                &sh,
-                root,
-                &logs,
-                events,
-                "buildout/tag1-sentry4.cfg",
-                Strictness::AllStored,
-                true,
-            )
+            seed_plain_sentry4(&sh, root, &logs, events)
         })?;
         let bad = seeded
             .bad
@@ -315,6 +291,26 @@ fn stop_servers_on_interrupt(scratch: &Path) -> Result<()> {
 }
 
 /// Processes (but this one) whose working directory or command line lies inside `root`.
+/// The rehearsal's PostgreSQL in `root/pg`, stopped on drop and on Ctrl-C.
+fn throwaway_postgres(sh: &Shell, root: &Path) -> Result<PgCluster> {
+    let mut cluster = PgCluster::start(sh, &root.join("pg"))?;
+    cluster.stop_on_interrupt();
+    Ok(cluster)
+}
+
+/// A run that left processes inside its scratch folder failed, whatever it returned.
+fn fail_on_leftovers<T>(result: Result<T>, leftovers: &[(u32, String)]) -> Result<T> {
+    match result {
+        Ok(_) if !leftovers.is_empty() => {
+            Err(anyhow::anyhow!("processes left running: {leftovers:?}"))
+        }
+        Err(err) if !leftovers.is_empty() => {
+            Err(err.context(format!("and processes were left running: {leftovers:?}")))
+        }
+        other => other,
+    }
+}
+
 fn processes_inside(root: &Path) -> Vec<(u32, String)> {
     let root_text = root.display().to_string();
     util::live_processes()
@@ -384,15 +380,7 @@ pub(crate) fn seeded_install(
         sh.set_var(key, value);
     }
     stop_servers_on_interrupt(root)?;
-    seed_sentry4(
-        &sh,
-        root,
-        &logs,
-        events,
-        "buildout/tag1-sentry4.cfg",
-        Strictness::AllStored,
-        true,
-    )?;
+    seed_plain_sentry4(&sh, root, &logs, events)?;
     Ok(SeededInstall {
         env,
         zone: REHEARSAL_ZONE,

@@ -24,7 +24,7 @@ use super::{
     prove_db::before,
     provision, stop_servers_on_interrupt, Phases, Scratch,
 };
-use crate::{flags, journal::Journal, pgcluster::PgCluster, util, verify};
+use crate::{flags, journal::Journal, util, verify};
 
 /// The environment variable `--login USER`'s password is read from.
 pub const PASSWORD_VAR: &str = "SENTRY_REHEARSE_PASSWORD";
@@ -250,9 +250,7 @@ impl flags::Rehearse {
         // A copy of the user's data lives here: theirs to read only (see `Scratch::new`).
         let mut scratch = Scratch::new("sentry-migrate-rehearsal-", self.keep)?;
         let path = scratch.path.clone();
-        let exe = path.join(".rehearsal-xtask");
-        fs::copy(std::env::current_exe()?, &exe)
-            .with_context(|| format!("cannot copy this binary to {}", exe.display()))?;
+        let exe = util::copy_of_this_binary(&path, ".rehearsal-xtask")?;
         println!(
             "dress rehearsal of {} in {} (cache {})",
             source.display(),
@@ -285,15 +283,7 @@ impl flags::Rehearse {
                 after.bytes
             )
         };
-        let result = match result {
-            Ok(_) if !leftovers.is_empty() => {
-                Err(anyhow::anyhow!("processes left running: {leftovers:?}"))
-            }
-            Err(err) if !leftovers.is_empty() => {
-                Err(err.context(format!("and processes were left running: {leftovers:?}")))
-            }
-            other => other,
-        };
+        let result = super::fail_on_leftovers(result, &leftovers);
         match result {
             Ok(go) => {
                 for (name, elapsed) in &phases.done {
@@ -383,11 +373,7 @@ impl flags::Rehearse {
             env.push((key.to_string(), value.clone()));
             sh.set_var(key, value);
         }
-        let cluster = phases.run("postgres", || {
-            let mut cluster = PgCluster::start(&sh, &root.join("pg"))?;
-            cluster.stop_on_interrupt();
-            Ok(cluster)
-        })?;
+        let cluster = phases.run("postgres", || super::throwaway_postgres(&sh, root))?;
         let pg_env = cluster.env(&cluster.superuser, &cluster.password, "sentry");
 
         let args = migrate_args(self);

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 use super::{
-    run::{log_run, run_logged},
+    run::{log_run, run_tool},
     seed::Seeded,
     server::sentry4_server,
 };
@@ -55,10 +55,12 @@ pub(super) fn rollback_to_sentry4(
     let settings_before = fs::read(&settings_local)?;
     let log = logs.join("rollback.log");
 
-    let (ok, stderr) = run_logged(
-        cmd!(sh, "{exe} rollback --restore-backup")
-            .env("SENTRY_MIGRATE_ROOT", root)
-            .envs(pg_env.iter().cloned()),
+    let (ok, stderr) = run_tool(
+        sh,
+        exe,
+        &["rollback", "--restore-backup"],
+        root,
+        pg_env,
         &log,
     )?;
     ensure!(

@@ -4,7 +4,7 @@
 use std::{fs, io::Write, path::Path};
 
 use anyhow::{bail, Context, Result};
-use xshell::Cmd;
+use xshell::{cmd, Cmd, Shell};
 
 use crate::util;
 
@@ -40,6 +40,24 @@ pub(crate) fn log_run(cmd: Cmd<'_>, log: &Path) -> Result<String> {
 
 /// Runs `cmd` with stdin closed, writing its stdout and stderr to `log`; returns whether it
 /// succeeded, and its stderr.
+/// `exe ARGS` (this tool) on the scratch install `root` with libpq's variables, into `log`:
+/// whether it succeeded, and its stderr.
+pub(super) fn run_tool(
+    sh: &Shell,
+    exe: &Path,
+    args: &[&str],
+    root: &Path,
+    pg_env: &[(&'static str, String)],
+    log: &Path,
+) -> Result<(bool, String)> {
+    run_logged(
+        cmd!(sh, "{exe} {args...}")
+            .env("SENTRY_MIGRATE_ROOT", root)
+            .envs(pg_env.iter().cloned()),
+        log,
+    )
+}
+
 pub(super) fn run_logged(cmd: Cmd<'_>, log: &Path) -> Result<(bool, String)> {
     let (_, output) = run_into_log(cmd, log)?;
     Ok((

@@ -263,6 +263,53 @@ fn stored_bad_values(root: &Path) -> Result<StoredBadValues> {
     })
 }
 
+/// What `seed_and_send` made and sent.
+struct Sent {
+    port: u16,
+    accounts: serde_json::Value,
+    dsns: Vec<(i64, String)>,
+    urls: Vec<String>,
+    stored: BTreeMap<i64, u64>,
+}
+
+/// Sentry's ORM makes `what` (`seed.py`: users, projects, keys), then `events` go over HTTP to
+/// every project's DSN through Sentry 4's web server on a free port.
+#[allow(clippy::too_many_arguments)]
+fn seed_and_send(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    log: &Path,
+    what: &str,
+    events: u64,
+    tag: &str,
+    web_log: &str,
+) -> Result<Sent> {
+    let port = util::free_port()?;
+    let accounts = seed(sh, log, what, port)?;
+    let dsns = dsn_list(&accounts)?;
+    let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
+    let stored = send_events(
+        sh,
+        root,
+        logs,
+        &urls,
+        Batch {
+            port,
+            events,
+            tag,
+            web_log,
+        },
+    )?;
+    Ok(Sent {
+        port,
+        accounts,
+        dsns,
+        urls,
+        stored,
+    })
+}
+
 fn dsn_list(value: &serde_json::Value) -> Result<Vec<(i64, String)>> {
     value["dsns"]
         .as_array()
@@ -277,6 +324,34 @@ fn dsn_list(value: &serde_json::Value) -> Result<Vec<(i64, String)>> {
         .collect()
 }
 
+/// `bin/buildout -c cfg` in the scratch install, into `log`.
+fn buildout(sh: &Shell, root: &Path, cfg: &str, log: &Path) -> Result<()> {
+    log_run(
+        cmd!(sh, "bin/buildout -c {cfg} buildout:directory={root}"),
+        log,
+    )
+    .with_context(|| format!("bin/buildout -c {cfg} failed"))?;
+    Ok(())
+}
+
+/// The plain rehearsal's Sentry 4: tag 1, every event stored, values PostgreSQL refuses sent.
+pub(super) fn seed_plain_sentry4(
+    sh: &Shell,
+    root: &Path,
+    logs: &Path,
+    events: u64,
+) -> Result<Seeded> {
+    seed_sentry4(
+        sh,
+        root,
+        logs,
+        events,
+        "buildout/tag1-sentry4.cfg",
+        Strictness::AllStored,
+        true,
+    )
+}
+
 pub(super) fn seed_sentry4(
     sh: &Shell,
     root: &Path,
@@ -287,14 +362,7 @@ pub(super) fn seed_sentry4(
     bad_values: bool,
 ) -> Result<Seeded> {
     let log = logs.join("sentry4.log");
-    log_run(
-        cmd!(
-            sh,
-            "bin/buildout -c {buildout_cfg} buildout:directory={root}"
-        ),
-        &log,
-    )
-    .with_context(|| format!("bin/buildout -c {buildout_cfg} failed"))?;
+    buildout(sh, root, buildout_cfg, &log)?;
     let config = Config::new(root, None, None, |_| None)?;
     settings::switch(crate::flags::DbKind::Sqlite, &config)?;
     log_run(
@@ -304,21 +372,21 @@ pub(super) fn seed_sentry4(
         ),
         &log,
     )?;
-    let port = util::free_port()?;
-    let accounts = seed(sh, &log, "accounts", port)?;
-    let dsns = dsn_list(&accounts)?;
-    let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
-    let stored = send_events(
+    let Sent {
+        port,
+        accounts,
+        dsns,
+        stored,
+        ..
+    } = seed_and_send(
         sh,
         root,
         logs,
-        &urls,
-        Batch {
-            port,
-            events,
-            tag: "a",
-            web_log: "sentry4-web.log",
-        },
+        &log,
+        "accounts",
+        events,
+        "a",
+        "sentry4-web.log",
     )?;
     // raven reports nothing when Sentry refuses an event: count what was stored, per project.
     let total: u64 = dsns
@@ -380,14 +448,7 @@ pub(super) fn more_data_after_upgrade(
     events: u64,
 ) -> Result<BadValues> {
     let log = logs.join("sentry4.log");
-    log_run(
-        cmd!(
-            sh,
-            "bin/buildout -c buildout/tag1-sentry4.cfg buildout:directory={root}"
-        ),
-        &log,
-    )
-    .context("bin/buildout for tag 1 failed")?;
+    buildout(sh, root, "buildout/tag1-sentry4.cfg", &log)?;
     log_run(
         cmd!(
             sh,
@@ -397,22 +458,17 @@ pub(super) fn more_data_after_upgrade(
     )
     .context("the in-place upgrade to Sentry 4.10 failed")?;
     let before: u64 = stored_events(root)?.values().sum();
-    let port = util::free_port()?;
-    let more = seed(sh, &log, "more", port)?;
-    let dsns = dsn_list(&more)?;
-    let urls: Vec<String> = dsns.iter().map(|(_, dsn)| dsn.clone()).collect();
-    let stored = send_events(
+    let sent = seed_and_send(
         sh,
         root,
         logs,
-        &urls,
-        Batch {
-            port,
-            events,
-            tag: "new",
-            web_log: "sentry4.10-web.log",
-        },
+        &log,
+        "more",
+        events,
+        "new",
+        "sentry4.10-web.log",
     )?;
+    let (port, dsns, urls, stored) = (sent.port, sent.dsns, sent.urls, sent.stored);
     let after: u64 = stored.values().sum();
     ensure!(
         after > before,
