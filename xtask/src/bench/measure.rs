@@ -76,9 +76,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
         let sh = xshell::Shell::new().unwrap();
-        // A grandchild that holds 200 MiB for a moment: the measure is the tree's biggest
+        // A grandchild that holds 200 MiB for a moment (written, so resident): the measure is the tree's biggest
         // process, as `/usr/bin/time -v` reports it.
-        let script = "import subprocess, sys; subprocess.run([sys.executable, '-c', \"b = bytearray(200 * 1024 * 1024); import time; time.sleep(0.3)\"], check=True)";
+        let script = "import subprocess, sys; subprocess.run([sys.executable, '-c', \"b = b'x' * (200 * 1024 * 1024); import time; time.sleep(0.3)\"], check=True)";
         let big = run(xshell::cmd!(sh, "python3 -c {script}"), &log, None).unwrap();
         assert!(big.status.success());
         assert!(big.peak_rss_kib > 200 * 1024, "{big:?}");

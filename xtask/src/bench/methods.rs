@@ -1,4 +1,4 @@
-//! The four ways to load a scaled db, each run as programs of its own and measured.
+//! The ways to load a scaled db, each run as programs of its own and measured.
 
 use std::{ffi::OsString, fmt::Write as _, fs, path::Path, time::Duration};
 
@@ -77,7 +77,9 @@ pub fn run(bench: &Bench, method: &str, scaled: &Path, size: &Size, dbname: &str
     let parts = match method {
         "copy" => copy(bench, scaled, dbname, &log)?,
         "floor" => floor(bench, scaled, dbname, &log)?,
+        "floor2" => floor2(bench, scaled, dbname, &log)?,
         "pgloader" => pgloader(bench, scaled, dbname, &log)?,
+        "pgloader-drop" => pgloader_drop(bench, scaled, dbname, &log)?,
         "loaddata" => match loaddata(bench, scaled, size, dbname, &log)? {
             Ok(parts) => parts,
             Err(refused) => {
@@ -155,13 +157,7 @@ fn shared_columns(
 fn floor(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts> {
     let sh = bench.shell()?;
     let csv_dir = bench.root.join("bench-csv");
-    let _ = fs::remove_dir_all(&csv_dir);
-    fs::create_dir_all(&csv_dir)?;
-    let sqlite = open_read_only(scaled)?;
-    let mut client = bench.cluster.client(dbname)?;
-    let mut export_secs = 0.0;
-    let mut export_peak = 0;
-    let mut export_ok = None;
+    let (files, export) = export_csv(bench, scaled, dbname, log, &csv_dir)?;
     let mut script = String::from("\\set ON_ERROR_STOP on\n");
     let _ = writeln!(
         script,
@@ -169,6 +165,36 @@ fn floor(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts
         bench.zone.replace('\'', "''")
     );
     script.push_str("BEGIN;\nSET CONSTRAINTS ALL DEFERRED;\n");
+    for file in &files {
+        let _ = writeln!(script, "{}", file.copy_line());
+    }
+    script.push_str("COMMIT;\n");
+    let script_path = csv_dir.join("load.sql");
+    fs::write(&script_path, script)?;
+    let load = measure::run(
+        cmd!(sh, "psql -X -q -f {script_path}").envs(bench.pg_env(dbname)),
+        log,
+        None,
+    )?;
+    fs::remove_dir_all(&csv_dir)?;
+    Ok(vec![("CSV export".into(), export), ("COPY".into(), load)])
+}
+
+/// Every non-empty model table exported by sqlite3 as CSV, each file with its size.
+fn export_csv(
+    bench: &Bench,
+    scaled: &Path,
+    dbname: &str,
+    log: &Path,
+    csv_dir: &Path,
+) -> Result<(Vec<CsvFile>, Measured)> {
+    let sh = bench.shell()?;
+    let _ = fs::remove_dir_all(csv_dir);
+    fs::create_dir_all(csv_dir)?;
+    let sqlite = open_read_only(scaled)?;
+    let mut client = bench.cluster.client(dbname)?;
+    let mut out = Vec::new();
+    let mut total: Option<Measured> = None;
     for table in &bench.tables {
         let rows: i64 = sqlite.query_row(
             &format!("SELECT count(*) FROM {}", quote_ident(table)),
@@ -181,43 +207,184 @@ fn floor(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts
         let columns = shared_columns(&sqlite, &mut client, table)?.join(", ");
         let csv = csv_dir.join(format!("{table}.csv"));
         let select = format!("SELECT {columns} FROM {}", quote_ident(table));
-        let out = fs::File::create(&csv)?;
         let measured = measure::run(
             cmd!(sh, "sqlite3 -csv -noheader {scaled} {select}"),
             log,
-            Some(out),
+            Some(fs::File::create(&csv)?),
         )?;
-        export_secs += measured.secs;
-        export_peak = export_peak.max(measured.peak_rss_kib);
-        if !measured.status.success() || export_ok.is_none() {
-            export_ok = Some(measured.status);
-        }
-        let _ = writeln!(
-            script,
-            "\\copy \"{table}\" ({columns}) FROM '{}' WITH (FORMAT csv)",
-            csv.display()
-        );
+        total = Some(match total {
+            None => measured,
+            Some(sum) => Measured {
+                secs: sum.secs + measured.secs,
+                peak_rss_kib: sum.peak_rss_kib.max(measured.peak_rss_kib),
+                status: if sum.status.success() {
+                    measured.status
+                } else {
+                    sum.status
+                },
+            },
+        });
+        let bytes = fs::metadata(&csv)?.len();
+        out.push(CsvFile {
+            table: table.clone(),
+            columns,
+            path: csv,
+            bytes,
+        });
     }
+    Ok((out, total.context("no table to export")?))
+}
+
+impl CsvFile {
+    /// psql's `\copy` of this file into its table.
+    fn copy_line(&self) -> String {
+        format!(
+            "\\copy \"{}\" ({}) FROM '{}' WITH (FORMAT csv)",
+            self.table,
+            self.columns,
+            self.path.display()
+        )
+    }
+}
+
+/// A table exported by `export_csv`.
+struct CsvFile {
+    table: String,
+    /// Its columns, quoted, as in the file.
+    columns: String,
+    path: std::path::PathBuf,
+    bytes: u64,
+}
+
+/// The yardstick for the copy engine: COPY of the same rows from CSV files made
+/// beforehand (their export is not timed), the plain indexes and foreign keys dropped first and
+/// rebuilt after (the copy engine's own list, `copy::KEYS_AND_INDEXES_SQL`), the tables split
+/// over two psql sessions by size, the rebuild split the same way (indexes, then keys). Not
+/// one transaction: a floor, not a safe load.
+fn floor2(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts> {
+    let csv_dir = bench.root.join("bench-csv");
+    let (files, export) = export_csv(bench, scaled, dbname, log, &csv_dir)?;
+    anyhow::ensure!(
+        export.status.success(),
+        "sqlite3 could not export the tables"
+    );
+    let mut client = bench.cluster.client(dbname)?;
+    let listed = client.query(crate::copy::KEYS_AND_INDEXES_SQL, &[])?;
     drop(client);
-    script.push_str("COMMIT;\n");
-    let script_path = csv_dir.join("load.sql");
-    fs::write(&script_path, script)?;
-    let load = measure::run(
-        cmd!(sh, "psql -X -q -f {script_path}").envs(bench.pg_env(dbname)),
-        log,
-        None,
-    )?;
-    fs::remove_dir_all(&csv_dir)?;
-    let export = Measured {
-        secs: export_secs,
-        peak_rss_kib: export_peak,
-        status: export_ok.context("no table to export")?,
+    let mut drops = String::from("\\set ON_ERROR_STOP on\n");
+    let (mut indexes, mut keys) = (Vec::new(), Vec::new());
+    for row in &listed {
+        let (drop, create, is_key): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+        let _ = writeln!(drops, "{drop};");
+        if is_key == 1 {
+            keys.push(create);
+        } else {
+            indexes.push(create);
+        }
+    }
+    // Largest first, each to the lighter session.
+    let mut files = files;
+    files.sort_by_key(|it| std::cmp::Reverse(it.bytes));
+    let header = format!(
+        "\\set ON_ERROR_STOP on\nSET TimeZone TO '{}';\nBEGIN;\n",
+        bench.zone.replace('\'', "''")
+    );
+    let mut scripts = [header.clone(), header];
+    let mut load = [0u64, 0];
+    for file in &files {
+        let lighter = usize::from(load[1] < load[0]);
+        load[lighter] += file.bytes;
+        let _ = writeln!(scripts[lighter], "{}", file.copy_line());
+    }
+    let mut rebuild = [
+        String::from("\\set ON_ERROR_STOP on\n"),
+        String::from("\\set ON_ERROR_STOP on\n"),
+    ];
+    for (n, index) in indexes.iter().enumerate() {
+        let _ = writeln!(rebuild[n % 2], "{index};");
+    }
+    let mut keys_script = String::from("\\set ON_ERROR_STOP on\n");
+    for key in &keys {
+        let _ = writeln!(keys_script, "{key};");
+    }
+    let write = |name: &str, text: &str| -> Result<std::path::PathBuf> {
+        let path = csv_dir.join(name);
+        fs::write(&path, text)?;
+        Ok(path)
     };
-    Ok(vec![("CSV export".into(), export), ("COPY".into(), load)])
+    let drop_path = write("drop.sql", &drops)?;
+    let copy_paths = [
+        write("copy-a.sql", &format!("{}COMMIT;\n", scripts[0]))?,
+        write("copy-b.sql", &format!("{}COMMIT;\n", scripts[1]))?,
+    ];
+    let index_paths = [
+        write("index-a.sql", &rebuild[0])?,
+        write("index-b.sql", &rebuild[1])?,
+    ];
+    let keys_path = write("keys.sql", &keys_script)?;
+    let env = bench.pg_env(dbname);
+    let (root, toolchain) = (&bench.root, &bench.toolchain_env);
+    // A shell per thread (xshell's is not shared between threads).
+    let psql = |script: &Path| -> Result<Measured> {
+        let sh = xshell::Shell::new()?;
+        sh.change_dir(root);
+        measure::run(
+            cmd!(sh, "psql -X -q -f {script}")
+                .envs(toolchain.iter().cloned())
+                .envs(env.iter().cloned()),
+            log,
+            None,
+        )
+    };
+    let both = |pair: &[std::path::PathBuf; 2]| -> Result<Vec<Measured>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pair.iter().map(|it| scope.spawn(|| psql(it))).collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| bail!("a psql thread panicked"))
+                })
+                .collect()
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut all = vec![psql(&drop_path)?];
+    all.extend(both(&copy_paths)?);
+    all.extend(both(&index_paths)?);
+    all.push(psql(&keys_path)?);
+    let secs = started.elapsed().as_secs_f64();
+    fs::remove_dir_all(&csv_dir)?;
+    let failed = all.iter().find(|it| !it.status.success()).copied();
+    Ok(vec![(
+        "drop + 2 sessions of COPY + rebuild".into(),
+        Measured {
+            secs,
+            peak_rss_kib: all.iter().map(|it| it.peak_rss_kib).max().unwrap_or(0),
+            status: failed.unwrap_or(all[0]).status,
+        },
+    )])
 }
 
 /// pgloader's data-only mode into the schema Sentry built, as benchmark.md measured it.
+/// pgloader's data-only mode, as `pgloader` below, but tuned as its docs advise for a bulk load:
+/// `drop indexes` (it drops the target's indexes, loads, and creates them again).
+fn pgloader_drop(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts> {
+    pgloader_with(bench, scaled, dbname, log, "drop indexes, ")
+}
+
 fn pgloader(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts> {
+    pgloader_with(bench, scaled, dbname, log, "")
+}
+
+fn pgloader_with(
+    bench: &Bench,
+    scaled: &Path,
+    dbname: &str,
+    log: &Path,
+    extra: &str,
+) -> Result<Parts> {
     let sh = bench.shell()?;
     let tables = bench
         .tables
@@ -227,7 +394,7 @@ fn pgloader(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Pa
         .join(", ");
     // No password in the file: pgloader takes PGPASSWORD, as libpq does.
     let load = format!(
-        "LOAD DATABASE\n  FROM sqlite://{}\n  INTO postgresql://{}@127.0.0.1:{}/{dbname}\n  WITH data only, truncate, reset sequences, disable triggers, prefetch rows = 10000\n  SET timezone to '{}'\n  INCLUDING ONLY TABLE NAMES LIKE {tables};\n",
+        "LOAD DATABASE\n  FROM sqlite://{}\n  INTO postgresql://{}@127.0.0.1:{}/{dbname}\n  WITH data only, {extra}truncate, reset sequences, disable triggers, prefetch rows = 10000\n  SET timezone to '{}'\n  INCLUDING ONLY TABLE NAMES LIKE {tables};\n",
         scaled.display(),
         bench.cluster.superuser,
         bench.cluster.port,

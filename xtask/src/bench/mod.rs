@@ -96,9 +96,16 @@ fn parse_methods(text: &str) -> Result<Vec<&'static str>> {
     }
     // Always in the table's order; loaddata, the slowest, after the others.
     out.sort_by_key(|method| {
-        ["floor", "pgloader", "copy", "loaddata"]
-            .iter()
-            .position(|it| it == method)
+        [
+            "floor",
+            "floor2",
+            "pgloader",
+            "pgloader-drop",
+            "copy",
+            "loaddata",
+        ]
+        .iter()
+        .position(|it| it == method)
     });
     Ok(out)
 }
@@ -158,10 +165,10 @@ impl flags::Bench {
             );
         }
         require("python3", "it scales the db")?;
-        if methods.contains(&"pgloader") {
+        if methods.contains(&"pgloader") || methods.contains(&"pgloader-drop") {
             require("pgloader", "the pgloader method")?;
         }
-        if methods.contains(&"floor") {
+        if methods.contains(&"floor") || methods.contains(&"floor2") {
             require("sqlite3", "the floor's CSV export")?;
             require("psql", "the floor's COPY")?;
         }
@@ -287,8 +294,7 @@ fn bench(
             let mut client = bench.cluster.client("postgres")?;
             client.query_one("SHOW server_version", &[])?.get(0)
         },
-        pgloader: methods
-            .contains(&"pgloader")
+        pgloader: (methods.contains(&"pgloader") || methods.contains(&"pgloader-drop"))
             .then(methods::pgloader_version)
             .transpose()?,
         time_zone: zone.to_string(),

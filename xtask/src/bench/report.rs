@@ -90,14 +90,23 @@ pub struct Part {
     pub peak_rss_kib: u64,
 }
 
-pub const METHODS: [&str; 4] = ["copy", "loaddata", "pgloader", "floor"];
+pub const METHODS: [&str; 6] = [
+    "copy",
+    "loaddata",
+    "pgloader",
+    "pgloader-drop",
+    "floor",
+    "floor2",
+];
 
 pub fn title(method: &str) -> &'static str {
     match method {
         "copy" => "copy engine (`--engine copy`)",
         "loaddata" => "dumpdata + loaddata (`--engine loaddata`)",
         "pgloader" => "pgloader data-only (prefetch rows = 10000)",
+        "pgloader-drop" => "pgloader data-only with `drop indexes` (its bulk-load advice)",
         "floor" => "floor: sqlite3 CSV export + psql COPY (keys checked at commit)",
+        "floor2" => "floor2: COPY from ready CSV files (export not counted), plain indexes and foreign keys dropped and rebuilt, two sessions",
         _ => "?",
     }
 }
@@ -296,7 +305,9 @@ pub fn svg(results: &Results, path: &Path) -> Result<()> {
         RGBColor(0xd6, 0x27, 0x28),
         RGBColor(0x1f, 0x77, 0xb4),
         RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0x9e, 0x4c, 0xc8),
         RGBColor(0x7f, 0x7f, 0x7f),
+        RGBColor(0xff, 0x7f, 0x0e),
     ];
     let backend = SVGBackend::new(path, (1200, 500));
     let root = backend.into_drawing_area();
