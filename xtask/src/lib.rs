@@ -16,6 +16,7 @@ pub mod pgcluster;
 pub mod pgpass;
 pub mod pgtarget;
 pub mod plan;
+pub mod progress;
 pub mod pyliteral;
 pub mod rehearse;
 pub mod report;

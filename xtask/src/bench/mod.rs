@@ -339,7 +339,11 @@ fn bench(
         );
         results.sizes.push(size);
         for &method in methods {
-            let dbname = format!("bench_{method}_{}", label.to_lowercase());
+            let dbname = format!(
+                "bench_{}_{}",
+                method.replace('-', "_"),
+                label.to_lowercase()
+            );
             let mut admin = bench.cluster.client("postgres")?;
             admin.batch_execute(&format!("DROP DATABASE IF EXISTS {dbname}"))?;
             admin.batch_execute(&format!("CREATE DATABASE {dbname} TEMPLATE {TEMPLATE_DB}"))?;
