@@ -162,8 +162,8 @@ pub fn markdown(results: &Results) -> String {
         results.time_zone,
         results.source
     );
-    out.push_str("| events | SQLite | method | wall time | rows/s | peak RSS | rows in PostgreSQL | ÷ floor | ÷ pgloader |\n");
-    out.push_str("|---:|---:|---|---|---:|---:|---|---:|---:|\n");
+    out.push_str("| events | SQLite | method | wall time | rows/s | peak RSS | rows in PostgreSQL | ÷ floor | ÷ floor2 | ÷ pgloader |\n");
+    out.push_str("|---:|---:|---|---|---:|---:|---|---:|---:|---:|\n");
     for size in &results.sizes {
         for method in METHODS {
             let Some(run) = size.run(method) else {
@@ -200,7 +200,7 @@ pub fn markdown(results: &Results) -> String {
             };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 size.events,
                 util::human_bytes(size.sqlite_bytes),
                 title(method),
@@ -209,6 +209,7 @@ pub fn markdown(results: &Results) -> String {
                 run.peak_rss_kib.map(mb).unwrap_or_default(),
                 rows,
                 ratio("floor"),
+                ratio("floor2"),
                 ratio("pgloader"),
             );
         }
