@@ -62,9 +62,14 @@ fn run_0083(client: &mut Client) -> Vec<(i32, i32)> {
     pairs
 }
 
+/// The groups' ids, in order.
 fn ids(client: &mut Client) -> Vec<i32> {
+    ids_of(client, "sentry_groupedmessage")
+}
+
+fn ids_of(client: &mut Client, table: &str) -> Vec<i32> {
     client
-        .query("SELECT id FROM sentry_groupedmessage ORDER BY id", &[])
+        .query(&format!("SELECT id FROM {table} ORDER BY id"), &[])
         .unwrap()
         .iter()
         .map(|row| row.get(0))
@@ -376,14 +381,11 @@ fn a_merge_killed_before_its_commit_leaves_nothing_and_runs_again_the_same() {
     );
     run_0083(&mut client);
     assert_eq!(state(&mut client), state(&mut once));
-    let ids = |client: &mut Client| -> Vec<i32> {
-        client
-            .query("SELECT id FROM sentry_messagefiltervalue ORDER BY id", &[])
-            .unwrap()
-            .iter()
-            .map(|row| row.get(0))
-            .collect()
-    };
-    assert_eq!(ids(&mut once), [3, 4]);
-    assert_eq!(ids(&mut client), [5, 6], "the killed run used 3 and 4");
+    let tags = "sentry_messagefiltervalue";
+    assert_eq!(ids_of(&mut once, tags), [3, 4]);
+    assert_eq!(
+        ids_of(&mut client, tags),
+        [5, 6],
+        "the killed run used 3 and 4"
+    );
 }

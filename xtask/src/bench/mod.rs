@@ -422,38 +422,29 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
         .join(format!("whole-{}.log", label.to_lowercase()));
     // To Sentry 6's step, the loaded state cloned for Sentry's own upgrade, then the rest:
     // the same command resumed, its steps timed by the journal.
-    let first = measure::run(
-        cmd!(sh, "{exe} migrate --sqlite {scaled} --until buildout-tag2")
-            .env("SENTRY_MIGRATE_ROOT", root)
-            .envs(bench.pg_env(&dbname)),
-        &log,
-        None,
-    )?;
-    let reference = if first.status.success() {
-        Some(crate::rehearse::sentry_own::clone_loaded(
-            &bench.cluster,
-            &dbname,
-        )?)
-    } else {
-        None
-    };
-    let second_log = log.with_extension("sentry6.log");
-    let measured = if first.status.success() {
+    let migrate = |until: &[&str], log: &Path| {
         measure::run(
-            cmd!(sh, "{exe} migrate --sqlite {scaled}")
+            cmd!(sh, "{exe} migrate --sqlite {scaled} {until...}")
                 .env("SENTRY_MIGRATE_ROOT", root)
                 .envs(bench.pg_env(&dbname)),
-            &second_log,
+            log,
             None,
-        )?
+        )
+    };
+    let first = migrate(&["--until", "buildout-tag2"], &log)?;
+    let second = if first.status.success() {
+        let reference = crate::rehearse::sentry_own::clone_loaded(&bench.cluster, &dbname)?;
+        let second_log = log.with_extension("sentry6.log");
+        let measured = migrate(&[], &second_log)?;
+        Some((reference, measured, second_log))
     } else {
-        first
+        None
     };
     let journal = crate::journal::Journal::load(&dumps.join("journal.json"))?
         .context("the whole run left no journal")?;
     // Sentry's own upgrade on the clone, in the same run, and the two results compared.
-    let sentry_own = match (&reference, measured.status.success()) {
-        (Some(reference), true) => {
+    let sentry_own = match &second {
+        Some((reference, measured, _)) if measured.status.success() => {
             println!("  Sentry's own upgrade on a clone of the loaded db, for the ratio and the equality check …");
             let own_log = bench
                 .logs
@@ -475,20 +466,18 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
         }
         _ => None,
     };
-    let (log, measured) = if first.status.success() {
-        (second_log, measured)
-    } else {
-        (log, first)
+    // The run that ended it: the second when there was one.
+    let (last, last_log) = match &second {
+        Some((_, measured, second_log)) => (*measured, second_log.clone()),
+        None => (first, log.clone()),
     };
     Ok(report::WholeRun {
         events: 0,
         secs: first.secs
-            + if first.status.success() {
-                measured.secs
-            } else {
-                0.0
-            },
-        peak_rss_kib: first.peak_rss_kib.max(measured.peak_rss_kib),
+            + second
+                .as_ref()
+                .map_or(0.0, |(_, measured, _)| measured.secs),
+        peak_rss_kib: first.peak_rss_kib.max(last.peak_rss_kib),
         sentry_own,
         tool_peak_rss_kib: journal.tool_peak_rss_kib,
         steps: journal
@@ -505,12 +494,12 @@ fn whole_run(bench: &Bench, scaled: &Path, label: &str) -> Result<report::WholeR
                     .collect()
             })
             .unwrap_or_default(),
-        failure: (!measured.status.success()).then(|| {
+        failure: (!last.status.success()).then(|| {
             format!(
                 "{}; log {}: {}",
-                measured.status,
-                log.display(),
-                util::log_tail(&log, 4).replace('\n', " | ")
+                last.status,
+                last_log.display(),
+                util::log_tail(&last_log, 4).replace('\n', " | ")
             )
         }),
     })

@@ -477,6 +477,15 @@ struct StepRunner<'a> {
 type Outputs = BTreeMap<String, String>;
 
 impl StepRunner<'_> {
+    /// `bin/sentry` or the helper under `bin/py`, once Sentry is stopped and the settings and
+    /// the installed Sentry are the ones `step`'s phase needs.
+    fn run_sentry(&mut self, step: &Step, command: &plan::Command) -> Result<Outputs> {
+        self.ensure_sentry_stopped()?;
+        self.ensure_settings_for(step.phase)?;
+        self.ensure_sentry_version_for(step.phase)?;
+        self.run_command(command)
+    }
+
     fn run(&mut self, step: &Step) -> Result<Outputs> {
         match &step.action {
             Action::Preflight(limits) => self.preflight(limits).map(|()| Outputs::new()),
@@ -489,10 +498,7 @@ impl StepRunner<'_> {
             }
             Action::WriteSettings(kind) => self.write_settings(*kind),
             Action::Run(command) => {
-                self.ensure_sentry_stopped()?;
-                self.ensure_settings_for(step.phase)?;
-                self.ensure_sentry_version_for(step.phase)?;
-                let outputs = self.run_command(command)?;
+                let outputs = self.run_sentry(step, command)?;
                 if writes_source(step.id) {
                     // Recorded with the step: the source as this step left it.
                     self.journal.source_sha256 = Some(util::sha256_file(&self.config.sqlite_path)?);
@@ -503,10 +509,7 @@ impl StepRunner<'_> {
                 command,
                 set_based_0083,
             } => {
-                self.ensure_sentry_stopped()?;
-                self.ensure_settings_for(step.phase)?;
-                self.ensure_sentry_version_for(step.phase)?;
-                let outputs = self.run_command(command)?;
+                let outputs = self.run_sentry(step, command)?;
                 if *set_based_0083 {
                     self.notes
                         .extend(sentry::set_based_0083_lines(&fs::read_to_string(
