@@ -20,6 +20,11 @@ or Sentry 6 for `upgrade`).
         migration's own frozen ORM (Django's cascade), in South's transaction of 0083, which
         records it as applied. `--sentry-own` runs Sentry's migration unchanged.
 
+    bin/py xtask/python/sentry_helper.py --config=settings/settings.py web-address
+        Prints, as JSON, the host and port Sentry's web service listens on, as `sentry start`
+        reads them: Sentry 4's sentry.conf.settings.WEB_HOST/WEB_PORT (SENTRY_WEB_HOST/PORT of
+        the settings, or Sentry 4's defaults), Sentry 6's SENTRY_WEB_HOST/SENTRY_WEB_PORT.
+
     bin/py xtask/python/sentry_helper.py check-syntax FILE...
         Compiles each settings file (nothing runs): one line per file that is not valid
         Python 2, exit 1 if any. Preflight runs it before anything is touched.
@@ -154,13 +159,23 @@ def check_syntax_command(paths):
     return 1 if bad else 0
 
 
+def web_address_command():
+    try:
+        from sentry.conf import settings as sentry_settings
+        host, port = sentry_settings.WEB_HOST, sentry_settings.WEB_PORT
+    except (ImportError, AttributeError):
+        from django.conf import settings
+        host, port = settings.SENTRY_WEB_HOST, settings.SENTRY_WEB_PORT
+    sys.stdout.write(json.dumps({'host': host, 'port': int(port)}) + '\n')
+
+
 def main():
     args = sys.argv[1:]
     if args and args[0] == 'check-syntax':
         sys.exit(check_syntax_command(args[1:]))
     logan_args = [arg for arg in args if arg.startswith('--config')]
     rest = [arg for arg in args if not arg.startswith('--config')]
-    if not rest or rest[0] not in ('models', 'load', 'upgrade'):
+    if not rest or rest[0] not in ('models', 'load', 'upgrade', 'web-address'):
         sys.stderr.write(__doc__)
         sys.exit(2)
     command, command_args = rest[0], rest[1:]
@@ -170,6 +185,8 @@ def main():
     def dispatch(argv=None):
         if command == 'models':
             models_command()
+        elif command == 'web-address':
+            web_address_command()
         elif command == 'upgrade':
             upgrade_command('--sentry-own' in command_args)
         else:

@@ -6,6 +6,7 @@ xflags::xflags! {
     /// sentry-migrate: move a Sentry 4 install from SQLite to PostgreSQL, then upgrade it to Sentry 6.
     ///
     /// Tasks: `migrate` (the whole runbook), `rollback` (back to Sentry 4 on SQLite),
+    /// `hold-events` and `replay-events` (no event lost while Sentry is down),
     /// `switch-settings` (point settings_local.py at a db), `rehearse` (the whole migration on
     /// the real stack, on throwaway data), `bench` (the engines against pgloader and a COPY
     /// floor on scaled real data).
@@ -134,6 +135,42 @@ xflags::xflags! {
             optional --seed-db path: PathBuf
             optional --redraw json: PathBuf
         }
+        /// While Sentry is down for the cut-over: hold the events clients send. Listens where
+        /// Sentry listens (SENTRY_WEB_HOST:SENTRY_WEB_PORT of the install's settings, read with
+        /// bin/py), waiting for Sentry 4 to let go of the address; serves only the store endpoints
+        /// (/api/store/, /api/<project>/store/); checks each request as Sentry 6 does (DSN keys
+        /// from the source db's sentry_projectkey: a bad key gets 403), writes it to
+        /// dumps/held-events.jsonl (0600) and syncs it to disk before answering 200 with the event
+        /// id. Runs until SIGTERM or Ctrl-C; `--release` stops it. Then `replay-events`.
+        cmd hold-events {
+            /// Stop the running hold-events (right after starting Sentry 6, whose gunicorn retries
+            /// its bind every second) and measure how long the address stayed free.
+            optional --release
+            /// Listen here instead of Sentry's address, e.g. behind a reverse proxy that sends the
+            /// store endpoints here during the cut-over.
+            optional --listen address: String
+            /// The largest request body held, e.g. 10M (default); larger ones get 413.
+            optional --max-body size: ByteSize
+            /// The spool's largest size, e.g. 1G (default); past it requests get 503.
+            optional --max-spool size: ByteSize
+            /// Seconds to wait for the address to be free (default 600), or with --release for
+            /// Sentry 6 to take it (default 30).
+            optional --wait seconds: u64
+            /// The Sentry 4 SQLite database whose DSN keys are accepted (default: var/sentry.db).
+            optional --sqlite path: PathBuf
+        }
+        /// Send the events hold-events held to Sentry 6, in arrival order, each at most once
+        /// (dumps/replay-journal.jsonl: a killed replay resumes), waiting while Sentry 6 does not
+        /// answer; then looks every one up in Sentry 6's database (the `migrate` target, from the
+        /// same PG* variables): "N held, N replayed, 0 lost".
+        cmd replay-events {
+            /// Sentry 6's address (default: SENTRY_WEB_HOST:SENTRY_WEB_PORT of the settings).
+            optional --to address: String
+            /// Seconds to wait for Sentry 6 to answer before stopping (default 600).
+            optional --wait seconds: u64
+            /// The target, as given to `migrate` (postgres://USER@HOST:PORT/DBNAME, no password).
+            optional --database-url url: String
+        }
         /// Write settings/settings_local.py for SQLite or PostgreSQL (mode 0600, atomically).
         /// The first file replaced is kept as settings_local.py.orig, the last as .bak, every
         /// other as .bak-<UTC time>; a SECRET_KEY it cannot read is refused, never replaced.
@@ -184,6 +221,29 @@ impl FromStr for Engine {
                 "unknown engine `{s}`: expected `copy` or `loaddata`"
             )),
         }
+    }
+}
+
+/// A size in bytes: `1048576`, `512K`, `10M`, `1G` (binary multiples).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (digits, shift) = match s.trim_end_matches(['B', 'b', 'i']).char_indices().last() {
+            Some((i, 'K' | 'k')) => (&s[..i], 10),
+            Some((i, 'M' | 'm')) => (&s[..i], 20),
+            Some((i, 'G' | 'g')) => (&s[..i], 30),
+            _ => (s, 0),
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .filter(|n| *n > 0)
+            .map(ByteSize)
+            .ok_or_else(|| format!("`{s}` is not a size: expected e.g. 1048576, 512K, 10M or 1G"))
     }
 }
 

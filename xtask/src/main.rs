@@ -49,6 +49,8 @@ fn try_main() -> anyhow::Result<()> {
         flags::XtaskCmd::Rehearse(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Rollback(cmd) => cmd.run(&sh),
         flags::XtaskCmd::Bench(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::HoldEvents(cmd) => cmd.run(&sh),
+        flags::XtaskCmd::ReplayEvents(cmd) => cmd.run(&sh),
     }
 }
 

@@ -2,7 +2,6 @@
 //! report, writes one log per step, prints progress, and says how to resume after a failure.
 
 mod guards;
-mod lock;
 mod source;
 mod summary;
 mod target;
@@ -16,8 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use crate::lock::Lock;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-pub use lock::Lock;
 use summary::print_summary;
 use xshell::Shell;
 

@@ -1,4 +1,5 @@
-//! `dumps/migrate.lock`: one `migrate` at a time per repo.
+//! Lock files in `dumps/`: one `migrate` (`migrate.lock`), one `hold-events`
+//! (`hold-events.lock`) at a time per repo.
 
 use std::{
     fs,
@@ -18,7 +19,13 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// `dumps/migrate.lock`, for `migrate` and `rollback`.
     pub fn acquire(path: &Path) -> Result<Lock> {
+        Lock::acquire_for(path, "cargo xtask migrate")
+    }
+
+    /// The lock at `path`; refused naming `task` and its pid while another process holds it.
+    pub fn acquire_for(path: &Path, task: &str) -> Result<Lock> {
         let mut file = fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -37,7 +44,7 @@ impl Lock {
                     Err(_) => String::new(),
                 };
                 bail!(
-                    "another `cargo xtask migrate`{holder} is running on this repo (it holds {}): wait for it to finish",
+                    "another `{task}`{holder} is running on this repo (it holds {}): wait for it to finish",
                     path.display()
                 )
             }
@@ -52,6 +59,28 @@ impl Lock {
         writeln!(file, "{}", std::process::id())?;
         file.sync_all()?;
         Ok(Lock { _file: file })
+    }
+
+    /// The pid of the process holding the lock at `path`, `None` when nobody holds it.
+    pub fn holder(path: &Path) -> Result<Option<u32>> {
+        let mut file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot open the lock {}", path.display()))
+            }
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(None),
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                file.read_to_string(&mut holder)?;
+                Ok(holder.trim().parse().ok())
+            }
+            Err(fs::TryLockError::Error(err)) => {
+                Err(err).with_context(|| format!("cannot read the lock {}", path.display()))
+            }
+        }
     }
 }
 

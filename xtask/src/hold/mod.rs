@@ -1,0 +1,616 @@
+//! `cargo xtask hold-events`: while Sentry is down for the cut-over, an HTTP endpoint on the
+//! address Sentry listens on that holds every store request on disk before it answers, as
+//! Sentry 6 would answer (`store`), in the spool (`spool`); `hold-events --release` stops it
+//! and measures how long the address stays free until Sentry 6 takes it (`release`).
+//! `cargo xtask replay-events` (module `replay`) sends the held requests on to Sentry 6.
+
+mod release;
+pub mod spool;
+pub mod store;
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    fs,
+    io::Write,
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::{config::Config, lock::Lock};
+pub use release::release;
+use store::{Keys, Limits, Request, Verdict};
+
+/// How long a client may take to send its headers, and then its body.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 256;
+/// Free space the spool always leaves on its file system.
+const KEEP_FREE: u64 = 64 << 20;
+
+/// `hold-events`' options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `--listen HOST:PORT`; none: SENTRY_WEB_HOST:SENTRY_WEB_PORT of the install's settings.
+    pub listen: Option<String>,
+    /// The largest request body (and event, decoded) held: larger ones get 413.
+    pub max_body: u64,
+    /// The spool's largest size: past it, requests get 503 and are not held.
+    pub max_spool: u64,
+    /// How long to wait for the address to be free (Sentry 4 stopping).
+    pub wait: Duration,
+}
+
+/// `dumps/hold-events.json`: the running holder, for `--release` and `replay-events`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub pid: u32,
+    pub address: String,
+    pub started: String,
+    /// Set by the holder once it let go of the address.
+    #[serde(default)]
+    pub released: Option<String>,
+    /// Milliseconds the address was free before another process (Sentry 6) listened on it;
+    /// set by `--release`.
+    #[serde(default)]
+    pub gap_ms: Option<u64>,
+}
+
+pub fn state_path(dumps: &Path) -> PathBuf {
+    dumps.join("hold-events.json")
+}
+
+pub fn lock_path(dumps: &Path) -> PathBuf {
+    dumps.join("hold-events.lock")
+}
+
+pub fn log_path(dumps: &Path) -> PathBuf {
+    dumps.join("logs/hold-events.log")
+}
+
+/// The address Sentry listens on: SENTRY_WEB_HOST and SENTRY_WEB_PORT as the install's own
+/// settings give them (Sentry's settings loaded by `bin/py`, as `bin/sentry start` loads them).
+pub fn sentry_address(sh: &Shell, config: &Config) -> Result<String> {
+    let py = config.bin("py");
+    let helper = config.helper_py();
+    let settings = config.settings_py();
+    if !py.exists() {
+        bail!(
+            "{} is missing: run bin/buildout first (hold-events reads Sentry's address from its \
+             settings), or give the address with --listen HOST:PORT",
+            py.display()
+        );
+    }
+    let out = cmd!(sh, "{py} {helper} --config={settings} web-address")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .with_context(|| {
+            format!(
+                "cannot read SENTRY_WEB_HOST and SENTRY_WEB_PORT from {} with {}: check that \
+                 the settings load (`bin/sentry --config={} help`), or give --listen HOST:PORT",
+                settings.display(),
+                py.display(),
+                settings.display()
+            )
+        })?;
+    let value: serde_json::Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("sentry_helper.py web-address printed {out:?}"))?;
+    let host = value["host"].as_str().unwrap_or("localhost");
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    let port = value["port"]
+        .as_u64()
+        .filter(|port| (1..=65535).contains(port))
+        .with_context(|| format!("SENTRY_WEB_PORT is not a port: {}", value["port"]))?;
+    Ok(if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+fn resolve(address: &str) -> Result<SocketAddr> {
+    address
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {address}: give --listen HOST:PORT"))?
+        .next()
+        .with_context(|| format!("{address} resolves to no address"))
+}
+
+/// UTC now: RFC 3339 for the spool, and as raven writes `timestamp` for events without one.
+fn now_utc() -> (String, String) {
+    let now = jiff::Timestamp::now();
+    (
+        now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        now.strftime("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+    )
+}
+
+/// `uuid.uuid4().hex`, as Sentry makes an event id.
+fn uuid4_hex() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS gives random bytes");
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the holder did, for its progress and summary.
+#[derive(Debug, Default)]
+struct Stats {
+    held: u64,
+    /// status → count
+    answered: BTreeMap<u16, u64>,
+    spool_full_said: bool,
+}
+
+struct Shared {
+    keys: Keys,
+    limits: Limits,
+    max_body: u64,
+    max_spool: u64,
+    dumps: PathBuf,
+    spool: Mutex<spool::Writer>,
+    stats: Mutex<Stats>,
+    log: Mutex<fs::File>,
+    in_flight: AtomicUsize,
+}
+
+impl Shared {
+    fn log(&self, line: &str) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = writeln!(log, "{} {line}", now_utc().0);
+    }
+}
+
+/// Runs the endpoint until SIGTERM or SIGINT (`--release` sends SIGTERM).
+pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
+    let dumps = config.dumps_dir();
+    fs::create_dir_all(dumps.join("logs")).context("cannot create dumps/logs")?;
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [dumps.clone(), dumps.join("logs")] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", dir.display()))?;
+    }
+    let _lock = Lock::acquire_for(&lock_path(&dumps), "cargo xtask hold-events")?;
+    let keys = Keys::from_sqlite(&config.sqlite_path)?;
+    if keys.key_count() == 0 {
+        bail!(
+            "{} has no DSN keys (sentry_projectkey): no client could store an event, there is \
+             nothing to hold",
+            config.sqlite_path.display()
+        );
+    }
+    let (address, from) = match &options.listen {
+        Some(address) => (address.clone(), "--listen".to_string()),
+        None => (
+            sentry_address(sh, config)?,
+            format!(
+                "{}'s SENTRY_WEB_HOST:SENTRY_WEB_PORT",
+                config.display_path(&config.settings_py())
+            ),
+        ),
+    };
+    let addr = resolve(&address)?;
+    let spool_path = spool::path(&dumps);
+    let (writer, found) = spool::Writer::open(&spool_path)?;
+    if found.torn_tail > 0 {
+        println!(
+            "hold-events: the spool's last line was cut short ({} bytes, a kill while writing \
+             it: its client got no answer); cut off",
+            found.torn_tail
+        );
+    }
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(&dumps))
+        .context("cannot open dumps/logs/hold-events.log")?;
+    let shared = Arc::new(Shared {
+        keys,
+        limits: Limits {
+            max_event_bytes: usize::try_from(options.max_body).unwrap_or(usize::MAX),
+        },
+        max_body: options.max_body,
+        max_spool: options.max_spool,
+        dumps: dumps.clone(),
+        spool: Mutex::new(writer),
+        stats: Mutex::new(Stats::default()),
+        log: Mutex::new(log),
+        in_flight: AtomicUsize::new(0),
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(
+        shared,
+        addr,
+        &address,
+        &from,
+        found.held.len(),
+        options,
+    ))
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As gunicorn binds: a port some connections of Sentry 4 left in TIME_WAIT is free.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    address: &str,
+    from: &str,
+    already: usize,
+    options: &Options,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut said_waiting = false;
+    let listener = loop {
+        match bind(addr) {
+            Ok(listener) => break listener,
+            Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
+                if started.elapsed() > options.wait {
+                    bail!(
+                        "{address} is still in use after {} s: stop Sentry 4 (or whatever \
+                         listens there: `ss -ltnp 'sport = :{}'`), then run hold-events again",
+                        options.wait.as_secs(),
+                        addr.port()
+                    );
+                }
+                if !said_waiting {
+                    println!(
+                        "hold-events: {address} is in use (Sentry 4 still runs?): taking it the \
+                         moment it is free (waiting up to {} s; stop Sentry 4 now)",
+                        options.wait.as_secs()
+                    );
+                    said_waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(err) => {
+                return Err(err).with_context(|| {
+                    format!("cannot listen on {address}: give another --listen HOST:PORT")
+                })
+            }
+        }
+    };
+    let bound_after = started.elapsed();
+    let state = State {
+        pid: std::process::id(),
+        address: address.to_string(),
+        started: now_utc().0,
+        released: None,
+        gap_ms: None,
+    };
+    let state_file = state_path(&shared.dumps);
+    crate::util::write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?, 0o600)?;
+    println!(
+        "hold-events: holding Sentry's store requests on {address} ({from}){}; spool {} ({} \
+         held before); answers as Sentry 6 would. Hand the address to Sentry 6 with `cargo \
+         xtask hold-events --release` right after starting it; then `cargo xtask replay-events`.",
+        if said_waiting {
+            format!(", taken {} ms after waiting began", bound_after.as_millis())
+        } else {
+            String::new()
+        },
+        shared.dumps.join("held-events.jsonl").display(),
+        already
+    );
+    shared.log(&format!("listening on {address} pid {}", state.pid));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut progress = tokio::time::interval(Duration::from_secs(10));
+    let mut last_progress = (0, 0);
+    loop {
+        let permit = tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = progress.tick() => {
+                let now = counts(&shared);
+                if now != last_progress {
+                    println!("hold-events: {} held, {} answered without holding", now.0, now.1);
+                    last_progress = now;
+                }
+                continue;
+            }
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+        };
+        let (stream, remote) = tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    shared.log(&format!("accept failed: {err}"));
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let service = service_fn(|request| handle(shared.clone(), remote, request));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+        });
+    }
+    // The address first: Sentry 6 may be waiting for it.
+    drop(listener);
+    let released = now_utc().0;
+    shared.log("released the address");
+    let mut state = state;
+    state.released = Some(released);
+    crate::util::write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?, 0o600)?;
+    // Requests being received finish (each is bounded by the timeouts).
+    let deadline = Instant::now() + HEADER_TIMEOUT + BODY_TIMEOUT;
+    while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+    let total = shared
+        .spool
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .next_seq()
+        - 1;
+    let answered: Vec<String> = stats
+        .answered
+        .iter()
+        .map(|(status, n)| format!("{status} ×{n}"))
+        .collect();
+    println!(
+        "hold-events: released {address}. This run held {} requests ({} in the spool); \
+         answered without holding: {}. Next: `cargo xtask replay-events` once Sentry 6 runs.",
+        stats.held,
+        total,
+        if answered.is_empty() {
+            "none".to_string()
+        } else {
+            answered.join(", ")
+        }
+    );
+    Ok(())
+}
+
+fn counts(shared: &Shared) -> (u64, u64) {
+    let stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+    (stats.held, stats.answered.values().sum())
+}
+
+type Body = Full<Bytes>;
+
+fn respond(answer: store::Answer) -> Response<Body> {
+    let mut response = Response::builder()
+        .status(answer.status)
+        .header("content-type", answer.content_type);
+    for (name, value) in answer.headers {
+        response = response.header(name, value);
+    }
+    response
+        .body(Full::new(Bytes::from(answer.body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    request: hyper::Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (received, received_naive) = now_utc();
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = store::KEPT_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = request.headers().get(*name)?.to_str().ok()?;
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect();
+    let answer_only = |shared: &Shared, answer: store::Answer, why: &str| {
+        let mut stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+        *stats.answered.entry(answer.status).or_default() += 1;
+        drop(stats);
+        shared.log(&format!("{remote} {method} {path} {} {why}", answer.status));
+        Ok(respond(answer))
+    };
+    let text = |status: u16, message: &str| store::Answer {
+        status,
+        content_type: "text/plain",
+        body: message.as_bytes().to_vec(),
+        headers: vec![("x-sentry-error", message.to_string())],
+    };
+    // Nothing but the store endpoints, before any body is read.
+    if store::store_path(&path).is_none() {
+        let verdict = store::judge(
+            &shared.keys,
+            &Request {
+                path: path.clone(),
+                method: method.clone(),
+                ..Request::default()
+            },
+            shared.limits,
+            &received_naive,
+            uuid4_hex,
+        );
+        if let Verdict::Answer(answer) = verdict {
+            return answer_only(&shared, answer, "not a store endpoint");
+        }
+    }
+    let declared = request
+        .headers()
+        .get("content-length")
+        .and_then(|it| it.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > shared.max_body) {
+        let message = format!("Request too large: over {} bytes", shared.max_body);
+        return answer_only(&shared, text(413, &message), "too large (Content-Length)");
+    }
+    let limited = Limited::new(
+        request.into_body(),
+        usize::try_from(shared.max_body).unwrap_or(usize::MAX),
+    );
+    let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(body)) => body.to_bytes().to_vec(),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            let message = format!("Request too large: over {} bytes", shared.max_body);
+            return answer_only(&shared, text(413, &message), "too large");
+        }
+        Ok(Err(_)) => {
+            return answer_only(&shared, text(400, "Bad request body"), "body broken off")
+        }
+        Err(_) => {
+            return answer_only(
+                &shared,
+                text(408, "Request timeout: the body took too long"),
+                "slow body",
+            )
+        }
+    };
+    let request = Request {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+        headers: headers.clone(),
+        remote_addr: remote.to_string(),
+        body,
+    };
+    let event = match store::judge(
+        &shared.keys,
+        &request,
+        shared.limits,
+        &received_naive,
+        uuid4_hex,
+    ) {
+        Verdict::Answer(answer) => {
+            let why = String::from_utf8_lossy(&answer.body)
+                .chars()
+                .take(120)
+                .collect::<String>();
+            return answer_only(&shared, answer, &why);
+        }
+        Verdict::Hold(event) => event,
+    };
+    let held = spool::Held {
+        seq: 0,
+        received,
+        remote_addr: request.remote_addr.clone(),
+        method: method.clone(),
+        path: path.clone(),
+        query,
+        headers,
+        body: spool::encode(&request.body),
+        event_id: event.event_id.clone(),
+        project: event.project,
+        added: event.added.iter().map(|it| it.to_string()).collect(),
+        replay_json: event.replay_json.as_deref().map(spool::encode),
+    };
+    let appended = {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || append(&shared, held)).await
+    };
+    match appended {
+        Ok(Ok(seq)) => {
+            shared.stats.lock().unwrap_or_else(|e| e.into_inner()).held += 1;
+            shared.log(&format!(
+                "{remote} {} {path} 200 held #{seq} event {} project {}",
+                request.method, event.event_id, event.project
+            ));
+            Ok(respond(event.answer))
+        }
+        Ok(Err(err)) => {
+            let message = format!("sentry-migrate hold-events cannot hold this event: {err:#}");
+            {
+                let mut stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
+                if !stats.spool_full_said {
+                    eprintln!("hold-events: {message}: clients get 503 until this is fixed");
+                    stats.spool_full_said = true;
+                }
+            }
+            answer_only(&shared, text(503, &message), "not held")
+        }
+        Err(join) => answer_only(
+            &shared,
+            text(503, "sentry-migrate hold-events failed to write the spool"),
+            &format!("spool write panicked: {join}"),
+        ),
+    }
+}
+
+/// Appends under the spool's lock, within the spool's limits; the client is answered after.
+fn append(shared: &Shared, held: spool::Held) -> Result<u64> {
+    let mut writer = shared.spool.lock().unwrap_or_else(|e| e.into_inner());
+    let size =
+        held.body.len() as u64 + held.replay_json.as_ref().map_or(0, |it| it.len() as u64) + 1024;
+    if writer.len() + size > shared.max_spool {
+        bail!(
+            "the spool is full ({} of --max-spool {}): replay it, or start hold-events with a \
+             larger --max-spool",
+            crate::util::human_bytes(writer.len()),
+            crate::util::human_bytes(shared.max_spool)
+        );
+    }
+    let free = crate::util::free_bytes(&shared.dumps)?;
+    if free < KEEP_FREE + size {
+        bail!(
+            "the disk holding {} has {} free; hold-events keeps {} free",
+            shared.dumps.display(),
+            crate::util::human_bytes(free),
+            crate::util::human_bytes(KEEP_FREE)
+        );
+    }
+    writer.append(held)
+}
+
+impl crate::flags::HoldEvents {
+    pub fn run(self, sh: &Shell) -> Result<()> {
+        let config =
+            Config::for_flags(&sh.current_dir(), self.sqlite.as_deref(), None, None, None)?;
+        if self.release {
+            if self.listen.is_some() || self.max_body.is_some() || self.max_spool.is_some() {
+                bail!("--release takes only --wait: the running hold-events keeps its own options");
+            }
+            return release(&config, Duration::from_secs(self.wait.unwrap_or(30)));
+        }
+        run(
+            sh,
+            &config,
+            &Options {
+                listen: self.listen,
+                max_body: self.max_body.map_or(10 << 20, |it| it.0),
+                max_spool: self.max_spool.map_or(1 << 30, |it| it.0),
+                wait: Duration::from_secs(self.wait.unwrap_or(600)),
+            },
+        )
+    }
+}

@@ -1,0 +1,195 @@
+//! `dumps/replay-journal.jsonl`: one line before each send (`sending`) and one with its outcome
+//! after, appended and synced; a line cut short by a kill is skipped. What a re-run reads to
+//! resume: done requests are never sent again, a request sent but without an outcome is looked
+//! up in Sentry 6 first.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+pub const REPLAYED: &str = "replayed";
+pub const REFUSED: &str = "refused";
+pub const ALREADY_STORED: &str = "already-stored";
+
+/// What became of one held request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    /// `replayed` (Sentry 6 answered 200), `refused` (its answer is kept), `already-stored`
+    /// (sent before, its answer lost, and found in Sentry 6's database).
+    pub kind: String,
+    /// Sentry 6's HTTP status (0: none).
+    pub status: u16,
+    /// Sentry 6's answer (the start of its body, or its X-Sentry-Error).
+    pub answer: String,
+}
+
+impl Outcome {
+    pub fn replayed(status: u16, answer: String) -> Outcome {
+        Outcome {
+            kind: REPLAYED.into(),
+            status,
+            answer,
+        }
+    }
+    pub fn refused(status: u16, answer: String) -> Outcome {
+        Outcome {
+            kind: REFUSED.into(),
+            status,
+            answer,
+        }
+    }
+    pub fn already_stored() -> Outcome {
+        Outcome {
+            kind: ALREADY_STORED.into(),
+            status: 0,
+            answer: "found in Sentry 6's sentry_message".into(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    seq: u64,
+    at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+}
+
+pub fn path(dumps: &Path) -> PathBuf {
+    dumps.join("replay-journal.jsonl")
+}
+
+pub struct Journal {
+    file: fs::File,
+    path: PathBuf,
+    sending: BTreeSet<u64>,
+    outcomes: BTreeMap<u64, Outcome>,
+}
+
+impl Journal {
+    pub fn open(path: &Path) -> Result<Journal> {
+        let mut sending = BTreeSet::new();
+        let mut outcomes = BTreeMap::new();
+        let mut whole = 0u64;
+        if let Ok(file) = fs::File::open(path) {
+            let mut reader = BufReader::new(file);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                let n = reader
+                    .read_until(b'\n', &mut line)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if n == 0 || line.last() != Some(&b'\n') {
+                    break;
+                }
+                let entry: Line = serde_json::from_slice(&line).with_context(|| {
+                    format!(
+                        "{} is damaged (a line does not read): keep a copy; remove it to replay \
+                         from the start, which may send events twice",
+                        path.display()
+                    )
+                })?;
+                whole += n as u64;
+                match entry.outcome {
+                    Some(outcome) => {
+                        outcomes.insert(entry.seq, outcome);
+                    }
+                    None => {
+                        sending.insert(entry.seq);
+                    }
+                }
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        // A line cut short by a kill goes, so that the next one starts on a line of its own.
+        file.set_len(whole)?;
+        Ok(Journal {
+            file,
+            path: path.to_path_buf(),
+            sending,
+            outcomes,
+        })
+    }
+
+    pub fn outcome(&self, seq: u64) -> Option<&Outcome> {
+        self.outcomes.get(&seq)
+    }
+
+    pub fn outcomes(&self) -> &BTreeMap<u64, Outcome> {
+        &self.outcomes
+    }
+
+    /// Sent at least once without an outcome recorded.
+    pub fn was_sending(&self, seq: u64) -> bool {
+        self.sending.contains(&seq) && !self.outcomes.contains_key(&seq)
+    }
+
+    fn append(&mut self, line: &Line) -> Result<()> {
+        let mut bytes = serde_json::to_vec(line)?;
+        bytes.push(b'\n');
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// Recorded before each send.
+    pub fn sending(&mut self, seq: u64) -> Result<()> {
+        self.sending.insert(seq);
+        self.append(&Line {
+            seq,
+            at: crate::util::utc_timestamp(crate::util::unix_now()),
+            outcome: None,
+        })
+    }
+
+    pub fn record(&mut self, seq: u64, outcome: Outcome) -> Result<()> {
+        self.append(&Line {
+            seq,
+            at: crate::util::utc_timestamp(crate::util::unix_now()),
+            outcome: Some(outcome.clone()),
+        })?;
+        self.outcomes.insert(seq, outcome);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_journal_knows_what_is_done_and_what_is_in_doubt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path(dir.path());
+        let mut journal = Journal::open(&path).unwrap();
+        journal.sending(1).unwrap();
+        journal
+            .record(1, Outcome::replayed(200, "{}".into()))
+            .unwrap();
+        journal.sending(2).unwrap();
+        drop(journal);
+        let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":3,\"at").unwrap();
+        let mut journal = Journal::open(&path).unwrap();
+        assert_eq!(journal.outcome(1).unwrap().kind, REPLAYED);
+        assert!(!journal.was_sending(1));
+        assert!(journal.was_sending(2));
+        assert!(!journal.was_sending(3));
+        journal.record(2, Outcome::already_stored()).unwrap();
+        let journal = Journal::open(&path).unwrap();
+        assert_eq!(journal.outcomes().len(), 2);
+    }
+}

@@ -1,0 +1,640 @@
+//! `hold-events` and `replay-events` as a user runs them: the real binary on a loopback port,
+//! real HTTP requests, the real spool; the replay against a recording stand-in for Sentry 6's
+//! store endpoint that stores into a real PostgreSQL `sentry_message`, so that the replay's
+//! lookups and the final proof read a real database. The real clients and the real Sentry 6
+//! are the rehearsal's.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// The repo's source db with real project slugs and DSN keys (the harness's has none).
+fn with_keys(repo: &Repo) {
+    let conn = rusqlite::Connection::open(repo.root.join("var/sentry.db")).unwrap();
+    conn.execute_batch(
+        "DROP TABLE sentry_project; DROP TABLE sentry_projectkey;
+         CREATE TABLE sentry_project (id integer PRIMARY KEY, name text, slug text);
+         CREATE TABLE sentry_projectkey (id integer PRIMARY KEY, project_id integer,
+             public_key varchar(32), secret_key varchar(32), user_id integer);
+         INSERT INTO sentry_project VALUES (1, 'Sentry (Internal)', 'sentry'), (3, 'web', 'web');
+         INSERT INTO sentry_projectkey VALUES (2, 1, 'pub1', 'sec1', NULL), (5, 3, 'pub3', 'sec3', 1);",
+    )
+    .unwrap();
+}
+
+const V2_AUTH: &str = "Sentry sentry_version=2.0, sentry_client=raven-python/2.0.5, sentry_key=pub3, sentry_timestamp=1";
+
+struct Holder {
+    child: Child,
+    port: u16,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Holder {
+    fn start(repo: &Repo, extra: &[&str]) -> Holder {
+        let port = xtask::util::free_port().unwrap();
+        Holder::start_on(repo, port, extra)
+    }
+
+    fn start_on(repo: &Repo, port: u16, extra: &[&str]) -> Holder {
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["hold-events", "--listen", &listen];
+        args.extend_from_slice(extra);
+        let mut child = repo
+            .command(&args, None)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "hold-events ended before holding"
+            );
+            if line.contains("holding Sentry's store requests") {
+                break;
+            }
+        }
+        Holder {
+            child,
+            port,
+            stdout,
+        }
+    }
+
+    /// Everything it printed until it exited, and whether it exited 0.
+    fn finish(mut self) -> (bool, String) {
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        (self.child.wait().unwrap().success(), rest)
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on its own connection: (status, headers and body as text).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|it| it.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+fn store(port: u16, body: &str) -> (u16, String) {
+    http(
+        port,
+        "POST",
+        "/api/store/",
+        &[("X-Sentry-Auth", V2_AUTH)],
+        body.as_bytes(),
+    )
+}
+
+fn event(id: &str) -> String {
+    format!(r#"{{"event_id": "{id}", "message": "m {id}", "timestamp": "2026-12-01T10:00:00"}}"#)
+}
+
+fn spooled(repo: &Repo) -> Vec<xtask::hold::spool::Held> {
+    xtask::hold::spool::read(&repo.root.join("dumps/held-events.jsonl"))
+        .unwrap()
+        .held
+}
+
+#[test]
+fn requests_are_answered_as_sentry_6_answers_and_only_held_ones_are_on_disk() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("hold_answers");
+    with_keys(&repo);
+    let holder = Holder::start(&repo, &["--max-body", "4K"]);
+    let port = holder.port;
+    let (status, answer) = store(port, &event("e1"));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with(r#"{"id":"e1"}"#), "{answer}");
+    // The project in the path, by slug; no event id: one is made and added for the replay.
+    let (status, answer) = http(
+        port,
+        "POST",
+        "/api/web/store/",
+        &[("X-Sentry-Auth", V2_AUTH)],
+        br#"{"message": "no id"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let wrong_key = V2_AUTH.replace("pub3", "nope");
+    for (path, headers, body, want) in [
+        (
+            "/api/store/",
+            vec![("X-Sentry-Auth", wrong_key.as_str())],
+            event("x1").into_bytes(),
+            403,
+        ),
+        (
+            "/api/store/",
+            vec![("X-Sentry-Auth", V2_AUTH)],
+            b"\x00\x01garbage".to_vec(),
+            403,
+        ),
+        ("/api/store/", vec![], event("x2").into_bytes(), 400),
+        (
+            "/api/1/store/",
+            vec![("X-Sentry-Auth", V2_AUTH)],
+            event("x3").into_bytes(),
+            400,
+        ),
+        (
+            "/api/store/",
+            vec![("X-Sentry-Auth", V2_AUTH)],
+            vec![b'{'; 5000],
+            413,
+        ),
+        (
+            "/admin/",
+            vec![("X-Sentry-Auth", V2_AUTH)],
+            event("x4").into_bytes(),
+            404,
+        ),
+        ("/api/store/../../etc/passwd", vec![], vec![], 404),
+    ] {
+        let (status, answer) = http(port, "POST", path, &headers, &body);
+        assert_eq!(status, want, "{path}: {answer}");
+    }
+    let held = spooled(&repo);
+    assert_eq!(held.len(), 2);
+    assert_eq!(
+        (held[0].seq, held[0].event_id.as_str(), held[0].project),
+        (1, "e1", 3)
+    );
+    assert_eq!(held[1].added, ["event_id", "timestamp"]);
+    assert_eq!(held[1].event_id.len(), 32);
+    let dumps = repo.root.join("dumps");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dumps.join("held-events.jsonl")), 0o600);
+    assert_eq!(mode(&dumps), 0o700);
+    // The log names requests, never keys or bodies.
+    let log = fs::read_to_string(dumps.join("logs/hold-events.log")).unwrap();
+    assert!(log.contains("held #1 event e1 project 3"), "{log}");
+    assert!(!log.contains("pub3") && !log.contains("m e1"), "{log}");
+
+    // The hand-over: a stand-in for Sentry 6 retries its bind as gunicorn does (faster).
+    let taker = std::thread::spawn(move || loop {
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    });
+    let out = repo.xtask(&["hold-events", "--release"], None);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("refused connections for"),
+        "{}",
+        out.stdout
+    );
+    let _sentry6 = taker.join().unwrap();
+    let (ok, printed) = holder.finish();
+    assert!(ok, "{printed}");
+    assert!(printed.contains("This run held 2 requests"), "{printed}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(dumps.join("hold-events.json")).unwrap()).unwrap();
+    assert!(state["gap_ms"].as_u64().unwrap() < 1000, "{state}");
+}
+
+#[test]
+fn a_slow_client_holds_nobody_up() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("hold_slow");
+    with_keys(&repo);
+    let holder = Holder::start(&repo, &[]);
+    // Headers begun and never ended, and a body promised and never sent.
+    let mut stalled_headers = TcpStream::connect(("127.0.0.1", holder.port)).unwrap();
+    stalled_headers
+        .write_all(b"POST /api/store/ HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut stalled_body = TcpStream::connect(("127.0.0.1", holder.port)).unwrap();
+    stalled_body
+        .write_all(format!("POST /api/store/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: {V2_AUTH}\r\nContent-Length: 100\r\n\r\n{{").as_bytes())
+        .unwrap();
+    let started = Instant::now();
+    let (status, answer) = store(holder.port, &event("fast"));
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // The stalled headers are cut off after HEADER_TIMEOUT (10 s); the connection closes.
+    stalled_headers
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = stalled_headers.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(25),
+        "{waited:?}"
+    );
+    drop(stalled_body);
+    let out = repo.xtask(&["hold-events", "--release", "--wait", "1"], None);
+    // Nothing takes the address: said, as an error (events sent now are lost).
+    assert!(
+        !out.ok && out.stderr.contains("nothing listens on"),
+        "{out:?}"
+    );
+    let (ok, _) = holder.finish();
+    assert!(ok);
+    assert_eq!(spooled(&repo).len(), 1);
+}
+
+#[test]
+fn a_killed_holder_has_every_answered_event_on_disk() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("hold_killed");
+    with_keys(&repo);
+    let mut holder = Holder::start(&repo, &[]);
+    let port = holder.port;
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let answered = answered.clone();
+            std::thread::spawn(move || {
+                for n in 0..10_000 {
+                    let id = format!("c{client}n{n}");
+                    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    let body = event(&id);
+                    let request = format!(
+                        "POST /api/store/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: {V2_AUTH}\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(request.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut answer = String::new();
+                    let _ = stream.read_to_string(&mut answer);
+                    if answer.starts_with("HTTP/1.1 200") {
+                        answered.lock().unwrap().push(id);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill it mid-stream, with requests being received and written.
+    while answered.lock().unwrap().len() < 200 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    holder.child.kill().unwrap();
+    holder.child.wait().unwrap();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+    let held: std::collections::BTreeSet<String> = spooled(&repo)
+        .into_iter()
+        .map(|held| held.event_id)
+        .collect();
+    let missing: Vec<_> = answered.iter().filter(|id| !held.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "answered 200 but not on disk: {missing:?}"
+    );
+    assert!(answered.len() >= 200);
+    // A new holder goes on after the last whole line.
+    let before = spooled(&repo).len() as u64;
+    let holder = Holder::start(&repo, &[]);
+    assert_eq!(store(holder.port, &event("after")).0, 200);
+    let last = spooled(&repo).pop().unwrap();
+    assert_eq!((last.seq, last.event_id.as_str()), (before + 1, "after"));
+    drop(holder);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("hold_bad");
+    let out = repo.xtask(
+        &[
+            "hold-events",
+            "--listen",
+            "127.0.0.1:1",
+            "--max-body",
+            "ten",
+        ],
+        None,
+    );
+    assert!(
+        !out.ok && out.stderr.contains("`ten` is not a size"),
+        "{out:?}"
+    );
+    // The harness's db has no keys (no public_key column): said, not a panic.
+    let out = repo.xtask(&["hold-events", "--listen", "127.0.0.1:1"], None);
+    assert!(
+        !out.ok && out.stderr.contains("cannot read the projects and DSN keys"),
+        "{out:?}"
+    );
+    with_keys(&repo);
+    // The address taken by someone else for longer than --wait.
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = busy.local_addr().unwrap().to_string();
+    let out = repo.xtask(&["hold-events", "--listen", &address, "--wait", "1"], None);
+    assert!(
+        !out.ok && out.stderr.contains("is still in use after 1 s"),
+        "{out:?}"
+    );
+    let out = repo.xtask(&["hold-events", "--release"], None);
+    assert!(
+        !out.ok && out.stderr.contains("nothing to release"),
+        "{out:?}"
+    );
+    let out = repo.xtask(&["hold-events", "--release", "--listen", "x:1"], None);
+    assert!(
+        !out.ok && out.stderr.contains("--release takes only --wait"),
+        "{out:?}"
+    );
+    // No bin/py and no --listen: the address cannot be read, and says how to give it.
+    let out = repo.xtask(&["hold-events"], None);
+    assert!(
+        !out.ok && out.stderr.contains("--listen HOST:PORT"),
+        "{out:?}"
+    );
+    // A replay while events are still being held is refused.
+    let holder = Holder::start(&repo, &[]);
+    let out = repo.xtask(&["replay-events", "--to", "127.0.0.1:1"], None);
+    assert!(
+        !out.ok && out.stderr.contains("still holds Sentry's address"),
+        "{out:?}"
+    );
+    let out = repo.xtask(&["hold-events", "--listen", "127.0.0.1:1"], None);
+    assert!(
+        !out.ok && out.stderr.contains("another `cargo xtask hold-events`"),
+        "{out:?}"
+    );
+    drop(holder);
+}
+
+/// A stand-in for Sentry 6's store endpoint: stores each event's id in the target's
+/// `sentry_message` (as Sentry 6 does before it answers), records every delivery, and can be
+/// told to stall after storing one event (to kill the replay with its answer not yet given).
+struct FakeSentry6 {
+    deliveries: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeSentry6 {
+    fn start(repo: &Repo, port: u16, stall_on: Option<&'static str>) -> FakeSentry6 {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let deliveries = Arc::new(Mutex::new(Vec::new()));
+        let recorded = deliveries.clone();
+        let mut client = repo.target_client();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let id = event["event_id"].as_str().unwrap().to_string();
+                client
+                    .execute(
+                        "INSERT INTO sentry_message (message_id, project_id) VALUES ($1, 3) ON CONFLICT DO NOTHING",
+                        &[&id],
+                    )
+                    .unwrap();
+                recorded.lock().unwrap().push((id.clone(), head));
+                if stall_on == Some(id.as_str()) {
+                    std::thread::sleep(Duration::from_secs(120));
+                }
+                let answer = format!(r#"{{"id": "{id}"}}"#);
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}", answer.len())
+                        .as_bytes(),
+                );
+            }
+        });
+        FakeSentry6 { deliveries }
+    }
+
+    fn per_event(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (id, _) in self.deliveries.lock().unwrap().iter() {
+            *out.entry(id.clone()).or_default() += 1;
+        }
+        out
+    }
+}
+
+/// A target with Sentry 6's events table (the columns the replay reads).
+fn sentry6_target(repo: &Repo) {
+    let mut admin = repo.db.cluster.admin_client("postgres");
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{}\"", repo.target))
+        .unwrap();
+    repo.target_client()
+        .batch_execute(
+            "CREATE TABLE sentry_message (id serial PRIMARY KEY, message_id varchar(32), \
+             project_id integer, UNIQUE (project_id, message_id))",
+        )
+        .unwrap();
+}
+
+fn hold_events(repo: &Repo, ids: &[&str]) {
+    let holder = Holder::start(repo, &[]);
+    for id in ids {
+        assert_eq!(store(holder.port, &event(id)).0, 200);
+    }
+    // Not an auth in the header: one in the query, and no event id (the replay sends the JSON).
+    let (status, answer) = http(
+        holder.port,
+        "POST",
+        "/api/3/store/?sentry_version=2.0&sentry_client=x&sentry_key=pub3",
+        &[],
+        br#"{"message": "query auth"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let out = repo.xtask(&["hold-events", "--release", "--wait", "1"], None);
+    assert!(!out.ok, "nothing takes the port here: {out:?}");
+    assert!(holder.finish().0);
+}
+
+#[test]
+fn the_replay_sends_each_event_once_in_order_and_resumes_after_a_kill() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("replay_kill");
+    with_keys(&repo);
+    sentry6_target(&repo);
+    let ids = ["r1", "r2", "r3", "r4", "r5"];
+    hold_events(&repo, &ids);
+    let port = xtask::util::free_port().unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let sentry6 = FakeSentry6::start(&repo, port, Some("r3"));
+    let mut replay = repo
+        .command(&["replay-events", "--to", &to], None)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // r3 is stored and its answer not yet given: the moment to kill the replay.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sentry6.per_event().contains_key("r3") {
+        assert!(Instant::now() < deadline, "r3 never arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    replay.kill().unwrap();
+    replay.wait().unwrap();
+    // Sentry 6 "restarts" on another port; the re-run resumes.
+    let port = xtask::util::free_port().unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let restarted = FakeSentry6::start(&repo, port, None);
+    let out = repo.xtask(&["replay-events", "--to", &to], None);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("resuming: 2 of 6 done before"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(
+            "6 events held, 5 replayed (1 found already stored), 0 refused by Sentry 6, 0 lost"
+        ),
+        "{}",
+        out.stdout
+    );
+    // Each event delivered exactly once over both runs, in arrival order.
+    let mut order: Vec<String> = sentry6
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    order.extend(
+        restarted
+            .deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone()),
+    );
+    assert_eq!(&order[..5], &ids[..]);
+    assert_eq!(order.len(), 6, "{order:?}");
+    let mut all = sentry6.per_event();
+    for (id, n) in restarted.per_event() {
+        *all.entry(id).or_default() += n;
+    }
+    assert!(all.values().all(|n| *n == 1), "{all:?}");
+    // The query-auth request went as JSON with its auth still in the query.
+    let (_, head) = restarted.deliveries.lock().unwrap().last().unwrap().clone();
+    assert!(
+        head.contains("sentry_key=pub3") && head.contains("application/json"),
+        "{head}"
+    );
+    // A third run has nothing left to send.
+    let out = repo.xtask(&["replay-events", "--to", &to], None);
+    assert!(out.ok && out.stdout.contains("resuming: 6 of 6"), "{out:?}");
+    assert_eq!(restarted.deliveries.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn the_replay_waits_while_sentry_6_is_down_and_says_so() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("replay_down");
+    with_keys(&repo);
+    sentry6_target(&repo);
+    hold_events(&repo, &["d1", "d2"]);
+    let port = xtask::util::free_port().unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let replay = repo
+        .command(&["replay-events", "--to", &to, "--wait", "60"], None)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let sentry6 = FakeSentry6::start(&repo, port, None);
+    let out = replay.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("Sentry 6 does not answer at"), "{stdout}");
+    assert!(stdout.contains("3 events held, 3 replayed"), "{stdout}");
+    assert_eq!(sentry6.per_event().len(), 3);
+    // Down for longer than --wait: stops, and names the resume.
+    let repo = Repo::new("replay_gone");
+    with_keys(&repo);
+    sentry6_target(&repo);
+    hold_events(&repo, &["g1"]);
+    let out = repo.xtask(
+        &["replay-events", "--to", "127.0.0.1:1", "--wait", "1"],
+        None,
+    );
+    assert!(
+        !out.ok
+            && out
+                .stderr
+                .contains("run `cargo xtask replay-events` again: it resumes at #1"),
+        "{out:?}"
+    );
+}
