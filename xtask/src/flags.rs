@@ -79,6 +79,11 @@ xflags::xflags! {
             /// Rehearse a long-lived install: data made under Sentry 4.0.0 (buildout/
             /// tag0-sentry4.0.cfg), the same SQLite file upgraded in place to 4.10, more data.
             optional --long-lived
+            /// Rehearse the cut-over with clients sending events throughout (raven 2.0.5, raven
+            /// for Node, raven 4.0.4): `hold-events` holds them while Sentry is down,
+            /// `replay-events` sends them to Sentry 6, and every event answered 200 must be in
+            /// Sentry 6 exactly once.
+            optional --hold-events
             /// Keep the scratch folder (repo copy, databases, logs) for inspection.
             optional --keep
             /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).

@@ -326,6 +326,28 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Makes `listener` fd 3 of the program `command` runs, as a service manager passes a socket
+/// (`sd_listen_fds`: `LISTEN_FDS` and `LISTEN_PID` are the program's to set, or its wrapper's,
+/// `xtask/python/rehearse/socket_activate.py`). For the rehearsal and the tests.
+pub fn pass_listener(command: &mut std::process::Command, listener: &std::net::TcpListener) {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let fd = listener.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

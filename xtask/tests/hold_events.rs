@@ -638,3 +638,116 @@ fn the_replay_waits_while_sentry_6_is_down_and_says_so() {
         "{out:?}"
     );
 }
+
+/// The hand-over a service manager makes possible: hold-events and Sentry 6 take the same
+/// listening socket (systemd's LISTEN_FDS, which Sentry 6's gunicorn 0.17.4 reads too), which
+/// stays open throughout: `--release` waits for Sentry 6 to answer on it, then stops the holder,
+/// and a client sending all along is never refused.
+#[test]
+fn a_shared_socket_is_handed_over_without_one_refused_connection() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("hold_socket");
+    with_keys(&repo);
+    let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let wrapper = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/rehearse/socket_activate.py");
+    let command = repo.command(&[], None);
+    let mut wrapped = Command::new("python3");
+    wrapped
+        .arg(&wrapper)
+        .arg(env!("CARGO_BIN_EXE_xtask"))
+        .arg("hold-events");
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    xtask::util::pass_listener(&mut wrapped, &socket);
+    let mut child = wrapped.stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("holding Sentry's store requests") {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "hold-events ended"
+        );
+    }
+    assert!(line.contains("LISTEN_FDS"), "{line}");
+    let holder = Holder {
+        child,
+        port,
+        stdout,
+    };
+    let (status, answer) = store(port, &event("s1"));
+    assert_eq!(status, 200);
+    assert!(answer.contains("x-sentry-migrate: hold-events"), "{answer}");
+    // A client sending all along; every connection must be taken by one or the other.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut refused, mut n) = (0, 0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(mut stream) => {
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(10)))
+                            .unwrap();
+                        let body = event(&format!("s-all-along-{n}"));
+                        let request = format!("POST /api/store/ HTTP/1.1\r\nHost: x\r\nX-Sentry-Auth: {V2_AUTH}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        let _ = stream.write_all(request.as_bytes());
+                        let mut answer = String::new();
+                        let _ = stream.read_to_string(&mut answer);
+                        if answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200")
+                        {
+                            ok += 1;
+                        }
+                    }
+                    Err(_) => refused += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, refused, n)
+        })
+    };
+    // "Sentry 6" starts on the same socket after a while and answers 200 without the header.
+    // (The socket is non-blocking: its holder made it so, for all who share it, as gunicorn does.)
+    let shared = socket.try_clone().unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        loop {
+            let mut stream = match shared.accept() {
+                Ok((stream, _)) => stream,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            stream.set_nonblocking(false).unwrap();
+            let mut buffer = [0u8; 4096];
+            let _ = stream.read(&mut buffer);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+        }
+    });
+    let out = repo.xtask(&["hold-events", "--release", "--wait", "30"], None);
+    assert!(out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("no connection was refused"),
+        "{}",
+        out.stdout
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, refused, n) = sender.join().unwrap();
+    assert_eq!(refused, 0, "{refused} of {n} connections refused");
+    assert!(ok >= n - 1 && n > 20, "{ok} of {n} answered 200");
+    let (exited, printed) = holder.finish();
+    assert!(exited, "{printed}");
+    assert!(spooled(&repo).len() >= 2);
+}

@@ -39,6 +39,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 256;
+/// The header every answer of the holder carries.
+pub const HOLDER_HEADER: &str = "x-sentry-migrate";
 /// Free space the spool always leaves on its file system.
 const KEEP_FREE: u64 = 64 << 20;
 
@@ -68,6 +70,10 @@ pub struct State {
     /// set by `--release`.
     #[serde(default)]
     pub gap_ms: Option<u64>,
+    /// The listening socket came from a service manager (LISTEN_FDS), which keeps it open:
+    /// `--release` waits for Sentry 6 to answer on it before stopping the holder.
+    #[serde(default)]
+    pub socket_passed: bool,
 }
 
 pub fn state_path(dumps: &Path) -> PathBuf {
@@ -195,9 +201,14 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             config.sqlite_path.display()
         );
     }
-    let (address, from) = match &options.listen {
-        Some(address) => (address.clone(), "--listen".to_string()),
-        None => (
+    let inherited = inherited_socket()?;
+    let (address, from) = match (&inherited, &options.listen) {
+        (Some(listener), _) => (
+            listener.local_addr()?.to_string(),
+            "the socket its service manager passed (LISTEN_FDS)".to_string(),
+        ),
+        (None, Some(address)) => (address.clone(), "--listen".to_string()),
+        (None, None) => (
             sentry_address(sh, config)?,
             format!(
                 "{}'s SENTRY_WEB_HOST:SENTRY_WEB_PORT",
@@ -240,6 +251,7 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     runtime.block_on(serve(
         shared,
         addr,
+        inherited,
         &address,
         &from,
         found.held.len(),
@@ -259,9 +271,40 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(1024)
 }
 
+/// The listening socket a service manager passed, as systemd passes it (`sd_listen_fds`):
+/// `LISTEN_PID` is this process, `LISTEN_FDS` counts descriptors from 3. Sentry 6's gunicorn
+/// (0.17.4) takes the same socket the same way, so the address is never closed between them.
+fn inherited_socket() -> Result<Option<std::net::TcpListener>> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    if !ours || count == 0 {
+        return Ok(None);
+    }
+    if count != 1 {
+        bail!("LISTEN_FDS={count}: hold-events takes one listening socket, Sentry's address");
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 3 is ours by the protocol (LISTEN_PID names this process); nothing else in
+    // this process uses it.
+    let listener = unsafe { std::net::TcpListener::from_raw_fd(3) };
+    listener
+        .local_addr()
+        .context("LISTEN_FDS names fd 3, which is not a TCP listening socket")?;
+    listener.set_nonblocking(true)?;
+    Ok(Some(listener))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     shared: Arc<Shared>,
     addr: SocketAddr,
+    inherited: Option<std::net::TcpListener>,
     address: &str,
     from: &str,
     already: usize,
@@ -269,7 +312,11 @@ async fn serve(
 ) -> Result<()> {
     let started = Instant::now();
     let mut said_waiting = false;
+    let socket_passed = inherited.is_some();
     let listener = loop {
+        if let Some(listener) = inherited {
+            break tokio::net::TcpListener::from_std(listener)?;
+        }
         match bind(addr) {
             Ok(listener) => break listener,
             Err(err) if err.kind() == std::io::ErrorKind::AddrInUse => {
@@ -305,6 +352,7 @@ async fn serve(
         started: now_utc().0,
         released: None,
         gap_ms: None,
+        socket_passed,
     };
     let state_file = state_path(&shared.dumps);
     crate::util::write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?, 0o600)?;
@@ -413,7 +461,9 @@ type Body = Full<Bytes>;
 fn respond(answer: store::Answer) -> Response<Body> {
     let mut response = Response::builder()
         .status(answer.status)
-        .header("content-type", answer.content_type);
+        .header("content-type", answer.content_type)
+        // Tells an answer of the holder from Sentry's, on a socket they share.
+        .header(HOLDER_HEADER, "hold-events");
     for (name, value) in answer.headers {
         response = response.header(name, value);
     }

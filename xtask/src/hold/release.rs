@@ -45,6 +45,9 @@ pub fn release(config: &Config, wait_for_sentry: Duration) -> Result<()> {
         );
     }
     let addr = resolve(&state.address)?;
+    if state.socket_passed {
+        return release_shared_socket(config, &state, addr, pid, wait_for_sentry);
+    }
     kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
         .with_context(|| format!("cannot signal hold-events (pid {pid})"))?;
     // The holder drops its listener first, then says so in its state file.
@@ -101,5 +104,95 @@ pub fn release(config: &Config, wait_for_sentry: Duration) -> Result<()> {
             wait_for_sentry.as_secs()
         ),
     }
+    Ok(())
+}
+
+/// Whether an answer on `addr` came from Sentry (not from the holder): `None` when nothing
+/// answered.
+fn sentry_answers(addr: std::net::SocketAddr, wait: Duration) -> Option<bool> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(wait)).ok()?;
+    stream
+        .write_all(b"GET /api/store/ HTTP/1.0\r\nHost: sentry-migrate\r\n\r\n")
+        .ok()?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 << 10 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    if !head.starts_with(b"HTTP/") {
+        return None;
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    Some(!head.contains(&format!("\r\n{}:", super::HOLDER_HEADER)))
+}
+
+/// The holder and Sentry 6 share a socket their service manager keeps open: nothing is ever
+/// refused. The holder stops taking connections at once; those that come until Sentry 6 takes
+/// them wait in the socket's queue (start Sentry 6 first: once its workers boot, they take
+/// connections beside the holder, and the wait is nil). Measured: how long a probe waited.
+fn release_shared_socket(
+    config: &Config,
+    state: &State,
+    addr: std::net::SocketAddr,
+    pid: u32,
+    wait_for_sentry: Duration,
+) -> Result<()> {
+    let dumps = config.dumps_dir();
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM)
+        .with_context(|| format!("cannot signal hold-events (pid {pid})"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !read_state(config).is_ok_and(|state| state.released.is_some()) {
+        if Instant::now() > deadline {
+            bail!("hold-events (pid {pid}) did not stop taking connections within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let released = Instant::now();
+    let answered = loop {
+        match sentry_answers(addr, wait_for_sentry) {
+            Some(true) => break Some(released.elapsed()),
+            // The holder's answer to a connection it took before it stopped: again.
+            Some(false) => continue,
+            None if released.elapsed() < wait_for_sentry => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            None => break None,
+        }
+    };
+    let exit_deadline = Instant::now() + HEADER_TIMEOUT + BODY_TIMEOUT + Duration::from_secs(5);
+    while Lock::holder(&lock_path(&dumps))?.is_some() {
+        if Instant::now() > exit_deadline {
+            bail!("hold-events (pid {pid}) has not exited: see dumps/logs/hold-events.log");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(waited) = answered else {
+        bail!(
+            "hold-events stopped, but nothing answers on {} {} s later: connections wait in \
+             the socket's queue. Start Sentry 6 with the socket (or `cargo xtask hold-events` \
+             again with it)",
+            state.address,
+            wait_for_sentry.as_secs()
+        );
+    };
+    let mut state = read_state(config)?;
+    state.gap_ms = Some(0);
+    crate::util::write_atomic(
+        &state_path(&dumps),
+        &serde_json::to_vec_pretty(&state)?,
+        0o600,
+    )?;
+    println!(
+        "hold-events released {}: the socket never closed, so no connection was refused; \
+         Sentry 6 answered a connection made as the holder stopped after {} ms. Next: `cargo \
+         xtask replay-events`.",
+        state.address,
+        waited.as_millis()
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! `sentry_own`, `rollback`, `summary`), `rehearse --db` in `own_db`.
 
 mod compare;
+mod cutover;
 mod forecast;
 mod migrate;
 mod own_db;
@@ -162,8 +163,12 @@ impl flags::Rehearse {
         );
         let started = Instant::now();
         stop_servers_on_interrupt(&path)?;
+        ensure!(
+            !(self.long_lived && self.hold_events),
+            "--hold-events rehearses the cut-over on the plain install: not with --long-lived"
+        );
         let mut phases = Phases {
-            total: 6,
+            total: if self.hold_events { 4 } else { 6 },
             done: Vec::new(),
         };
         let result = rehearse(
@@ -172,7 +177,10 @@ impl flags::Rehearse {
             &path,
             &exe,
             events,
-            self.long_lived,
+            Variant {
+                long_lived: self.long_lived,
+                hold_events: self.hold_events,
+            },
             &mut phases,
         );
         // Every server is stopped by now (guards dropped, on success and on failure alike).
@@ -193,25 +201,41 @@ impl flags::Rehearse {
     }
 }
 
+/// Which rehearsal: the plain one, `--long-lived`, `--hold-events`.
+#[derive(Clone, Copy)]
+struct Variant {
+    long_lived: bool,
+    hold_events: bool,
+}
+
 fn rehearse(
     repo: &Path,
     cache: &Path,
     root: &Path,
     exe: &Path,
     events: u64,
-    long_lived: bool,
+    variant: Variant,
     phases: &mut Phases,
 ) -> Result<serde_json::Value> {
+    let Variant {
+        long_lived,
+        hold_events,
+    } = variant;
     let logs = root.join("logs");
     let sh = Shell::new()?;
     sh.change_dir(root);
 
-    let (toolchain, browser) = phases.run("provision", || {
+    let (toolchain, browser, raven_node) = phases.run("provision", || {
         let toolchain = provision::toolchain(&sh, cache, &logs)?;
         let browser = provision::browser(&sh, cache, &repo.join(BROWSER_REQUIREMENTS), &logs)?;
+        let raven_node = if hold_events {
+            Some(provision::raven_node(&sh, cache, &logs)?)
+        } else {
+            None
+        };
         copy_repo_files(repo, root, Some(REHEARSAL_ZONE))?;
         provision::bootstrap(&sh, &toolchain, root, &logs)?;
-        Ok((toolchain, browser))
+        Ok((toolchain, browser, raven_node))
     })?;
     for (key, value) in toolchain.env() {
         sh.set_var(key, value);
@@ -247,6 +271,22 @@ fn rehearse(
             .context("Sentry 4.10 was sent no events with values PostgreSQL refuses")?;
         (seeded, bad)
     };
+
+    if let Some(raven_node) = raven_node {
+        // The cut-over with clients sending throughout, instead of the proofs below.
+        return phases.run("cut-over-holding-events", || {
+            cutover::cut_over(
+                &sh,
+                root,
+                exe,
+                &pg_env,
+                &cluster,
+                &logs,
+                &raven_node,
+                &seeded,
+            )
+        });
+    }
 
     // What Sentry 4 held before `migrate`: a rollback must give exactly this back.
     let source_counts = sentry4_counts(&root.join("var/sentry.db"))?;

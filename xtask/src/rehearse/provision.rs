@@ -234,6 +234,26 @@ pub struct Browser {
 
 /// Finds Chromium and chromedriver (`CHROMIUM`, `CHROMEDRIVER`, or Debian's paths) and makes
 /// the selenium virtualenv from the pinned `requirements` file, remade when the file changes.
+/// The JavaScript raven client for Node that `rehearse --hold-events` runs: this version, from
+/// npm's registry, cached.
+pub const RAVEN_NODE: &str = "0.7.3";
+
+/// `npm install raven@RAVEN_NODE` into the cache (once); its `node_modules` folder.
+pub fn raven_node(sh: &Shell, cache: &Path, logs: &Path) -> Result<PathBuf> {
+    let prefix = cache.join(format!("raven-node-{RAVEN_NODE}"));
+    let modules = prefix.join("node_modules");
+    if !modules.join("raven/package.json").exists() {
+        fs::create_dir_all(&prefix)?;
+        let package = format!("raven@{RAVEN_NODE}");
+        log_run(
+            cmd!(sh, "npm install --no-audit --no-fund --prefix {prefix} {package}"),
+            &logs.join("provision-raven-node.log"),
+        )
+        .context("npm install raven failed: the rehearsal needs node and npm (apt-get install nodejs npm) and npm's registry")?;
+    }
+    Ok(modules)
+}
+
 pub fn browser(sh: &Shell, cache: &Path, requirements: &Path, logs: &Path) -> Result<Browser> {
     let program = |var: &str, default: &str| {
         std::env::var_os(var).map_or_else(|| PathBuf::from(default), PathBuf::from)
@@ -304,6 +324,8 @@ pub(super) fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> R
         "xtask/python/rehearse/prove_db.py",
         "xtask/python/rehearse/browse.py",
         "xtask/python/rehearse/browser-requirements.txt",
+        "xtask/python/rehearse/keep_sending.py",
+        "xtask/python/rehearse/keep_sending.js",
     ] {
         fs::copy(repo.join(file), root.join(file))
             .with_context(|| format!("cannot copy {file} into the scratch repo"))?;

@@ -429,6 +429,7 @@ pub(super) fn seed_sentry4(
         "project": first["slug"],
         "project_id": first["project_id"],
         "dsn": first["dsn"],
+        "dsns": accounts["dsns"],
         "expect": "rehearsal message",
     });
     Ok(Seeded {

@@ -70,6 +70,8 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     if already > 0 {
         println!("replay-events: resuming: {already} of {total} done before");
     }
+    // Seconds from each request's arrival to its replay (this run's).
+    let mut late: Vec<f64> = Vec::new();
     for held in &found.held {
         if journal.outcome(held.seq).is_some() {
             continue;
@@ -82,6 +84,12 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             }
         }
         let outcome = replay_one(&target, &mut journal, &mut db, held, options)?;
+        if outcome.kind == journal::REPLAYED {
+            if let Ok(received) = held.received.parse::<jiff::Timestamp>() {
+                let now = jiff::Timestamp::now();
+                late.push((now.as_millisecond() - received.as_millisecond()) as f64 / 1000.0);
+            }
+        }
         journal.record(held.seq, outcome)?;
         let done = journal.outcomes().len();
         if done % 100 == 0 || done == total {
@@ -122,6 +130,9 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     for line in &refused {
         println!("  refused: {line}");
     }
+    if let Some(note) = dating_note(config, &late) {
+        println!("  {note}");
+    }
     if !lost.is_empty() {
         bail!(
             "{} replayed events are not in Sentry 6's database ({}): Sentry 6 answered but did \
@@ -133,6 +144,33 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Sentry 6 judges a client's timestamp "in the future" against its local clock
+/// (`coreapi.py` `process_data_timestamp`: `datetime.now()`, in `TIME_ZONE`, which Django puts
+/// into the process's `TZ`), while raven sends UTC. West of UTC every client's timestamp is
+/// discarded and the event dated when Sentry receives it: a replayed event is then dated when
+/// replayed, not when it arrived. Says so, with how late, when the settings' zone is west of UTC.
+fn dating_note(config: &Config, late: &[f64]) -> Option<String> {
+    let zone = config.time_zone.zone()?;
+    let offset = jiff::tz::TimeZone::get(zone)
+        .ok()?
+        .to_offset(jiff::Timestamp::now())
+        .seconds();
+    if offset >= 0 || late.is_empty() {
+        return None;
+    }
+    let min = late.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = late.iter().copied().fold(0.0, f64::max);
+    Some(format!(
+        "dates: Sentry 6 runs with TIME_ZONE {zone} (UTC{:+}h), west of UTC: it discards the UTC \
+         timestamp raven sends as \"in the future\" (it compares it with its local clock) and \
+         dates each event when it receives it, so the {} replayed events are dated when \
+         replayed, {min:.0} s to {max:.0} s after they arrived (events sent to Sentry 6 directly \
+         are dated on receipt too)",
+        offset as f64 / 3600.0,
+        late.len()
+    ))
 }
 
 fn hold_gap(config: &Config) -> String {
