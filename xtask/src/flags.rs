@@ -84,6 +84,10 @@ xflags::xflags! {
             /// `replay-events` sends them to Sentry 6, and every event answered 200 must be in
             /// Sentry 6 exactly once.
             optional --hold-events
+            /// With --hold-events: hand Sentry's address over as a service manager can (systemd's
+            /// socket activation): the rehearsal owns the listening socket and passes it to
+            /// hold-events and then to Sentry 6 (LISTEN_FDS), so it never closes.
+            optional --shared-socket
             /// Keep the scratch folder (repo copy, databases, logs) for inspection.
             optional --keep
             /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).

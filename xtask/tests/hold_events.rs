@@ -751,3 +751,32 @@ fn a_shared_socket_is_handed_over_without_one_refused_connection() {
     assert!(exited, "{printed}");
     assert!(spooled(&repo).len() >= 2);
 }
+
+#[test]
+fn a_full_spool_answers_503_and_holds_nothing_more() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("hold_full");
+    with_keys(&repo);
+    let holder = Holder::start(&repo, &["--max-spool", "3K"]);
+    let statuses: Vec<u16> = (0..6)
+        .map(|n| store(holder.port, &event(&format!("f{n}"))).0)
+        .collect();
+    let held = spooled(&repo).len();
+    assert!((1..6).contains(&held), "{held} held: {statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        held,
+        "{statuses:?}"
+    );
+    assert!(statuses[held..].iter().all(|s| *s == 503), "{statuses:?}");
+    let (_, answer) = store(holder.port, &event("f9"));
+    assert!(answer.contains("the spool is full"), "{answer}");
+    assert!(
+        fs::metadata(repo.root.join("dumps/held-events.jsonl"))
+            .unwrap()
+            .len()
+            <= 3 << 10
+    );
+}

@@ -146,6 +146,7 @@ pub(super) fn cut_over(
     logs: &Path,
     raven_node: &Path,
     seeded: &Seeded,
+    shared_socket: bool,
 ) -> Result<serde_json::Value> {
     let port = util::free_port()?;
     sh.set_var("SENTRY_WEB_HOST", "127.0.0.1");
@@ -185,7 +186,9 @@ pub(super) fn cut_over(
     )?;
     std::thread::sleep(Duration::from_secs(3));
 
-    // hold-events first (it waits for the address), then Sentry 4 stops.
+    // hold-events first (it waits for the address), then Sentry 4 stops; or, with a shared
+    // socket, Sentry 4 stops, the rehearsal (as a service manager) listens, and passes the
+    // socket to hold-events.
     let hold_log = logs.join("cutover-hold-events.log");
     let mut command = Command::new(exe);
     command
@@ -194,15 +197,39 @@ pub(super) fn cut_over(
         .env("SENTRY_MIGRATE_ROOT", root)
         .env("SENTRY_WEB_HOST", "127.0.0.1")
         .env("SENTRY_WEB_PORT", port.to_string());
-    holder.spawn("hold-events", command, &hold_log)?;
-    wait_for_line(
-        &hold_log,
-        "is in use",
-        Duration::from_secs(60),
-        "hold-events",
-    )?;
     let stopping = Instant::now();
-    sentry4.stop()?;
+    let socket = if shared_socket {
+        sentry4.stop()?;
+        let socket = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(socket) => break socket,
+                Err(_) if stopping.elapsed() < Duration::from_secs(30) => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(err) => return Err(err).context("cannot listen where Sentry 4 listened"),
+            }
+        };
+        let mut wrapped = Command::new("python3");
+        wrapped
+            .current_dir(root)
+            .arg("xtask/python/rehearse/socket_activate.py")
+            .arg(exe)
+            .args(command.get_args())
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        util::pass_listener(&mut wrapped, &socket);
+        holder.spawn("hold-events", wrapped, &hold_log)?;
+        Some(socket)
+    } else {
+        holder.spawn("hold-events", command, &hold_log)?;
+        wait_for_line(
+            &hold_log,
+            "is in use",
+            Duration::from_secs(60),
+            "hold-events",
+        )?;
+        sentry4.stop()?;
+        None
+    };
     let stopped = stopping.elapsed();
     let holding = wait_for_line(
         &hold_log,
@@ -210,9 +237,15 @@ pub(super) fn cut_over(
         Duration::from_secs(30),
         "hold-events",
     )?;
+    let holding_unix = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
     println!(
-        "    Sentry 4 stopped in {}; hold-events holds 127.0.0.1:{port}",
-        util::human_duration(stopped)
+        "    Sentry 4 stopped in {}; hold-events holds 127.0.0.1:{port}{}",
+        util::human_duration(stopped),
+        if shared_socket {
+            " on a socket the rehearsal owns, as a service manager (LISTEN_FDS)"
+        } else {
+            ""
+        }
     );
     let mut node = client(Path::new("node"), "keep_sending.js", "node");
     node.env("NODE_PATH", raven_node);
@@ -242,16 +275,35 @@ pub(super) fn cut_over(
     )?;
     std::thread::sleep(Duration::from_secs(3));
 
-    // Sentry 6 starts (its gunicorn retries the bind every second); once it has tried and
-    // found the address in use, the holder lets go.
+    // Sentry 6 starts. Its own bind: gunicorn retries every second, and once it has tried and
+    // found the address in use, the holder lets go. A shared socket: gunicorn takes it too;
+    // once its workers have booted (both take connections then), the holder stops.
     let web6_log = logs.join("cutover-sentry6-web.log");
-    let _sentry6 = sentry6_server(sh, port, &web6_log)?;
-    wait_for_line(
-        &web6_log,
-        "Connection in use",
-        Duration::from_secs(120),
-        "Sentry 6",
-    )?;
+    let _sentry6 = match &socket {
+        Some(socket) => {
+            let server = super::server::sentry6_server_on_socket(sh, socket, port, &web6_log)?;
+            for _ in 0..3 {
+                wait_for_line(
+                    &web6_log,
+                    "Booting worker",
+                    Duration::from_secs(120),
+                    "Sentry 6",
+                )?;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            server
+        }
+        None => {
+            let server = sentry6_server(sh, port, &web6_log)?;
+            wait_for_line(
+                &web6_log,
+                "Connection in use",
+                Duration::from_secs(120),
+                "Sentry 6",
+            )?;
+            server
+        }
+    };
     let release_log = logs.join("cutover-release.log");
     let (ok, stderr) = run_tool(
         sh,
@@ -262,6 +314,12 @@ pub(super) fn cut_over(
         &release_log,
     )?;
     ensure!(ok, "`hold-events --release` failed: {stderr}");
+    if let Some(line) = fs::read_to_string(&release_log)?
+        .lines()
+        .find(|line| line.starts_with("hold-events released"))
+    {
+        println!("    {line}");
+    }
     holder.wait(Duration::from_secs(60))?;
     let released = Instant::now();
     let state: crate::hold::State =
@@ -331,7 +389,25 @@ pub(super) fn cut_over(
             )?;
         println!("    {}", note.trim());
     }
-    prove_every_event(cluster, &dsns, &sent_path, &held, gap_ms, dated_on_replay)
+    let facts = prove_every_event(cluster, &dsns, &sent_path, &held, gap_ms, dated_on_replay)?;
+    if shared_socket {
+        // Nothing refused from the moment the socket was there (a client that failed before,
+        // as Sentry 4 stopped, may skip sends for a second or two: raven's back-off).
+        let late: Vec<String> = fs::read_to_string(&sent_path)?
+            .lines()
+            .filter_map(|line| serde_json::from_str::<SentEvent>(line).ok())
+            .filter(|event| !event.delivered && event.at > holding_unix + 5.0)
+            .map(|event| format!("{} at {}", event.message, event.at))
+            .collect();
+        ensure!(
+            late.is_empty(),
+            "with the shared socket, {} events were not delivered after hold-events held it: {}",
+            late.len(),
+            late.join(", ")
+        );
+    }
+    drop(socket);
+    Ok(facts)
 }
 
 /// Every event a server answered 200 for is in Sentry 6 exactly once, in its project, in a

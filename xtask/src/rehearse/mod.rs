@@ -167,6 +167,10 @@ impl flags::Rehearse {
             !(self.long_lived && self.hold_events),
             "--hold-events rehearses the cut-over on the plain install: not with --long-lived"
         );
+        ensure!(
+            self.hold_events || !self.shared_socket,
+            "--shared-socket goes with --hold-events"
+        );
         let mut phases = Phases {
             total: if self.hold_events { 4 } else { 6 },
             done: Vec::new(),
@@ -180,6 +184,7 @@ impl flags::Rehearse {
             Variant {
                 long_lived: self.long_lived,
                 hold_events: self.hold_events,
+                shared_socket: self.shared_socket,
             },
             &mut phases,
         );
@@ -206,6 +211,7 @@ impl flags::Rehearse {
 struct Variant {
     long_lived: bool,
     hold_events: bool,
+    shared_socket: bool,
 }
 
 fn rehearse(
@@ -220,6 +226,7 @@ fn rehearse(
     let Variant {
         long_lived,
         hold_events,
+        shared_socket,
     } = variant;
     let logs = root.join("logs");
     let sh = Shell::new()?;
@@ -284,6 +291,7 @@ fn rehearse(
                 &logs,
                 &raven_node,
                 &seeded,
+                shared_socket,
             )
         });
     }

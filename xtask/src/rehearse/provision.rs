@@ -326,6 +326,7 @@ pub(super) fn copy_repo_files(repo: &Path, root: &Path, zone: Option<&str>) -> R
         "xtask/python/rehearse/browser-requirements.txt",
         "xtask/python/rehearse/keep_sending.py",
         "xtask/python/rehearse/keep_sending.js",
+        "xtask/python/rehearse/socket_activate.py",
     ] {
         fs::copy(repo.join(file), root.join(file))
             .with_context(|| format!("cannot copy {file} into the scratch repo"))?;

@@ -174,6 +174,33 @@ pub(super) fn sentry6_server(sh: &Shell, port: u16, log: &Path) -> Result<Server
     )
 }
 
+/// Sentry 6.4's web service as `sentry6_server` starts it, but on `socket`, passed as a
+/// socket-activating service manager passes it (fd 3, LISTEN_FDS, LISTEN_PID: gunicorn 0.17.4
+/// takes it instead of binding).
+pub(super) fn sentry6_server_on_socket(
+    sh: &Shell,
+    socket: &std::net::TcpListener,
+    port: u16,
+    log: &Path,
+) -> Result<Server> {
+    let sentry = sh.current_dir().join("bin/sentry");
+    let mut command: std::process::Command = cmd!(
+        sh,
+        "python3 xtask/python/rehearse/socket_activate.py {sentry} --config=settings/settings.py start --noupgrade"
+    )
+    .env("SENTRY_WEB_HOST", "127.0.0.1")
+    .env("SENTRY_WEB_PORT", port.to_string())
+    .into();
+    crate::util::pass_listener(&mut command, socket);
+    Server::start(
+        "Sentry 6.4 web",
+        command,
+        port,
+        log,
+        Duration::from_secs(120),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
