@@ -485,7 +485,7 @@ impl FakeSentry6 {
     }
 }
 
-/// A target with Sentry 6's events table (the columns the replay reads).
+/// A target with Sentry 6's events tables (the columns the replay reads).
 fn sentry6_target(repo: &Repo) {
     let mut admin = repo.db.cluster.admin_client("postgres");
     admin
@@ -494,7 +494,9 @@ fn sentry6_target(repo: &Repo) {
     repo.target_client()
         .batch_execute(
             "CREATE TABLE sentry_message (id serial PRIMARY KEY, message_id varchar(32), \
-             project_id integer, UNIQUE (project_id, message_id))",
+             project_id integer, UNIQUE (project_id, message_id)); \
+             CREATE TABLE sentry_eventmapping (id serial PRIMARY KEY, project_id integer, \
+             group_id integer, event_id varchar(32), UNIQUE (project_id, event_id))",
         )
         .unwrap();
 }
@@ -746,7 +748,9 @@ fn a_shared_socket_is_handed_over_without_one_refused_connection() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, refused, n) = sender.join().unwrap();
     assert_eq!(refused, 0, "{refused} of {n} connections refused");
-    assert!(ok >= n - 1 && n > 20, "{ok} of {n} answered 200");
+    // Every connection answered 200, by the holder or by "Sentry 6" (the holder's queue is
+    // served, the shared socket's stays for Sentry 6).
+    assert!(ok == n && n > 20, "{ok} of {n} answered 200");
     let (exited, printed) = holder.finish();
     assert!(exited, "{printed}");
     assert!(spooled(&repo).len() >= 2);

@@ -219,16 +219,21 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     let addr = resolve(&address)?;
     let spool_path = spool::path(&dumps);
     let (writer, found) = spool::Writer::open(&spool_path)?;
-    if found.torn_tail > 0 {
+    // Only the count is kept: the spool may be large.
+    let (already, torn_tail) = (found.held.len(), found.torn_tail);
+    drop(found);
+    if torn_tail > 0 {
         println!(
             "hold-events: the spool's last line was cut short ({} bytes, a kill while writing \
              it: its client got no answer); cut off",
-            found.torn_tail
+            torn_tail
         );
     }
+    use std::os::unix::fs::OpenOptionsExt;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(log_path(&dumps))
         .context("cannot open dumps/logs/hold-events.log")?;
     let shared = Arc::new(Shared {
@@ -249,13 +254,7 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(
-        shared,
-        addr,
-        inherited,
-        &address,
-        &from,
-        found.held.len(),
-        options,
+        shared, addr, inherited, &address, &from, already, options,
     ))
 }
 
@@ -346,6 +345,10 @@ async fn serve(
         }
     };
     let bound_after = started.elapsed();
+    // Before anyone can learn the pid from the state file: `--release`'s SIGTERM must find the
+    // handler in place.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let state = State {
         pid: std::process::id(),
         address: address.to_string(),
@@ -369,8 +372,6 @@ async fn serve(
         already
     );
     shared.log(&format!("listening on {address} pid {}", state.pid));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut progress = tokio::time::interval(Duration::from_secs(10));
     let mut last_progress = (0, 0);
@@ -399,19 +400,16 @@ async fn serve(
                 }
             },
         };
-        let shared = shared.clone();
-        shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        tokio::spawn(async move {
-            let service = service_fn(|request| handle(shared.clone(), remote, request));
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            shared.in_flight.fetch_sub(1, Ordering::SeqCst);
-            drop(permit);
-        });
+        spawn_connection(&shared, stream, remote, Some(permit));
+    }
+    // Connections the kernel already queued for this listener are served, not reset by its
+    // close (a shared socket's queue stays for Sentry 6).
+    if !socket_passed {
+        while let Ok(Ok((stream, remote))) =
+            tokio::time::timeout(Duration::ZERO, listener.accept()).await
+        {
+            spawn_connection(&shared, stream, remote, None);
+        }
     }
     // The address first: Sentry 6 may be waiting for it.
     drop(listener);
@@ -419,7 +417,16 @@ async fn serve(
     shared.log("released the address");
     let mut state = state;
     state.released = Some(released);
-    crate::util::write_atomic(&state_file, &serde_json::to_vec_pretty(&state)?, 0o600)?;
+    if let Err(err) = serde_json::to_vec_pretty(&state)
+        .map_err(anyhow::Error::from)
+        .and_then(|json| crate::util::write_atomic(&state_file, &json, 0o600))
+    {
+        // The requests being received still finish; --release then times out and says so.
+        shared.log(&format!(
+            "cannot record the release in {}: {err:#}",
+            state_file.display()
+        ));
+    }
     // Requests being received finish (each is bounded by the timeouts).
     let deadline = Instant::now() + HEADER_TIMEOUT + BODY_TIMEOUT;
     while shared.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
@@ -451,6 +458,28 @@ async fn serve(
     Ok(())
 }
 
+/// Serves one connection (one request) in a task of its own.
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let shared = shared.clone();
+    shared.in_flight.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(async move {
+        let service = service_fn(|request| handle(shared.clone(), remote, request));
+        let _ = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+    });
+}
+
 fn counts(shared: &Shared) -> (u64, u64) {
     let stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
     (stats.held, stats.answered.values().sum())
@@ -469,7 +498,11 @@ fn respond(answer: store::Answer) -> Response<Body> {
     }
     response
         .body(Full::new(Bytes::from(answer.body)))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .unwrap_or_else(|_| {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        })
 }
 
 async fn handle(
@@ -599,15 +632,23 @@ async fn handle(
             Ok(respond(event.answer))
         }
         Ok(Err(err)) => {
-            let message = format!("sentry-migrate hold-events cannot hold this event: {err:#}");
+            let cause = format!("{err:#}");
             {
                 let mut stats = shared.stats.lock().unwrap_or_else(|e| e.into_inner());
                 if !stats.spool_full_said {
-                    eprintln!("hold-events: {message}: clients get 503 until this is fixed");
+                    eprintln!(
+                        "hold-events: cannot hold events: {cause}: clients get 503 until this is fixed"
+                    );
                     stats.spool_full_said = true;
                 }
             }
-            answer_only(&shared, text(503, &message), "not held")
+            // The client learns that it was not held, not where or why (paths, free space).
+            let public = if cause.contains("the spool is full") {
+                "sentry-migrate hold-events cannot hold this event: the spool is full"
+            } else {
+                "sentry-migrate hold-events cannot hold this event now"
+            };
+            answer_only(&shared, text(503, public), &cause)
         }
         Err(join) => answer_only(
             &shared,

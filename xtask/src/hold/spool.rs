@@ -124,6 +124,8 @@ pub struct Writer {
     file: fs::File,
     next_seq: u64,
     len: u64,
+    /// A failed write that could not be cut back off: nothing more is appended.
+    broken: Option<String>,
 }
 
 impl Writer {
@@ -152,6 +154,7 @@ impl Writer {
                 file,
                 next_seq: found.held.last().map_or(1, |last| last.seq + 1),
                 len: found.whole_len,
+                broken: None,
             },
             found,
         ))
@@ -170,15 +173,32 @@ impl Writer {
         self.len == 0
     }
 
-    /// Appends `held` (its seq set here) and syncs it to disk; returns its seq.
+    /// Appends `held` (its seq set here) and syncs it to disk; returns its seq. A failed
+    /// write is cut back off, so the spool stays whole lines; if even that fails, every later
+    /// append is refused.
     pub fn append(&mut self, mut held: Held) -> Result<u64> {
+        if let Some(broken) = &self.broken {
+            bail!(
+                "the spool is damaged by an earlier failed write ({broken}): restart hold-events"
+            );
+        }
         held.seq = self.next_seq;
         let mut line = serde_json::to_vec(&held)?;
         line.push(b'\n');
-        self.file
+        if let Err(err) = self
+            .file
             .write_all(&line)
             .and_then(|()| self.file.sync_data())
-            .context("cannot write the spool")?;
+        {
+            if let Err(cut) = self
+                .file
+                .set_len(self.len)
+                .and_then(|()| self.file.sync_data())
+            {
+                self.broken = Some(format!("{err}; cutting it off failed too: {cut}"));
+            }
+            return Err(err).context("cannot write the spool");
+        }
         self.len += line.len() as u64;
         self.next_seq += 1;
         Ok(held.seq)

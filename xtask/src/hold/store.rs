@@ -156,8 +156,14 @@ impl Answer {
         let message = message.into();
         let mut headers = Vec::new();
         if status != 200 {
-            // `APIView.dispatch`: "easier to inspect the headers"
-            headers.push(("x-sentry-error", message.chars().take(200).collect()));
+            // `APIView.dispatch`: "easier to inspect the headers" (control characters, which
+            // a client can put into a message, cannot go into a header).
+            let error = message
+                .chars()
+                .take(200)
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            headers.push(("x-sentry-error", error));
         }
         Answer {
             status,
@@ -443,9 +449,13 @@ pub fn judge(
             .map_or(request.remote_addr.as_str(), |(host, _)| {
                 host.trim_matches(['[', ']'])
             });
-        let user = event
-            .entry("sentry.interfaces.User")
-            .or_insert_with(|| serde_json::json!({}));
+        // Sentry has resolved the aliases (`user`) by then: the one the client used gets it.
+        let key = if event.contains_key("user") && !event.contains_key("sentry.interfaces.User") {
+            "user"
+        } else {
+            "sentry.interfaces.User"
+        };
+        let user = event.entry(key).or_insert_with(|| serde_json::json!({}));
         if let Some(user) = user.as_object_mut() {
             user.insert("ip_address".into(), ip.into());
             added.push("ip_address");
@@ -489,18 +499,16 @@ fn is_falsy(value: &serde_json::Value) -> bool {
     }
 }
 
+/// `ensure_has_ip`'s test, on the interfaces under their names or their aliases
+/// (`coreapi.py` `INTERFACE_ALIASES`: `request`, `user`).
 fn has_ip(event: &serde_json::Map<String, serde_json::Value>) -> bool {
     let truthy = |v: Option<&serde_json::Value>| v.is_some_and(|v| !is_falsy(v));
+    let interface = |name: &str, alias: &str| event.get(name).or(event.get(alias));
     truthy(
-        event
-            .get("sentry.interfaces.Http")
+        interface("sentry.interfaces.Http", "request")
             .and_then(|http| http.get("env"))
             .and_then(|env| env.get("REMOTE_ADDR")),
-    ) || truthy(
-        event
-            .get("sentry.interfaces.User")
-            .and_then(|user| user.get("ip_address")),
-    )
+    ) || truthy(interface("sentry.interfaces.User", "user").and_then(|user| user.get("ip_address")))
 }
 
 /// `Some(None)` for `/api/store/`, `Some(Some(project))` for `/api/<project>/store/` (`[\w-]+`).
@@ -678,6 +686,32 @@ mod tests {
             .answer
             .headers
             .contains(&("access-control-allow-origin", "http://app.example".into())));
+        // A client's `user` alias gets the address, not a second User interface.
+        let mut aliased = request.clone();
+        aliased.query = aliased.query.replace(
+            "%7B%22message",
+            "%7B%22user%22%3A%7B%22id%22%3A7%7D%2C%22message",
+        );
+        let Verdict::Hold(event) = verdict(&aliased) else {
+            panic!("not held")
+        };
+        let json: serde_json::Value =
+            serde_json::from_slice(event.replay_json.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            json["user"],
+            serde_json::json!({"id": 7, "ip_address": "::1"})
+        );
+        assert!(json.get("sentry.interfaces.User").is_none());
+        // A newline in what comes back in a header is not a header.
+        let mut bad_version = request.clone();
+        bad_version.query = "sentry_version=%0Aevil&sentry_key=pub1".into();
+        let Verdict::Answer(answer) = verdict(&bad_version) else {
+            panic!("held")
+        };
+        assert!(
+            answer.headers.iter().all(|(_, v)| !v.contains('\n')),
+            "{answer:?}"
+        );
         // Without a project in the path, Sentry stores nothing and says so with a 200.
         let mut legacy = request.clone();
         legacy.path = "/api/store/".into();

@@ -536,6 +536,25 @@ fn prove_every_event(
             .collect::<Vec<_>>()
             .join("\n  ")
     );
+    // Delivered twice, an event would be one row (a unique key) but counted twice in its group.
+    let counted_twice: Vec<String> = client
+        .query(
+            "SELECT g.message, g.times_seen::int8, count(m.id) FROM sentry_groupedmessage g \
+             JOIN sentry_message m ON m.group_id = g.id WHERE g.message LIKE 'cut-over %' \
+             GROUP BY g.id, g.message, g.times_seen HAVING g.times_seen <> count(m.id)",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            let (message, seen, events): (String, i64, i64) = (row.get(0), row.get(1), row.get(2));
+            format!("`{message}` seen {seen} times, {events} events")
+        })
+        .collect();
+    ensure!(
+        counted_twice.is_empty(),
+        "groups count more deliveries than events (an event delivered twice):\n  {}",
+        counted_twice.join("\n  ")
+    );
     let delivered: u64 = tally.values().map(|it| it.delivered).sum();
     let held_total: u64 = tally.values().map(|it| it.held).sum();
     ensure!(

@@ -57,6 +57,9 @@ impl Outcome {
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
     seq: u64,
+    /// The held request's event id: a journal of another spool is refused.
+    #[serde(default)]
+    event_id: String,
     at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<Outcome>,
@@ -69,6 +72,8 @@ pub fn path(dumps: &Path) -> PathBuf {
 pub struct Journal {
     file: fs::File,
     path: PathBuf,
+    /// seq → event id, as recorded.
+    ids: BTreeMap<u64, String>,
     sending: BTreeSet<u64>,
     outcomes: BTreeMap<u64, Outcome>,
 }
@@ -77,6 +82,7 @@ impl Journal {
     pub fn open(path: &Path) -> Result<Journal> {
         let mut sending = BTreeSet::new();
         let mut outcomes = BTreeMap::new();
+        let mut ids = BTreeMap::new();
         let mut whole = 0u64;
         if let Ok(file) = fs::File::open(path) {
             let mut reader = BufReader::new(file);
@@ -97,6 +103,7 @@ impl Journal {
                     )
                 })?;
                 whole += n as u64;
+                ids.insert(entry.seq, entry.event_id.clone());
                 match entry.outcome {
                     Some(outcome) => {
                         outcomes.insert(entry.seq, outcome);
@@ -118,6 +125,7 @@ impl Journal {
         Ok(Journal {
             file,
             path: path.to_path_buf(),
+            ids,
             sending,
             outcomes,
         })
@@ -145,22 +153,43 @@ impl Journal {
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
+    /// The journal must be this spool's: the same event id at every seq it records.
+    pub fn check_spool(&self, held: &[crate::hold::spool::Held], path: &Path) -> Result<()> {
+        let spool: BTreeMap<u64, &str> =
+            held.iter().map(|h| (h.seq, h.event_id.as_str())).collect();
+        for (seq, id) in &self.ids {
+            if spool.get(seq) != Some(&id.as_str()) {
+                anyhow::bail!(
+                    "{} is the journal of another spool (#{seq} was event {id}, the spool has {}): \
+                     move it aside if that spool was replayed, then run replay-events again",
+                    path.display(),
+                    spool.get(seq).unwrap_or(&"nothing")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Recorded before each send.
-    pub fn sending(&mut self, seq: u64) -> Result<()> {
+    pub fn sending(&mut self, seq: u64, event_id: &str) -> Result<()> {
         self.sending.insert(seq);
+        self.ids.insert(seq, event_id.to_string());
         self.append(&Line {
             seq,
+            event_id: event_id.to_string(),
             at: crate::util::utc_timestamp(crate::util::unix_now()),
             outcome: None,
         })
     }
 
-    pub fn record(&mut self, seq: u64, outcome: Outcome) -> Result<()> {
+    pub fn record(&mut self, seq: u64, event_id: &str, outcome: Outcome) -> Result<()> {
         self.append(&Line {
             seq,
+            event_id: event_id.to_string(),
             at: crate::util::utc_timestamp(crate::util::unix_now()),
             outcome: Some(outcome.clone()),
         })?;
+        self.ids.insert(seq, event_id.to_string());
         self.outcomes.insert(seq, outcome);
         Ok(())
     }
@@ -175,11 +204,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = path(dir.path());
         let mut journal = Journal::open(&path).unwrap();
-        journal.sending(1).unwrap();
+        journal.sending(1, "e1").unwrap();
         journal
-            .record(1, Outcome::replayed(200, "{}".into()))
+            .record(1, "e1", Outcome::replayed(200, "{}".into()))
             .unwrap();
-        journal.sending(2).unwrap();
+        journal.sending(2, "e2").unwrap();
         drop(journal);
         let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"{\"seq\":3,\"at").unwrap();
@@ -188,8 +217,33 @@ mod tests {
         assert!(!journal.was_sending(1));
         assert!(journal.was_sending(2));
         assert!(!journal.was_sending(3));
-        journal.record(2, Outcome::already_stored()).unwrap();
+        journal.record(2, "e2", Outcome::already_stored()).unwrap();
         let journal = Journal::open(&path).unwrap();
         assert_eq!(journal.outcomes().len(), 2);
+        // Another spool at the same seqs: refused, never taken as done.
+        let held = |seq: u64, id: &str| crate::hold::spool::Held {
+            seq,
+            received: String::new(),
+            remote_addr: String::new(),
+            method: "POST".into(),
+            path: "/api/store/".into(),
+            query: String::new(),
+            headers: vec![],
+            body: String::new(),
+            event_id: id.into(),
+            project: 1,
+            added: vec![],
+            replay_json: None,
+        };
+        journal
+            .check_spool(&[held(1, "e1"), held(2, "e2")], &path)
+            .unwrap();
+        let err = journal
+            .check_spool(&[held(1, "other"), held(2, "e2")], &path)
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("the journal of another spool"),
+            "{err:#}"
+        );
     }
 }

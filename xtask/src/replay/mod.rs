@@ -72,6 +72,7 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     }
     // Seconds from each request's arrival to its replay (this run's).
     let mut late: Vec<f64> = Vec::new();
+    journal.check_spool(&found.held, &journal::path(&dumps))?;
     for held in &found.held {
         if journal.outcome(held.seq).is_some() {
             continue;
@@ -79,7 +80,7 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
         if journal.was_sending(held.seq) {
             // Sent before a kill, its answer unknown: stored, or sent again.
             if db.stored(held)? {
-                journal.record(held.seq, Outcome::already_stored())?;
+                journal.record(held.seq, &held.event_id, Outcome::already_stored())?;
                 continue;
             }
         }
@@ -90,7 +91,7 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
                 late.push((now.as_millisecond() - received.as_millisecond()) as f64 / 1000.0);
             }
         }
-        journal.record(held.seq, outcome)?;
+        journal.record(held.seq, &held.event_id, outcome)?;
         let done = journal.outcomes().len();
         if done % 100 == 0 || done == total {
             println!("replay-events: [{done}/{total}] sent");
@@ -132,6 +133,14 @@ pub fn run(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
     }
     if let Some(note) = dating_note(config, &late) {
         println!("  {note}");
+    }
+    if !refused.is_empty() {
+        bail!(
+            "Sentry 6 refused {} held events (listed above; hold-events had answered them 200): \
+             they stay in {}; fix what Sentry 6 says, then look at them there",
+            refused.len(),
+            config.display_path(&spool_path)
+        );
     }
     if !lost.is_empty() {
         bail!(
@@ -194,17 +203,18 @@ fn replay_one(
     let mut down_since: Option<Instant> = None;
     let mut said = Instant::now() - Duration::from_secs(60);
     loop {
-        journal.sending(held.seq)?;
+        journal.sending(held.seq, &held.event_id)?;
         let sent = target.send(held)?;
         match sent {
-            Sent::Answer { status, answer } if status < 500 => {
+            // 429: Sentry 6 rate-limits (a burst of replays may well trip it): wait, as when down.
+            Sent::Answer { status, answer } if status < 500 && status != 429 => {
                 return Ok(if status == 200 {
                     Outcome::replayed(status, answer)
                 } else {
                     Outcome::refused(status, answer)
                 })
             }
-            Sent::Answer { status, answer } if !matches!(status, 502..=504) => {
+            Sent::Answer { status, answer } if !matches!(status, 429 | 502..=504) => {
                 // Sentry itself failed: it may have counted the event first.
                 if db.stored(held)? {
                     return Ok(Outcome::already_stored());
@@ -264,10 +274,16 @@ impl EventsDb {
         let row = self
             .client
             .query_one(
-                "SELECT count(*) FROM sentry_message WHERE message_id = $1 AND project_id = $2::bigint",
+                // A sampled event has no row of its own, only its mapping to its group.
+                "SELECT (SELECT count(*) FROM sentry_message \
+                         WHERE message_id = $1 AND project_id = $2::bigint) \
+                      + (SELECT count(*) FROM sentry_eventmapping \
+                         WHERE event_id = $1 AND project_id = $2::bigint)",
                 &[&held.event_id, &held.project],
             )
-            .context("cannot look the event up in Sentry 6's sentry_message")?;
+            .context(
+                "cannot look the event up in Sentry 6's sentry_message and sentry_eventmapping",
+            )?;
         Ok(row.get::<_, i64>(0) > 0)
     }
 }
