@@ -427,8 +427,20 @@ struct FakeSentry6 {
     deliveries: Arc<Mutex<Vec<(String, String)>>>,
 }
 
+/// What the stand-in answers an event instead of storing it: (event id, status, how often).
+type Refusals = Vec<(&'static str, u16, usize)>;
+
 impl FakeSentry6 {
     fn start(repo: &Repo, port: u16, stall_on: Option<&'static str>) -> FakeSentry6 {
+        FakeSentry6::start_refusing(repo, port, stall_on, Vec::new())
+    }
+
+    fn start_refusing(
+        repo: &Repo,
+        port: u16,
+        stall_on: Option<&'static str>,
+        mut refusals: Refusals,
+    ) -> FakeSentry6 {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let deliveries = Arc::new(Mutex::new(Vec::new()));
         let recorded = deliveries.clone();
@@ -456,6 +468,18 @@ impl FakeSentry6 {
                 reader.read_exact(&mut body).unwrap();
                 let event: serde_json::Value = serde_json::from_slice(&body).unwrap();
                 let id = event["event_id"].as_str().unwrap().to_string();
+                if let Some(refusal) = refusals.iter_mut().find(|(rid, _, n)| *rid == id && *n > 0)
+                {
+                    refusal.2 -= 1;
+                    recorded
+                        .lock()
+                        .unwrap()
+                        .push((format!("refused {id}"), head));
+                    let _ = stream.write_all(
+                        format!("HTTP/1.1 {} No\r\nX-Sentry-Error: no {id}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", refusal.1).as_bytes(),
+                    );
+                    continue;
+                }
                 client
                     .execute(
                         "INSERT INTO sentry_message (message_id, project_id) VALUES ($1, 3) ON CONFLICT DO NOTHING",
@@ -783,4 +807,58 @@ fn a_full_spool_answers_503_and_holds_nothing_more() {
             .len()
             <= 3 << 10
     );
+}
+
+#[test]
+fn sentry_6_rate_limits_are_waited_out_and_refusals_reported_not_retried() {
+    if skip() {
+        return;
+    }
+    let repo = Repo::new("replay_refused");
+    with_keys(&repo);
+    sentry6_target(&repo);
+    hold_events(&repo, &["q1", "q2", "q3"]);
+    let port = xtask::util::free_port().unwrap();
+    let to = format!("127.0.0.1:{port}");
+    // q1: rate-limited twice, then stored; q2: refused for good.
+    let sentry6 =
+        FakeSentry6::start_refusing(&repo, port, None, vec![("q1", 429, 2), ("q2", 400, 100)]);
+    let out = repo.xtask(&["replay-events", "--to", &to], None);
+    assert!(!out.ok, "{out:?}");
+    assert!(
+        out.stdout.contains("4 events held, 3 replayed"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("refused: #2 event q2 project 3: 400 no q2"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("Sentry 6 refused 1 held events"),
+        "{}",
+        out.stderr
+    );
+    let deliveries: Vec<String> = sentry6
+        .deliveries
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(
+        &deliveries[..4],
+        ["refused q1", "refused q1", "q1", "refused q2"],
+        "{deliveries:?}"
+    );
+    // A re-run sends nothing again: the refusal is recorded.
+    let before = sentry6.deliveries.lock().unwrap().len();
+    let out = repo.xtask(&["replay-events", "--to", &to], None);
+    assert!(
+        !out.ok && out.stdout.contains("resuming: 4 of 4"),
+        "{out:?}"
+    );
+    assert_eq!(sentry6.deliveries.lock().unwrap().len(), before);
 }
