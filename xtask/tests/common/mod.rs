@@ -14,6 +14,8 @@ pub use std::{
 
 pub use xtask::pgcluster::testing::{skip, TestDb};
 
+pub mod hold;
+
 /// Processes a test started to hold the SQLite db open; killed and reaped by the test.
 pub static HOLDERS: std::sync::Mutex<Vec<std::process::Child>> = std::sync::Mutex::new(Vec::new());
 
