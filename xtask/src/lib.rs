@@ -11,6 +11,7 @@ pub mod flags;
 pub mod hold;
 pub mod ident;
 pub mod journal;
+pub mod jsonl;
 pub mod lock;
 pub mod merge;
 pub mod pg;

@@ -3,12 +3,7 @@
 //! short by a kill is a request nobody was answered for: reading skips it, and the next
 //! `hold-events` cuts it off before appending.
 
-use std::{
-    fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
@@ -75,28 +70,13 @@ pub struct Read {
 /// Every whole line of the spool (none if there is no spool); a line in the middle that does
 /// not read is an error (the file was damaged), a cut-short last line is not.
 pub fn read(path: &Path) -> Result<Read> {
-    let file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Read::default()),
-        Err(err) => return Err(err).with_context(|| format!("cannot read {}", path.display())),
+    let lines = crate::jsonl::read(path)?;
+    let mut out = Read {
+        torn_tail: lines.torn_tail,
+        whole_len: lines.whole_len,
+        ..Read::default()
     };
-    let mut reader = BufReader::new(file);
-    let mut out = Read::default();
-    let mut line = Vec::new();
-    let mut number = 0;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        number += 1;
-        if line.last() != Some(&b'\n') {
-            out.torn_tail = n as u64;
-            break;
-        }
+    for (number, line) in lines.lines {
         let held: Held = serde_json::from_slice(&line).with_context(|| {
             format!(
                 "{} line {number} is damaged: the spool was changed by something else than \
@@ -113,7 +93,6 @@ pub fn read(path: &Path) -> Result<Read> {
                 held.seq
             );
         }
-        out.whole_len += n as u64;
         out.held.push(held);
     }
     Ok(out)
@@ -121,43 +100,17 @@ pub fn read(path: &Path) -> Result<Read> {
 
 /// The spool open for appending, after the last whole line.
 pub struct Writer {
-    file: fs::File,
+    file: crate::jsonl::Appender,
     next_seq: u64,
-    len: u64,
-    /// A failed write that could not be cut back off: nothing more is appended.
-    broken: Option<String>,
 }
 
 impl Writer {
     /// Opens (or makes, 0600) the spool; a cut-short last line is cut off first.
     pub fn open(path: &Path) -> Result<(Writer, Read)> {
         let found = read(path)?;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open {} for appending", path.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
-        if found.torn_tail > 0 {
-            file.set_len(found.whole_len)
-                .with_context(|| format!("cannot cut the torn last line of {}", path.display()))?;
-        }
-        file.sync_all()?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok((
-            Writer {
-                file,
-                next_seq: found.held.last().map_or(1, |last| last.seq + 1),
-                len: found.whole_len,
-                broken: None,
-            },
-            found,
-        ))
+        let file = crate::jsonl::Appender::open(path, found.whole_len)?;
+        let next_seq = found.held.last().map_or(1, |last| last.seq + 1);
+        Ok((Writer { file, next_seq }, found))
     }
 
     pub fn next_seq(&self) -> u64 {
@@ -166,40 +119,17 @@ impl Writer {
 
     /// The spool's size in bytes.
     pub fn len(&self) -> u64 {
-        self.len
+        self.file.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.file.is_empty()
     }
 
-    /// Appends `held` (its seq set here) and syncs it to disk; returns its seq. A failed
-    /// write is cut back off, so the spool stays whole lines; if even that fails, every later
-    /// append is refused.
+    /// Appends `held` (its seq set here) and syncs it to disk; returns its seq.
     pub fn append(&mut self, mut held: Held) -> Result<u64> {
-        if let Some(broken) = &self.broken {
-            bail!(
-                "the spool is damaged by an earlier failed write ({broken}): restart hold-events"
-            );
-        }
         held.seq = self.next_seq;
-        let mut line = serde_json::to_vec(&held)?;
-        line.push(b'\n');
-        if let Err(err) = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-        {
-            if let Err(cut) = self
-                .file
-                .set_len(self.len)
-                .and_then(|()| self.file.sync_data())
-            {
-                self.broken = Some(format!("{err}; cutting it off failed too: {cut}"));
-            }
-            return Err(err).context("cannot write the spool");
-        }
-        self.len += line.len() as u64;
+        self.file.append(&held)?;
         self.next_seq += 1;
         Ok(held.seq)
     }
@@ -207,6 +137,8 @@ impl Writer {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, io::Write};
+
     use super::*;
 
     fn held(n: u64) -> Held {

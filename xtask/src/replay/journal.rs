@@ -5,9 +5,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
-    io::{BufRead, BufReader, Write},
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -70,8 +67,7 @@ pub fn path(dumps: &Path) -> PathBuf {
 }
 
 pub struct Journal {
-    file: fs::File,
-    path: PathBuf,
+    file: crate::jsonl::Appender,
     /// seq → event id, as recorded.
     ids: BTreeMap<u64, String>,
     sending: BTreeSet<u64>,
@@ -83,48 +79,29 @@ impl Journal {
         let mut sending = BTreeSet::new();
         let mut outcomes = BTreeMap::new();
         let mut ids = BTreeMap::new();
-        let mut whole = 0u64;
-        if let Ok(file) = fs::File::open(path) {
-            let mut reader = BufReader::new(file);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                let n = reader
-                    .read_until(b'\n', &mut line)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                if n == 0 || line.last() != Some(&b'\n') {
-                    break;
+        let lines = crate::jsonl::read(path)?;
+        for (number, line) in &lines.lines {
+            let entry: Line = serde_json::from_slice(line).with_context(|| {
+                format!(
+                    "{} line {number} is damaged: keep a copy; remove it to replay from the \
+                     start, which may send events twice",
+                    path.display()
+                )
+            })?;
+            ids.insert(entry.seq, entry.event_id.clone());
+            match entry.outcome {
+                Some(outcome) => {
+                    outcomes.insert(entry.seq, outcome);
                 }
-                let entry: Line = serde_json::from_slice(&line).with_context(|| {
-                    format!(
-                        "{} is damaged (a line does not read): keep a copy; remove it to replay \
-                         from the start, which may send events twice",
-                        path.display()
-                    )
-                })?;
-                whole += n as u64;
-                ids.insert(entry.seq, entry.event_id.clone());
-                match entry.outcome {
-                    Some(outcome) => {
-                        outcomes.insert(entry.seq, outcome);
-                    }
-                    None => {
-                        sending.insert(entry.seq);
-                    }
+                None => {
+                    sending.insert(entry.seq);
                 }
             }
         }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot open {} for appending", path.display()))?;
         // A line cut short by a kill goes, so that the next one starts on a line of its own.
-        file.set_len(whole)?;
+        let file = crate::jsonl::Appender::open(path, lines.whole_len)?;
         Ok(Journal {
             file,
-            path: path.to_path_buf(),
             ids,
             sending,
             outcomes,
@@ -145,12 +122,7 @@ impl Journal {
     }
 
     fn append(&mut self, line: &Line) -> Result<()> {
-        let mut bytes = serde_json::to_vec(line)?;
-        bytes.push(b'\n');
-        self.file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("cannot write {}", self.path.display()))
+        self.file.append(line)
     }
 
     /// The journal must be this spool's: the same event id at every seq it records.
@@ -197,6 +169,8 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
+    use std::{fs, io::Write};
+
     use super::*;
 
     #[test]
