@@ -1,7 +1,8 @@
 // Rehearsal only: the JavaScript raven client for Node (npm `raven`, the rehearsal installs
 // the version RAVEN_NODE pins) keeps sending events through the cut-over, as keep_sending.py
 // does for Python: one message every 100 ms round-robin over the DSNs until STOP_FILE exists,
-// one JSON line per event in OUT with whether the server answered 2xx ('logged') or not.
+// one JSON line per event in OUT with whether the server answered 2xx ('logged') or, if not,
+// why (the error raven emitted), and when the send began and ended. raven-node has no timeout.
 //
 //     node keep_sending.js DSNS_JSON OUT STOP_FILE NAME
 'use strict';
@@ -22,17 +23,19 @@ function sendOne(n) {
   const message = `cut-over ${name} #${n} ✓`;
   let ident = null;
   let timestamp = null;
-  const done = (delivered) => {
+  const started = Date.now() / 1000;
+  const done = (delivered, error) => {
     client.removeAllListeners('logged');
     client.removeAllListeners('error');
     fs.appendFileSync(out, JSON.stringify({
       client: name, version, n, dsn: index, event_id: ident && ident.id, timestamp,
-      message, delivered, at: Date.now() / 1000,
+      message, delivered, error: delivered ? null : String((error && error.message) || error),
+      started, at: Date.now() / 1000,
     }) + '\n');
     setTimeout(() => sendOne(n + 1), 100);
   };
   client.once('logged', () => done(true));
-  client.once('error', () => done(false));
+  client.once('error', (error) => done(false, error));
   client.dataCallback = (kwargs) => {
     timestamp = kwargs.timestamp;
     return kwargs;

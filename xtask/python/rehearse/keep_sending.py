@@ -4,8 +4,10 @@
     bin/py keep_sending.py DSNS_JSON OUT STOP_FILE NAME
 Sends a message every 100 ms, round-robin over the DSNs, until STOP_FILE exists; appends one
 JSON line per event to OUT: the client, its number, the event id and timestamp raven gave it,
-the DSN's index, and whether raven delivered it (the server answered 200). raven drops an
-event it could not deliver (and, after a failure, skips sending for a while): as in production.
+the DSN's index, whether raven delivered it (the server answered 200) and, if not, why (what
+raven logged: refused, timed out, an HTTP error, or skipped in its back-off), and when the send
+began and ended. raven drops an event it could not deliver (and, after a failure, skips sending
+for a while): as in production.
 Runs under the raven of whichever bin/py runs it (2.0.5 for Sentry 4, 4.0.4 for Sentry 6).
 """
 import json
@@ -20,6 +22,25 @@ from raven import Client
 logging.basicConfig(level=logging.CRITICAL)
 
 
+class FirstError(logging.Handler):
+    """Keeps the first thing raven logs to `sentry.errors` for the event being sent."""
+
+    def __init__(self):
+        logging.Handler.__init__(self, logging.ERROR)
+        self.first = None
+
+    def emit(self, record):
+        if self.first is None:
+            self.first = record.getMessage()
+
+
+ERRORS = FirstError()
+_errors = logging.getLogger('sentry.errors')
+_errors.setLevel(logging.ERROR)
+_errors.propagate = False
+_errors.handlers = [ERRORS]
+
+
 class RecordingClient(Client):
     """Remembers the last event's id and timestamp, and whether raven delivered it."""
 
@@ -32,6 +53,8 @@ class RecordingClient(Client):
         tried = self.state.should_try()
         Client.send_remote(self, url, data, headers or {})
         self.delivered = tried and self.state.status == self.state.ONLINE
+        if not tried:
+            ERRORS.first = "skipped: raven's back-off after a failed send"
 
 
 def stamp(value):
@@ -54,13 +77,16 @@ def main():
         index = n % len(clients)
         client = clients[index]
         client.last, client.delivered = (None, None), False
+        ERRORS.first = None
+        started = time.time()
         client.captureMessage(u'cut-over %s #%d ✓' % (name, n), extra={'n': n})
         event_id, timestamp = client.last
         out.write(json.dumps({
             'client': name, 'version': raven.VERSION, 'n': n, 'dsn': index,
             'event_id': event_id, 'timestamp': stamp(timestamp),
             'message': u'cut-over %s #%d ✓' % (name, n), 'delivered': bool(client.delivered),
-            'at': time.time(),
+            'error': None if client.delivered else (ERRORS.first or 'not delivered'),
+            'started': started, 'at': time.time(),
         }) + '\n')
         out.flush()
         n += 1

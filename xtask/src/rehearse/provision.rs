@@ -181,8 +181,10 @@ pub fn toolchain(sh: &Shell, cache: &Path, logs: &Path) -> Result<Toolchain> {
         let virtualenv = venv3.join("bin/virtualenv");
         let python = prefix.join("usr/bin/python2.7");
         let env = toolchain.env();
+        // No periodic update: virtualenv would otherwise leave processes behind, fetching
+        // newer seed wheels in the background (the rehearsal refuses to leave any).
         log_run(
-            cmd!(sh, "{virtualenv} -p {python} {ve27}").envs(env.clone()),
+            cmd!(sh, "{virtualenv} --no-periodic-update -p {python} {ve27}").envs(env.clone()),
             &log,
         )
         .context("virtualenv for Python 2.7 failed")?;
