@@ -250,6 +250,39 @@ pub fn markdown(journal: &Journal) -> String {
             let _ = writeln!(out, "- {}: {}", c.table, c.skipped_columns.join(", "));
         }
     }
+    let early: Vec<String> = journal
+        .copied
+        .iter()
+        .flat_map(|c| {
+            c.integer_columns
+                .iter()
+                .map(move |col| format!("{}.{col}", c.table))
+        })
+        .collect();
+    let kept: Vec<String> = journal
+        .copied
+        .iter()
+        .filter_map(|c| {
+            c.kept_double_precision
+                .as_ref()
+                .map(|why| format!("{}: {why}", c.table))
+        })
+        .collect();
+    if !early.is_empty() || !kept.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n## Sentry 6's integer columns\n\nSentry 6's migration 0105 makes these columns integer. The copy loaded them as integer where every value was whole, so 0105 rewrites no table for them."
+        );
+        if !early.is_empty() {
+            let _ = writeln!(out, "- loaded as integer: {}", early.join(", "));
+        }
+        for why in kept {
+            let _ = writeln!(
+                out,
+                "- kept double precision (0105 rewrites the table): {why}"
+            );
+        }
+    }
     if !journal.sequences.is_empty() {
         let behind: Vec<_> = journal.sequences.iter().filter(|s| s.is_behind()).collect();
         let _ = writeln!(
@@ -337,12 +370,36 @@ mod tests {
                     table: "sentry_project".into(),
                     rows: 2,
                     skipped_columns: vec!["owner_old".into(), "legacy".into()],
+                    integer_columns: Vec::new(),
+                    kept_double_precision: None,
                     secs: 0.1,
                 },
                 crate::copy::TableCopy {
                     table: "sentry_team".into(),
                     rows: 1,
                     skipped_columns: Vec::new(),
+                    integer_columns: Vec::new(),
+                    kept_double_precision: None,
+                    secs: 0.1,
+                },
+                crate::copy::TableCopy {
+                    table: "sentry_message".into(),
+                    rows: 3,
+                    skipped_columns: Vec::new(),
+                    integer_columns: Vec::new(),
+                    kept_double_precision: Some(crate::copy::NotWhole {
+                        column: "time_spent".into(),
+                        rowid: 7,
+                        value: "1.5".into(),
+                    }),
+                    secs: 0.1,
+                },
+                crate::copy::TableCopy {
+                    table: "sentry_groupedmessage".into(),
+                    rows: 3,
+                    skipped_columns: Vec::new(),
+                    integer_columns: vec!["time_spent_total".into()],
+                    kept_double_precision: None,
                     secs: 0.1,
                 },
             ],
@@ -358,5 +415,13 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("- sentry_team"), "{text}");
+        assert!(
+            text.contains("- loaded as integer: sentry_groupedmessage.time_spent_total\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- kept double precision (0105 rewrites the table): sentry_message: time_spent of row 7 is 1.5, not a whole number"),
+            "{text}"
+        );
     }
 }

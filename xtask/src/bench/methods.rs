@@ -39,8 +39,14 @@ pub fn copy_worker(args: &[OsString]) -> Result<()> {
         step: COPY_WORKER,
         input: "",
     };
-    let (copies, sequences) =
-        crate::copy::copy(Path::new(sqlite), &mut client, &tables, zone, &repeat)?;
+    let (copies, sequences) = crate::copy::copy(
+        Path::new(sqlite),
+        &mut client,
+        &tables,
+        zone,
+        &repeat,
+        crate::copy::SENTRY6_INTEGER_COLUMNS,
+    )?;
     let rows: u64 = copies.iter().map(|it| it.rows).sum();
     println!(
         "copied {rows} rows into {} tables; {} sequences reset; peak RSS {} KiB",

@@ -526,6 +526,7 @@ impl StepRunner<'_> {
             Action::CountSource => self.count_source().map(|()| Outputs::new()),
             Action::PgCopy {
                 time_zone,
+                integer_early,
                 reset_sequence_sql,
                 truncate_sql,
                 marker_sql,
@@ -533,6 +534,7 @@ impl StepRunner<'_> {
                 .pg_copy(
                     step,
                     time_zone.as_deref(),
+                    integer_early,
                     target::LoadSql {
                         reset_sequence_sql,
                         truncate_sql,

@@ -36,6 +36,7 @@ impl StepRunner<'_> {
         &mut self,
         step: &Step,
         time_zone: Option<&str>,
+        integer_early: &[(&str, &str)],
         sql: LoadSql<'_>,
     ) -> Result<()> {
         let zone = time_zone.with_context(|| {
@@ -60,7 +61,8 @@ impl StepRunner<'_> {
             step: step.id.name(),
             input: &input,
         };
-        let (copies, sequences) = crate::copy::copy(&source, &mut client, &tables, zone, &repeat)?;
+        let (copies, sequences) =
+            crate::copy::copy(&source, &mut client, &tables, zone, &repeat, integer_early)?;
         let mut log = self.log()?;
         for copy in &copies {
             writeln!(
@@ -68,6 +70,21 @@ impl StepRunner<'_> {
                 "{}: {} rows in {:.1}s",
                 copy.table, copy.rows, copy.secs
             )?;
+            if !copy.integer_columns.is_empty() {
+                writeln!(
+                    log,
+                    "{}: loaded as integer, Sentry 6's type (its migration 0105 rewrites nothing): {}",
+                    copy.table,
+                    copy.integer_columns.join(", ")
+                )?;
+            }
+            if let Some(why) = &copy.kept_double_precision {
+                writeln!(
+                    log,
+                    "{}: kept double precision ({why}): Sentry 6's migration 0105 rewrites the table",
+                    copy.table
+                )?;
+            }
             if !copy.skipped_columns.is_empty() {
                 writeln!(
                     log,

@@ -79,6 +79,9 @@ pub enum Action {
     /// `reset_sequence_sql` per id sequence and `marker_sql` before the commit: safe to repeat.
     PgCopy {
         time_zone: Option<String>,
+        /// (table, column) loaded as `integer` when every value is whole: Sentry 6's 0105 then
+        /// rewrites no table (`copy::SENTRY6_INTEGER_COLUMNS`).
+        integer_early: &'static [(&'static str, &'static str)],
         reset_sequence_sql: &'static str,
         truncate_sql: &'static str,
         marker_sql: &'static [&'static str],
@@ -388,6 +391,7 @@ pub fn plan(config: &Config) -> Vec<Step> {
                         summary: "stream every table into PostgreSQL with COPY in one transaction (foreign keys checked at commit)",
                         action: PgCopy {
                             time_zone: config.time_zone.zone().map(str::to_string),
+                            integer_early: crate::copy::SENTRY6_INTEGER_COLUMNS,
                             reset_sequence_sql: pg::RESET_SEQUENCE_SQL,
                             truncate_sql: pg::TRUNCATE_SQL,
                             marker_sql: pg::LOAD_MARKER_SQL,

@@ -102,7 +102,7 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             format!("count: rows of every model table in {} (the working copy with --fit-values)", db),
             "check: they equal SQLite's rows per table, less exactly the rows --fit-values merged".into(),
         ],
-        Action::PgCopy { time_zone, reset_sequence_sql, truncate_sql, marker_sql } => [vec![
+        Action::PgCopy { time_zone, integer_early, reset_sequence_sql, truncate_sql, marker_sql } => [vec![
             "check: the target is empty, or holds this migration's own committed load of the same source (sentry_migrate_load says so: a run stopped before its journal)".to_string(),
             "sql (one transaction): SELECT set_config('TimeZone', $1, true)".to_string(),
             format!(
@@ -116,6 +116,11 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             "      then each DROP it lists; after the COPYs, each re-creating statement (indexes, then foreign keys), in the same transaction".into(),
             "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN".into(),
             "      rows streamed from SQLite one at a time: booleans 0/1 -> f/t, text escaped for COPY, NULL as \\N".into(),
+            format!(
+                "      in a savepoint first, Sentry 6's integer columns as integer ({}): sql: ALTER TABLE {{table}} ALTER COLUMN {{column}} TYPE integer",
+                integer_early.iter().map(|(t, c)| format!("{t}.{c}")).collect::<Vec<_>>().join(", ")
+            ),
+            "      (its migration 0105 then finds the type and rewrites nothing); a value not whole within integer's range: ROLLBACK TO SAVEPOINT, TYPE double precision, the table copied again".into(),
             "check: rows copied = rows read, per table; foreign keys validated when re-created (a failure rolls everything back, drops included)".into(),
             format!("sql (each table with an id sequence, before the commit): {reset_sequence_sql}"),
             "      where {table} and $1 = the table's quoted name".into(),

@@ -23,7 +23,10 @@ pub(crate) struct Reference {
     max_ids: BTreeMap<String, i64>,
 }
 
-/// Clones `dbname` (loaded, verified, not yet on Sentry 6) as `<dbname>_sentry_own`.
+/// Clones `dbname` (loaded, verified, not yet on Sentry 6) as `<dbname>_sentry_own`, with the
+/// columns the copy loaded as Sentry 6's `integer` turned back into Sentry 4's `double precision`
+/// (exact: whole values): the load as Sentry 4's schema holds it, which is where Sentry's own
+/// upgrade starts (its 0105 then rewrites those tables, as it does for a user).
 pub(crate) fn clone_loaded(cluster: &PgCluster, dbname: &str) -> Result<Reference> {
     let clone = format!("{dbname}_sentry_own");
     let (source, target) = (
@@ -38,7 +41,10 @@ pub(crate) fn clone_loaded(cluster: &PgCluster, dbname: &str) -> Result<Referenc
             source.quoted()
         ))
         .with_context(|| format!("cloning {dbname} for Sentry's own upgrade"))?;
-    let max_ids = sameness::max_ids(&mut cluster.client(&clone)?)?;
+    let mut client = cluster.client(&clone)?;
+    crate::copy::restore_sentry4_types(&mut client, crate::copy::SENTRY6_INTEGER_COLUMNS)
+        .with_context(|| format!("giving {clone} Sentry 4's column types back"))?;
+    let max_ids = sameness::max_ids(&mut client)?;
     Ok(Reference {
         dbname: clone,
         max_ids,
