@@ -124,7 +124,8 @@ xflags::xflags! {
         cmd bench {
             /// Sizes in events, comma-separated (default: 10k,100k,1M).
             optional --sizes sizes: String
-            /// Methods, comma-separated (default: copy,loaddata,pgloader,floor).
+            /// Methods, comma-separated (default: copy,loaddata,pgloader,floor; also copy1, the
+            /// copy engine in one session, floor2 and pgloader-drop).
             optional --methods methods: String
             /// Cache for Python 2.7, virtualenvs and eggs (default: ~/.cache/sentry-migrate).
             optional --cache dir: PathBuf

@@ -73,8 +73,8 @@ fn sentry4_sqlite(path: &Path, message_time_spent: &str) {
 
 fn load(sqlite: &Path, tag: &str, integer_early: &[(&str, &str)]) -> (TestDb, Vec<TableCopy>) {
     let db = TestDb::new(tag);
-    let mut client = db.client();
-    client.batch_execute(SENTRY4_SCHEMA).unwrap();
+    db.client().batch_execute(SENTRY4_SCHEMA).unwrap();
+    let mut clients = vec![db.client(), db.client()];
     let tables: Vec<String> = TABLES.iter().map(|it| it.to_string()).collect();
     let repeat = Repeatable {
         truncate_sql: None,
@@ -83,7 +83,7 @@ fn load(sqlite: &Path, tag: &str, integer_early: &[(&str, &str)]) -> (TestDb, Ve
         step: "pg-copy",
         input: "",
     };
-    let (copies, _) = copy(sqlite, &mut client, &tables, "UTC", &repeat, integer_early).unwrap();
+    let (copies, _) = copy(sqlite, &mut clients, &tables, "UTC", &repeat, integer_early).unwrap();
     (db, copies)
 }
 

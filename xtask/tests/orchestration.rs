@@ -284,7 +284,7 @@ fn dry_run_prints_the_plan_and_touches_nothing() {
         "with the copy engine (--engine loaddata: the runbook's dumpdata/loaddata); nothing is touched",
         "[1/19] preflight",
         "[15/19] pg-copy",
-        "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN",
+        "sql (each model table, the largest first, the next one to the session that is free; its columns that SQLite has): COPY {table} ({columns}) FROM STDIN",
         "CREATE CAST (timestamptz AS integer)",
         "[19/19] verify-sentry6",
     ] {

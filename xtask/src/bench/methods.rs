@@ -18,19 +18,26 @@ use crate::{
     util,
 };
 
-/// The copy engine's own process: `xtask __bench-copy SQLITE ZONE MODELS_JSON`, the target from
-/// libpq's variables. Not a task: `bench` runs it to measure the engine's memory alone.
+/// The copy engine's own process: `xtask __bench-copy SQLITE ZONE MODELS_JSON SESSIONS`, the
+/// target from libpq's variables. Not a task: `bench` runs it to measure the engine's memory alone.
 pub const COPY_WORKER: &str = "__bench-copy";
 
 pub fn copy_worker(args: &[OsString]) -> Result<()> {
-    let [sqlite, zone, models] = args else {
-        bail!("{COPY_WORKER} SQLITE ZONE MODELS_JSON (run by `cargo xtask bench`)");
+    let [sqlite, zone, models, sessions] = args else {
+        bail!("{COPY_WORKER} SQLITE ZONE MODELS_JSON SESSIONS (run by `cargo xtask bench`)");
     };
+    let sessions: usize = sessions
+        .to_str()
+        .and_then(|it| it.parse().ok())
+        .filter(|it| (1..=8).contains(it))
+        .context("SESSIONS is a number from 1 to 8")?;
     let zone = zone.to_str().context("the zone is not UTF-8")?;
     let config = Config::new(&std::env::current_dir()?, None, None, |key| {
         std::env::var(key).ok()
     })?;
-    let mut client = pg::connect(&config.pg, &config.pg.dbname, Duration::from_secs(5))?;
+    let mut clients = (0..sessions)
+        .map(|_| pg::connect(&config.pg, &config.pg.dbname, Duration::from_secs(5)))
+        .collect::<Result<Vec<_>>>()?;
     let tables = super::model_tables(Path::new(models))?;
     let repeat = crate::copy::Repeatable {
         truncate_sql: None,
@@ -41,7 +48,7 @@ pub fn copy_worker(args: &[OsString]) -> Result<()> {
     };
     let (copies, sequences) = crate::copy::copy(
         Path::new(sqlite),
-        &mut client,
+        &mut clients,
         &tables,
         zone,
         &repeat,
@@ -81,7 +88,8 @@ pub fn run(bench: &Bench, method: &str, scaled: &Path, size: &Size, dbname: &str
         ..Run::default()
     };
     let parts = match method {
-        "copy" => copy(bench, scaled, dbname, &log)?,
+        "copy" => copy(bench, scaled, dbname, &log, crate::copy::SESSIONS)?,
+        "copy1" => copy(bench, scaled, dbname, &log, 1)?,
         "floor" => floor(bench, scaled, dbname, &log)?,
         "floor2" => floor2(bench, scaled, dbname, &log)?,
         "pgloader" => pgloader(bench, scaled, dbname, &log)?,
@@ -120,13 +128,18 @@ pub fn run(bench: &Bench, method: &str, scaled: &Path, size: &Size, dbname: &str
 
 type Parts = Vec<(String, Measured)>;
 
-fn copy(bench: &Bench, scaled: &Path, dbname: &str, log: &Path) -> Result<Parts> {
+fn copy(bench: &Bench, scaled: &Path, dbname: &str, log: &Path, sessions: usize) -> Result<Parts> {
     let sh = bench.shell()?;
     let exe = &bench.exe;
     let zone = bench.zone;
     let models = bench.root.join("dumps/models.json");
+    let sessions = sessions.to_string();
     let measured = measure::run(
-        cmd!(sh, "{exe} {COPY_WORKER} {scaled} {zone} {models}").envs(bench.pg_env(dbname)),
+        cmd!(
+            sh,
+            "{exe} {COPY_WORKER} {scaled} {zone} {models} {sessions}"
+        )
+        .envs(bench.pg_env(dbname)),
         log,
         None,
     )?;

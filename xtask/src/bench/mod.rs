@@ -101,6 +101,7 @@ fn parse_methods(text: &str) -> Result<Vec<&'static str>> {
             "floor2",
             "pgloader",
             "pgloader-drop",
+            "copy1",
             "copy",
             "loaddata",
         ]

@@ -90,8 +90,9 @@ pub struct Part {
     pub peak_rss_kib: u64,
 }
 
-pub const METHODS: [&str; 6] = [
+pub const METHODS: [&str; 7] = [
     "copy",
+    "copy1",
     "loaddata",
     "pgloader",
     "pgloader-drop",
@@ -101,7 +102,8 @@ pub const METHODS: [&str; 6] = [
 
 pub fn title(method: &str) -> &'static str {
     match method {
-        "copy" => "copy engine (`--engine copy`)",
+        "copy" => "copy engine (`--engine copy`, two sessions)",
+        "copy1" => "copy engine in one session (as before two)",
         "loaddata" => "dumpdata + loaddata (`--engine loaddata`)",
         "pgloader" => "pgloader data-only (prefetch rows = 10000)",
         "pgloader-drop" => "pgloader data-only with `drop indexes` (its bulk-load advice)",
@@ -519,7 +521,7 @@ mod tests {
         assert_eq!(results.sizes[1].ratio("loaddata", "floor"), None);
         let text = markdown(&results);
         assert!(
-            text.contains("| 10000 | 18.0 MiB | copy engine (`--engine copy`) | 1.00 s | 72800 | 20.0 MiB | all 72800 | 0.80 |  |"),
+            text.contains("| 10000 | 18.0 MiB | copy engine (`--engine copy`, two sessions) | 1.00 s | 72800 | 20.0 MiB | all 72800 | 0.80 |  |"),
             "{text}"
         );
         assert!(

@@ -1,34 +1,41 @@
 //! The copy engine: SQLite rows streamed straight into the schema `sentry upgrade` built, with
-//! COPY, in one transaction (Django's foreign keys are deferred: PostgreSQL checks them once, at
-//! commit; a failure rolls everything back). Memory stays flat: one row at a time through a
-//! bounded buffer.
+//! COPY, over two sessions (both cores: one PostgreSQL backend parses while the other does, and
+//! each session's thread reads SQLite while its backend parses). Three transactions: the clear
+//! and the drop of foreign keys and plain indexes, committed with the load's marker, which keeps
+//! the statements that re-create them; the rows, one transaction per session, committed only
+//! when both sessions succeeded; the indexes (over both sessions), the keys, the sequences and
+//! the marker's "done". A run stopped anywhere leaves its marker: a re-run clears the rows,
+//! re-creates nothing twice and loads again. Memory stays flat: one row at a time through a
+//! bounded buffer per session.
 //!
 //! Values are converted by the target column's type. Naive datetime text goes in as it is, with
 //! the session's `TimeZone` set to Sentry 4's `TIME_ZONE`: PostgreSQL then reads it exactly as it
 //! reads what Django 1.4's PostgreSQL backend sends (`USE_TZ` off), daylight saving included.
 
 use std::{
-    collections::BTreeMap,
-    io::{BufWriter, Write},
+    collections::{BTreeMap, VecDeque},
     path::Path,
-    time::Instant,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Barrier, Mutex,
+    },
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use postgres::Client;
-use rusqlite::types::ValueRef;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     ident::Ident,
-    progress::Progress,
+    progress::{Bars, Progress},
     sqlite::{open_read_only, quote_ident},
-    values,
 };
 
 mod encode;
+mod table;
 
-use encode::{encode, target_of, Target};
+pub use table::NotWhole;
+use table::{copy_with_early_types, Work};
 
 /// What the copy of one table did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,35 +54,17 @@ pub struct TableCopy {
     pub secs: f64,
 }
 
-/// What makes the copy safe to repeat, run in its own transaction (the plan carries the SQL).
+/// What makes the copy safe to repeat (the plan carries the SQL).
 pub struct Repeatable<'a> {
     /// `TRUNCATE_SQL` when the target holds this migration's own earlier load, run first.
     pub truncate_sql: Option<&'a str>,
     /// Run per id sequence before the commit.
     pub reset_sequence_sql: &'a str,
-    /// Records `(step, input)` in the target before the commit (none: the bench's copy).
+    /// Records `(step, input)` in the target with the clear (none: the bench's copy, which
+    /// then keeps no statements to re-create what it dropped).
     pub marker_sql: &'a [&'a str],
     pub step: &'a str,
     pub input: &'a str,
-}
-
-/// `(column, data type, NOT NULL without a default)` of a target table, in table order.
-fn target_columns(
-    client: &mut postgres::Transaction<'_>,
-    table: &str,
-) -> Result<Vec<(String, String, bool)>> {
-    let rows = client
-        .query(
-            "SELECT column_name::text, data_type::text, is_nullable = 'NO' AND column_default IS NULL \
-             FROM information_schema.columns WHERE table_schema = 'public' AND table_name = $1 \
-             ORDER BY ordinal_position",
-            &[&table],
-        )
-        .with_context(|| format!("cannot read the columns of {table} in the target"))?;
-    Ok(rows
-        .iter()
-        .map(|row| (row.get(0), row.get(1), row.get(2)))
-        .collect())
 }
 
 /// The columns Sentry 6.4.4's migration 0105 changes from `double precision` to `integer`
@@ -89,24 +78,34 @@ pub const SENTRY6_INTEGER_COLUMNS: &[(&str, &str)] = &[
     ("sentry_message", "time_spent"),
 ];
 
-/// Copies `tables` of `sqlite` into the target in one transaction, reading naive datetimes in
-/// `time_zone`; the same transaction clears an earlier load first and sets the id sequences and
-/// the marker last (`repeat`), so a copy that committed is repeated with the same end. Columns
-/// of `integer_early` (table, column) go in as `integer` when every value is whole (their table
-/// is copied in a savepoint; a fraction, a value out of range or text rolls it back and the
-/// table is copied again into `double precision`, as Sentry 4's schema has it). Returns what
-/// each table got and the sequences; fails (and rolls back) on the first problem, naming the
-/// table, column and row.
+/// Sessions the copy runs over: this machine's two cores (`bench` measured one against two).
+pub const SESSIONS: usize = 2;
+
+/// What the last transaction runs after the keys: the marker's pending statements are done.
+pub const REBUILT_SQL: &str = "UPDATE sentry_migrate_load SET rebuild = NULL, loaded_at = now()";
+
+/// Copies `tables` of `sqlite` into the target over `clients` (one session each), reading
+/// naive datetimes in `time_zone` in every session. The first transaction clears an earlier load
+/// (`repeat`), drops the foreign keys and plain indexes and records, with the marker, the
+/// statements that re-create them (with those an interrupted earlier run recorded); the rows go
+/// in one transaction per session, committed when every session succeeded; then the indexes are
+/// re-created over the sessions, and the keys, the id sequences and the marker's "done" in one
+/// transaction. Columns of `integer_early` go in as `integer` when every value is whole
+/// (`table::copy_with_early_types`). Returns what each table got (in `tables`' order) and the
+/// sequences; fails on the first problem, naming the table, column and row.
 pub fn copy(
     sqlite: &Path,
-    client: &mut Client,
+    clients: &mut [Client],
     tables: &[String],
     time_zone: &str,
     repeat: &Repeatable<'_>,
     integer_early: &[(&str, &str)],
 ) -> Result<(Vec<TableCopy>, Vec<crate::pg::SequenceState>)> {
     let source = open_read_only(sqlite)?;
-    let target_tables: std::collections::BTreeSet<String> = client
+    let (first, _) = clients
+        .split_first_mut()
+        .context("the copy needs a session")?;
+    let target_tables: std::collections::BTreeSet<String> = first
         .query(
             "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
             &[],
@@ -114,20 +113,7 @@ pub fn copy(
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let mut tx = client.transaction()?;
-    // As Django's backend does per connection: the session reads naive times in TIME_ZONE.
-    tx.query_one("SELECT set_config('TimeZone', $1, true)", &[&time_zone])
-        .with_context(|| format!("PostgreSQL does not know the time zone `{time_zone}`"))?;
-    tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")?;
-    if let Some(truncate_sql) = repeat.truncate_sql {
-        crate::pg::truncate_tables(&mut tx, truncate_sql)?;
-    }
-    // Foreign keys and plain indexes go for the load and come back before the commit, in the
-    // same transaction: one validating query per key and one sorted build per index instead of
-    // a check and an index entry per row. A failure rolls the drops back too: the target is
-    // never left without them.
-    let rebuild = drop_keys_and_indexes(&mut tx)?;
-    let mut out = Vec::new();
+    let mut work = Vec::new();
     for table in tables {
         let sqlite_columns: Vec<String> = source
             .prepare(&format!("PRAGMA table_info({})", quote_ident(table)))?
@@ -145,91 +131,286 @@ pub fn copy(
                  redo from pg-upgrade"
             );
         }
-        let table_ident = Ident::table(table.clone())?;
-        let columns = target_columns(&mut tx, table)?;
-        let early: Vec<&str> = integer_early
-            .iter()
-            .filter(|(t, column)| {
-                t == table
-                    && sqlite_columns.iter().any(|c| c == column)
-                    && columns.iter().any(|(c, data_type, _)| {
-                        c == column && matches!(data_type.as_str(), "integer" | "double precision")
-                    })
-            })
-            .map(|(_, column)| *column)
-            .collect();
-        let copied = if early.is_empty() {
-            copy_table(&source, sqlite, &mut tx, table, &sqlite_columns, &[])?
-                .map_err(|_| anyhow::anyhow!("{table}: no column is loaded early"))?
-        } else {
-            tx.batch_execute("SAVEPOINT sentry_migrate_early_types")?;
-            set_types(&mut tx, &table_ident, &early, "integer")?;
-            match copy_table(&source, sqlite, &mut tx, table, &sqlite_columns, &early)? {
-                Ok(mut copied) => {
-                    tx.batch_execute("RELEASE SAVEPOINT sentry_migrate_early_types")?;
-                    copied.integer_columns = early.iter().map(|it| it.to_string()).collect();
-                    copied
-                }
-                Err(not_whole) => {
-                    // The aborted COPY and the type change go; Sentry 4's type comes back
-                    // (explicitly: an earlier load of this migration may have left integer).
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT sentry_migrate_early_types")?;
-                    set_types(&mut tx, &table_ident, &early, "double precision")?;
-                    println!(
-                        "    {table}: {not_whole}: kept double precision (Sentry 6's migration 0105 converts it)"
-                    );
-                    let mut copied =
-                        copy_table(&source, sqlite, &mut tx, table, &sqlite_columns, &[])?
-                            .map_err(|_| anyhow::anyhow!("{table}: no column is loaded early"))?;
-                    copied.kept_double_precision = Some(not_whole);
-                    copied
-                }
-            }
-        };
-        out.push(copied);
+        let rows = source
+            .query_row(
+                &format!("SELECT count(*) FROM {}", quote_ident(table)),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .with_context(|| format!("cannot count {table} in {}", sqlite.display()))?
+            as u64;
+        work.push(Work {
+            table: table.clone(),
+            sqlite_columns,
+            rows,
+        });
     }
-    for statement in &rebuild {
+    drop(source);
+
+    // 1. The clear and the drops, committed with the marker and what re-creates the drops.
+    let rebuild = {
+        let mut tx = first.transaction()?;
+        if let Some(truncate_sql) = repeat.truncate_sql {
+            crate::pg::truncate_tables(&mut tx, truncate_sql)?;
+        }
+        let mut rebuild = crate::pg::pending_rebuild(&mut tx)?;
+        for statement in drop_keys_and_indexes(&mut tx)? {
+            if !rebuild.contains(&statement) {
+                rebuild.push(statement);
+            }
+        }
+        // Indexes first, foreign keys (ALTER TABLE … ADD CONSTRAINT) last.
+        rebuild.sort_by_key(|it| it.starts_with("ALTER TABLE"));
+        if !repeat.marker_sql.is_empty() {
+            crate::pg::write_load_marker(&mut tx, repeat.marker_sql, repeat.step, repeat.input)?;
+            crate::pg::record_pending_rebuild(&mut tx, &rebuild)?;
+        }
+        tx.commit()
+            .context("cannot commit the clear before the copy")?;
+        rebuild
+    };
+
+    match rows_and_rebuild(
+        sqlite,
+        clients,
+        tables,
+        work,
+        time_zone,
+        repeat,
+        integer_early,
+        &rebuild,
+    ) {
+        Ok(done) => Ok(done),
+        Err(err) => {
+            let (first, _) = clients
+                .split_first_mut()
+                .context("the copy needs a session")?;
+            match undo(first, &rebuild, repeat) {
+                Ok(()) => Err(anyhow!(
+                    "{err:#}; all of it rolled back: the target is as before (empty, its indexes and foreign keys back)"
+                )),
+                Err(undo_err) => Err(anyhow!(
+                    "{err:#}; the target could not be emptied again ({undo_err:#}): its load marker keeps what re-creates \
+                     the dropped indexes and keys, and the step run again clears the rows and loads again"
+                )),
+            }
+        }
+    }
+}
+
+/// After a failed copy: the rows cleared and every dropped index and key re-created on the
+/// empty tables, in one transaction, the marker left saying nothing is pending.
+fn undo(client: &mut Client, rebuild: &[String], repeat: &Repeatable<'_>) -> Result<()> {
+    let mut tx = client.transaction()?;
+    crate::pg::truncate_tables(&mut tx, crate::pg::TRUNCATE_SQL)?;
+    drop_keys_and_indexes(&mut tx)?;
+    for statement in rebuild {
+        tx.batch_execute(statement)
+            .with_context(|| format!("re-creating `{statement}` on the emptied tables"))?;
+    }
+    if !repeat.marker_sql.is_empty() {
+        tx.batch_execute(REBUILT_SQL)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The rows over the sessions, then the indexes, keys and sequences (see [`copy`]).
+#[allow(clippy::too_many_arguments)]
+fn rows_and_rebuild(
+    sqlite: &Path,
+    clients: &mut [Client],
+    tables: &[String],
+    mut work: Vec<Work>,
+    time_zone: &str,
+    repeat: &Repeatable<'_>,
+    integer_early: &[(&str, &str)],
+    rebuild: &[String],
+) -> Result<(Vec<TableCopy>, Vec<crate::pg::SequenceState>)> {
+    // 2. The rows: the largest tables first, each session taking the next table when it is free.
+    work.sort_by_key(|it| std::cmp::Reverse(it.rows * it.sqlite_columns.len() as u64));
+    let queue = Mutex::new(work.iter().collect::<VecDeque<_>>());
+    let (failed, barrier, bars) = (
+        AtomicBool::new(false),
+        Barrier::new(clients.len()),
+        Bars::new(),
+    );
+    let results: Vec<Result<Vec<TableCopy>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .map(|client| {
+                let (queue, failed, barrier, bars) = (&queue, &failed, &barrier, &bars);
+                scope.spawn(move || {
+                    session(
+                        sqlite,
+                        client,
+                        time_zone,
+                        integer_early,
+                        queue,
+                        (failed, barrier, bars),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("a copy session panicked")))
+            })
+            .collect()
+    });
+    let mut copies = Vec::new();
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(mut done) => copies.append(&mut done),
+            Err(err) => errors.push(err),
+        }
+    }
+    if let Some(err) = errors
+        .iter()
+        .position(|err| !err.to_string().contains("the other session failed"))
+        .map(|at| errors.swap_remove(at))
+        .or_else(|| errors.pop())
+    {
+        return Err(err);
+    }
+    copies.sort_by_key(|copy| tables.iter().position(|t| *t == copy.table));
+
+    crate::util::test_hold("pg-copy:rows");
+    // 3. Indexes over the sessions, then keys, sequences and the marker's "done" in one.
+    let (indexes, keys): (Vec<&String>, Vec<&String>) = rebuild
+        .iter()
+        .partition(|it| !it.starts_with("ALTER TABLE"));
+    let queue = Mutex::new(indexes.into_iter().collect::<VecDeque<_>>());
+    let built: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .map(|client| {
+                let queue = &queue;
+                scope.spawn(move || -> Result<()> {
+                    while let Some(statement) =
+                        queue.lock().map_err(|_| anyhow!("poisoned"))?.pop_front()
+                    {
+                        client.batch_execute(statement).map_err(|err| {
+                            crate::pg::explain_sql_error(
+                                err,
+                                &format!("re-creating `{statement}` after the copy "),
+                            )
+                        })?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("an index session panicked")))
+            })
+            .collect()
+    });
+    built.into_iter().collect::<Result<Vec<()>>>()?;
+    let (first, _) = clients
+        .split_first_mut()
+        .context("the copy needs a session")?;
+    let mut tx = first.transaction()?;
+    for statement in keys {
         tx.batch_execute(statement).map_err(|err| {
             crate::pg::explain_sql_error(
                 err,
-                &format!("re-creating `{statement}` after the copy (all of it rolled back: the target is as before)"),
+                &format!("re-creating `{statement}` after the copy (PostgreSQL checks the foreign key here)"),
             )
         })?;
     }
     let sequences = crate::pg::reset_sequences(&mut tx, repeat.reset_sequence_sql)?;
     if !repeat.marker_sql.is_empty() {
-        crate::pg::write_load_marker(&mut tx, repeat.marker_sql, repeat.step, repeat.input)?;
+        tx.batch_execute(REBUILT_SQL)
+            .context("cannot record the copy as done in its marker")?;
     }
-    tx.commit()
-        .map_err(|err| crate::pg::explain_sql_error(err, "the copy's commit (PostgreSQL checks the foreign keys here; everything was rolled back)"))?;
-    Ok((out, sequences))
+    tx.commit().map_err(|err| {
+        crate::pg::explain_sql_error(err, "the copy's last commit (the keys and sequences)")
+    })?;
+    Ok((copies, sequences))
 }
 
-/// `ALTER TABLE … ALTER COLUMN … TYPE <data_type>` for each of `columns` (on the empty table of
-/// the load: no rewrite worth the name).
-fn set_types(
-    tx: &mut postgres::Transaction<'_>,
-    table: &Ident,
-    columns: &[&str],
-    data_type: &str,
-) -> Result<()> {
-    for column in columns {
-        let column = Ident::column(column)?;
-        tx.batch_execute(&format!(
-            "ALTER TABLE {table} ALTER COLUMN {} TYPE {data_type}",
-            column.quoted()
-        ))
-        .map_err(|err| {
-            crate::pg::explain_sql_error(
-                err,
-                &format!(
-                    "making {table}.{} {data_type} for the load",
-                    column.quoted()
-                ),
-            )
-        })?;
+/// One session's share of the rows: its own SQLite reader and transaction; tables taken from
+/// `queue` until it is empty or another session failed; committed only when every session is
+/// through (`barrier`) and none failed.
+fn session(
+    sqlite: &Path,
+    client: &mut Client,
+    time_zone: &str,
+    integer_early: &[(&str, &str)],
+    queue: &Mutex<VecDeque<&Work>>,
+    (failed, barrier, bars): (&AtomicBool, &Barrier, &Bars),
+) -> Result<Vec<TableCopy>> {
+    let result = session_rows(
+        sqlite,
+        client,
+        time_zone,
+        integer_early,
+        queue,
+        failed,
+        bars,
+    );
+    if result.is_err() {
+        failed.store(true, Ordering::Relaxed);
     }
-    Ok(())
+    barrier.wait();
+    let (tx, copies) = result?;
+    if failed.load(Ordering::Relaxed) {
+        drop(tx);
+        bail!("rolled back: the other session failed");
+    }
+    tx.commit()
+        .map_err(|err| crate::pg::explain_sql_error(err, "a copy session's commit"))?;
+    Ok(copies)
+}
+
+/// A session's transaction and the tables it copied in it (not committed).
+fn session_rows<'c>(
+    sqlite: &Path,
+    client: &'c mut Client,
+    time_zone: &str,
+    integer_early: &[(&str, &str)],
+    queue: &Mutex<VecDeque<&Work>>,
+    failed: &AtomicBool,
+    bars: &Bars,
+) -> Result<(postgres::Transaction<'c>, Vec<TableCopy>)> {
+    let source = open_read_only(sqlite)?;
+    let mut tx = client.transaction()?;
+    // As Django's backend does per connection: the session reads naive times in TIME_ZONE.
+    tx.query_one("SELECT set_config('TimeZone', $1, true)", &[&time_zone])
+        .with_context(|| format!("PostgreSQL does not know the time zone `{time_zone}`"))?;
+    tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")?;
+    let mut copies = Vec::new();
+    while !failed.load(Ordering::Relaxed) {
+        let Some(next) = queue
+            .lock()
+            .map_err(|_| anyhow!("another copy session panicked"))?
+            .pop_front()
+        else {
+            break;
+        };
+        let progress = Progress::within(bars, &next.table);
+        let copied = copy_with_early_types(
+            &source,
+            sqlite,
+            &mut tx,
+            next,
+            integer_early,
+            &progress,
+            failed,
+        );
+        progress.finish();
+        copies.push(copied?);
+    }
+    Ok((tx, copies))
 }
 
 /// Turns the columns of `integer_early` the copy loaded as `integer` back into Sentry 4's
@@ -258,172 +439,6 @@ pub fn restore_sentry4_types(
         }
     }
     Ok(restored)
-}
-
-/// Why an early integer column cannot take a table's values: the first one that is not a
-/// whole number within int4.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NotWhole {
-    pub column: String,
-    pub rowid: i64,
-    pub value: String,
-}
-
-impl std::fmt::Display for NotWhole {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} of row {} is {}, not a whole number within integer's range",
-            self.column, self.rowid, self.value
-        )
-    }
-}
-
-/// A value an early integer column takes as it is: NULL, or a whole number within int4.
-fn whole_int4(value: ValueRef<'_>) -> bool {
-    let int4 = i64::from(i32::MIN)..=i64::from(i32::MAX);
-    match value {
-        ValueRef::Null => true,
-        ValueRef::Integer(n) => int4.contains(&n),
-        ValueRef::Real(x) => values::whole_i64(x).is_some_and(|n| int4.contains(&n)),
-        ValueRef::Text(_) | ValueRef::Blob(_) => false,
-    }
-}
-
-/// Streams one table (its columns the target has, of `sqlite_columns`) with COPY. A value of an
-/// `early` column that is not a whole int4 ends it with `Ok(Err(..))`, the COPY aborted (the
-/// caller rolls back to its savepoint); any other problem is an error naming table, column, row.
-fn copy_table(
-    source: &rusqlite::Connection,
-    sqlite: &Path,
-    tx: &mut postgres::Transaction<'_>,
-    table: &str,
-    sqlite_columns: &[String],
-    early: &[&str],
-) -> Result<Result<TableCopy, NotWhole>> {
-    let table_ident = Ident::table(table.to_string())?;
-    let columns = target_columns(tx, table)?;
-    let missing: Vec<&str> = columns
-        .iter()
-        .filter(|(name, _, required)| *required && !sqlite_columns.contains(name))
-        .map(|(name, _, _)| name.as_str())
-        .collect();
-    if !missing.is_empty() {
-        bail!(
-            "{table}: the target requires column(s) {} that the SQLite table lacks: the SQLite schema is not Sentry 4.10's; \
-             redo from sqlite-upgrade",
-            missing.join(", ")
-        );
-    }
-    let shared: Vec<(&str, Target, bool)> = columns
-        .iter()
-        .filter(|(name, _, _)| sqlite_columns.contains(name))
-        .map(|(name, data_type, _)| {
-            (
-                name.as_str(),
-                target_of(data_type),
-                early.contains(&name.as_str()),
-            )
-        })
-        .collect();
-    let skipped: Vec<String> = sqlite_columns
-        .iter()
-        .filter(|name| !columns.iter().any(|(c, _, _)| c == *name))
-        .cloned()
-        .collect();
-    let started = Instant::now();
-    let total: u64 = source
-        .query_row(
-            &format!("SELECT count(*) FROM {}", quote_ident(table)),
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .with_context(|| format!("cannot count {table} in {}", sqlite.display()))?
-        as u64;
-    let select = format!(
-        "SELECT rowid, {} FROM {}",
-        shared
-            .iter()
-            .map(|(name, _, _)| quote_ident(name))
-            .collect::<Vec<_>>()
-            .join(", "),
-        quote_ident(table)
-    );
-    let copy_sql = format!(
-        "COPY {} ({}) FROM STDIN",
-        table_ident,
-        shared
-            .iter()
-            .map(|(name, _, _)| Ident::column(name).map(|it| it.quoted()))
-            .collect::<Result<Vec<_>>>()?
-            .join(", ")
-    );
-    let mut progress = Progress::new(table, total);
-    let mut writer = BufWriter::with_capacity(
-        1 << 20,
-        tx.copy_in(&copy_sql)
-            .with_context(|| format!("cannot start COPY into {table}"))?,
-    );
-    let mut stmt = source.prepare(&select)?;
-    let mut rows = stmt.query([])?;
-    let mut line = Vec::with_capacity(4096);
-    let mut done = 0u64;
-    while let Some(row) = rows
-        .next()
-        .with_context(|| format!("cannot read {table} in {}", sqlite.display()))?
-    {
-        line.clear();
-        for (index, (column, target, is_early)) in shared.iter().enumerate() {
-            if index > 0 {
-                line.push(b'\t');
-            }
-            let value = row.get_ref(index + 1)?;
-            if *is_early && !whole_int4(value) {
-                progress.finish();
-                // Dropping the writer unfinished aborts the COPY.
-                return Ok(Err(NotWhole {
-                    column: column.to_string(),
-                    rowid: row.get(0)?,
-                    value: match value {
-                        ValueRef::Real(x) => format!("{x:?}"),
-                        ValueRef::Integer(n) => n.to_string(),
-                        _ => "text".into(),
-                    },
-                }));
-            }
-            if let Err(why) = encode(&mut line, *target, value) {
-                let rowid: i64 = row.get(0)?;
-                bail!("{table}.{column} of row {rowid}: {why}");
-            }
-        }
-        line.push(b'\n');
-        writer
-            .write_all(&line)
-            .with_context(|| format!("COPY into {table} failed"))?;
-        done += 1;
-        if done.is_multiple_of(4096) {
-            progress.tick(done, total);
-        }
-    }
-    drop(rows);
-    drop(stmt);
-    let copied = writer
-        .into_inner()
-        .map_err(|err| anyhow::anyhow!("COPY into {table} failed: {}", err.error()))?
-        .finish()
-        .map_err(|err| crate::pg::explain_sql_error(err, &format!("COPY into {table}")))?;
-    progress.finish();
-    if copied != done {
-        bail!("COPY into {table} took {copied} rows of {done} sent");
-    }
-    Ok(Ok(TableCopy {
-        table: table.to_string(),
-        rows: copied,
-        skipped_columns: skipped,
-        integer_columns: Vec::new(),
-        kept_double_precision: None,
-        secs: (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    }))
 }
 
 /// Asks the catalog for every foreign key and every plain (not unique, not primary key) index

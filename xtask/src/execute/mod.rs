@@ -309,7 +309,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
 
 /// The variable that holds a run between a step's work and its journal entry: for the fault
 /// matrix only (`xtask/tests/faults.rs` kills the run there), off unless a test sets it.
-pub const TEST_HOLD_BEFORE_JOURNAL: &str = "SENTRY_MIGRATE_TEST_HOLD_BEFORE_JOURNAL";
+pub const TEST_HOLD_BEFORE_JOURNAL: &str = crate::util::TEST_HOLD;
 
 /// With [`TEST_HOLD_BEFORE_JOURNAL`] set to `step`'s name: says so in the step's log, then waits
 /// a minute (the test kills the run in that time) before the journal records the step.

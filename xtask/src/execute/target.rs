@@ -51,7 +51,11 @@ impl StepRunner<'_> {
             self.resume.from(StepId::CountSource)
         );
         let input = self.load_input(step.id);
-        let (mut client, again) = self.ready_to_load(step, "copy", &input)?;
+        let (client, again) = self.ready_to_load(step, "copy", &input)?;
+        let mut clients = vec![client];
+        while clients.len() < crate::copy::SESSIONS {
+            clients.push(self.target_client()?);
+        }
         let tables = self.model_tables()?;
         let source = self.engine_source();
         let repeat = crate::copy::Repeatable {
@@ -62,7 +66,7 @@ impl StepRunner<'_> {
             input: &input,
         };
         let (copies, sequences) =
-            crate::copy::copy(&source, &mut client, &tables, zone, &repeat, integer_early)?;
+            crate::copy::copy(&source, &mut clients, &tables, zone, &repeat, integer_early)?;
         let mut log = self.log()?;
         for copy in &copies {
             writeln!(
@@ -230,6 +234,14 @@ impl StepRunner<'_> {
                 self.resume.from(StepId::BuildoutTag1)
             );
         }
+        let pending = pg::pending_rebuild(&mut client)?;
+        ensure!(
+            pending.is_empty(),
+            "the load did not finish: {} foreign key(s) and index(es) it dropped are not re-created yet (e.g. `{}`); {}",
+            pending.len(),
+            pending[0],
+            self.resume.redo(StepId::PgCopy)
+        );
         let counts = pg::table_counts(&mut client)?;
         let checks = verify::postgres_vs_dumps(&self.journal.dump_rows, &counts);
         self.journal.postgres_counts = counts;

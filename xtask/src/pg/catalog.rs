@@ -24,7 +24,7 @@ pub const LOAD_MARKER_TABLE: &str = "sentry_migrate_load";
 
 /// What a load runs to record itself; `$1` = the step, `$2` = its input.
 pub const LOAD_MARKER_SQL: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())",
+    "CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), rebuild text)",
     "DELETE FROM sentry_migrate_load",
     "INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)",
 ];
@@ -198,6 +198,46 @@ pub fn write_load_marker(
         };
         result.with_context(|| format!("cannot record the load in the target: `{sql}` failed"))?;
     }
+    Ok(())
+}
+
+/// The statements a copy recorded in its marker to re-create the foreign keys and indexes it
+/// dropped, when it did not get to re-create them (empty: none pending, or no marker).
+pub fn pending_rebuild(client: &mut impl GenericClient) -> Result<Vec<String>> {
+    if !has_table(client, LOAD_MARKER_TABLE)? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT rebuild FROM sentry_migrate_load WHERE rebuild IS NOT NULL",
+            &[],
+        )
+        .context(
+            "cannot read the statements pending in this tool's load marker (sentry_migrate_load)",
+        )?;
+    let mut out: Vec<String> = Vec::new();
+    for row in rows {
+        let text: String = row.get(0);
+        let statements: Vec<String> = serde_json::from_str(&text)
+            .context("the load marker's pending statements are not a JSON list: drop the target database and run again")?;
+        for statement in statements {
+            if !out.contains(&statement) {
+                out.push(statement);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records in the marker (just written) the statements that re-create what the copy dropped.
+pub fn record_pending_rebuild(
+    client: &mut impl GenericClient,
+    statements: &[String],
+) -> Result<()> {
+    let json = serde_json::to_string(statements)?;
+    client
+        .execute("UPDATE sentry_migrate_load SET rebuild = $1", &[&json])
+        .context("cannot record the copy's pending statements in its marker")?;
     Ok(())
 }
 

@@ -13,10 +13,10 @@ mod sequences;
 pub use catalog::{
     abstime_shim_script, clear_generated_rows, create_database, create_database_sql,
     database_exists, drop_database, events_after, install_abstime_shim, is_superuser,
-    latest_sentry_migration, load_marker, max_event_id, orphan_events, public_tables,
-    server_version_num, table_counts, truncate_tables, write_load_marker, ShimOutcome,
-    ABSTIME_SHIM_SQL, DATABASE_EXISTS_SQL, DEMO_PROJECT_NAME, DROP_LOAD_MARKER_SQL,
-    LOAD_MARKER_SQL, LOAD_MARKER_TABLE, TRUNCATE_SQL,
+    latest_sentry_migration, load_marker, max_event_id, orphan_events, pending_rebuild,
+    public_tables, record_pending_rebuild, server_version_num, table_counts, truncate_tables,
+    write_load_marker, ShimOutcome, ABSTIME_SHIM_SQL, DATABASE_EXISTS_SQL, DEMO_PROJECT_NAME,
+    DROP_LOAD_MARKER_SQL, LOAD_MARKER_SQL, LOAD_MARKER_TABLE, TRUNCATE_SQL,
 };
 pub use connect::{connect, connect_admin, explain_sql_error, is_missing_database};
 pub use preflight::{database_encoding, encoding_problem, privilege_problem};

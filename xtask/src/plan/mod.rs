@@ -388,7 +388,7 @@ pub fn plan(config: &Config) -> Vec<Step> {
                     *step = Step {
                         id: StepId::PgCopy,
                         phase: Postgres,
-                        summary: "stream every table into PostgreSQL with COPY in one transaction (foreign keys checked at commit)",
+                        summary: "stream every table into PostgreSQL with COPY over two sessions (indexes and foreign keys dropped, then re-created and checked)",
                         action: PgCopy {
                             time_zone: config.time_zone.zone().map(str::to_string),
                             integer_early: crate::copy::SENTRY6_INTEGER_COLUMNS,

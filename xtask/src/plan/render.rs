@@ -102,29 +102,40 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             format!("count: rows of every model table in {} (the working copy with --fit-values)", db),
             "check: they equal SQLite's rows per table, less exactly the rows --fit-values merged".into(),
         ],
-        Action::PgCopy { time_zone, integer_early, reset_sequence_sql, truncate_sql, marker_sql } => [vec![
-            "check: the target is empty, or holds this migration's own committed load of the same source (sentry_migrate_load says so: a run stopped before its journal)".to_string(),
-            "sql (one transaction): SELECT set_config('TimeZone', $1, true)".to_string(),
-            format!(
-                "      where $1 = {}: naive datetimes are read in it, as Django's PostgreSQL backend reads them",
-                time_zone.as_deref().map_or("TIME_ZONE (not set: preflight stops)".to_string(), |zone| format!("'{zone}'"))
-            ),
-            "sql: SET CONSTRAINTS ALL DEFERRED".into(),
-            format!("sql (only over its own earlier load): {truncate_sql}"),
-            format!("      where {{tables}} = every table in schema public but {}, quoted", pg::LOAD_MARKER_TABLE),
-            format!("sql: {}", copy::KEYS_AND_INDEXES_SQL),
-            "      then each DROP it lists; after the COPYs, each re-creating statement (indexes, then foreign keys), in the same transaction".into(),
-            "sql (each model table, its columns that SQLite has): COPY {table} ({columns}) FROM STDIN".into(),
-            "      rows streamed from SQLite one at a time: booleans 0/1 -> f/t, text escaped for COPY, NULL as \\N".into(),
-            format!(
-                "      in a savepoint first, Sentry 6's integer columns as integer ({}): sql: ALTER TABLE {{table}} ALTER COLUMN {{column}} TYPE integer",
-                integer_early.iter().map(|(t, c)| format!("{t}.{c}")).collect::<Vec<_>>().join(", ")
-            ),
-            "      (its migration 0105 then finds the type and rewrites nothing); a value not whole within integer's range: ROLLBACK TO SAVEPOINT, TYPE double precision, the table copied again".into(),
-            "check: rows copied = rows read, per table; foreign keys validated when re-created (a failure rolls everything back, drops included)".into(),
-            format!("sql (each table with an id sequence, before the commit): {reset_sequence_sql}"),
-            "      where {table} and $1 = the table's quoted name".into(),
-        ], marker_lines(marker_sql, "pg-copy", "the source's sha256 (the working copy's with --fit-values)", "then COMMIT")].concat(),
+        Action::PgCopy { time_zone, integer_early, reset_sequence_sql, truncate_sql, marker_sql } => [
+            vec![
+                "check: the target is empty, or holds this migration's own load of the same source (sentry_migrate_load says so: a run stopped before its journal)".to_string(),
+                format!("transaction 1: (only over its own earlier load) {truncate_sql}"),
+                format!("      where {{tables}} = every table in schema public but {}, quoted", pg::LOAD_MARKER_TABLE),
+                format!("sql: {}", copy::KEYS_AND_INDEXES_SQL),
+                "      then each DROP it lists".into(),
+            ],
+            marker_lines(marker_sql, "pg-copy", "the source's sha256 (the working copy's with --fit-values)", "then"),
+            vec![
+                "sql: UPDATE sentry_migrate_load SET rebuild = $1".into(),
+                "      where $1 = the statements that re-create what was dropped (and any an interrupted run left there), as JSON; then COMMIT".into(),
+                format!("transaction 2, in each of {} sessions: SELECT set_config('TimeZone', $1, true)", copy::SESSIONS),
+                format!(
+                    "      where $1 = {}: naive datetimes are read in it, as Django's PostgreSQL backend reads them",
+                    time_zone.as_deref().map_or("TIME_ZONE (not set: preflight stops)".to_string(), |zone| format!("'{zone}'"))
+                ),
+                "sql: SET CONSTRAINTS ALL DEFERRED".into(),
+                "sql (each model table, the largest first, the next one to the session that is free; its columns that SQLite has): COPY {table} ({columns}) FROM STDIN".into(),
+                "      rows streamed from SQLite one at a time: booleans 0/1 -> f/t, text escaped for COPY, NULL as \\N".into(),
+                format!(
+                    "      in a savepoint first, Sentry 6's integer columns as integer ({}): sql: ALTER TABLE {{table}} ALTER COLUMN {{column}} TYPE integer",
+                    integer_early.iter().map(|(t, c)| format!("{t}.{c}")).collect::<Vec<_>>().join(", ")
+                ),
+                "      (its migration 0105 then finds the type and rewrites nothing); a value not whole within integer's range: ROLLBACK TO SAVEPOINT, TYPE double precision, the table copied again".into(),
+                "check: rows copied = rows read, per table; COMMIT in every session once all of them are through, none if one failed".into(),
+                "then: each CREATE INDEX recorded, over the sessions".into(),
+                "transaction 3: each ADD CONSTRAINT … FOREIGN KEY recorded (PostgreSQL validates it)".into(),
+                format!("sql (each table with an id sequence): {reset_sequence_sql}"),
+                "      where {table} and $1 = the table's quoted name".into(),
+                format!("sql: {}, then COMMIT", copy::REBUILT_SQL),
+                format!("on a failure: {} and every recorded statement again on the emptied tables, in one transaction (the target as before)", pg::TRUNCATE_SQL),
+            ],
+        ].concat(),
         Action::VerifyDumps => vec![
             "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
             "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
@@ -270,7 +281,7 @@ mod tests {
       check: the target is empty, or holds this migration's own load of the same dumps (sentry_migrate_load says so: a run stopped before its journal)
       sql (one transaction, only over its own earlier load): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
             where {tables} = every table in schema public but sentry_migrate_load, quoted
-      sql: CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())
+      sql: CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), rebuild text)
       sql: DELETE FROM sentry_migrate_load
       sql: INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)
             where $1 = 'pg-load', $2 = both dumps' sha256; then COMMIT, before the load

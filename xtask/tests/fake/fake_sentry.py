@@ -60,6 +60,7 @@ CREATE TABLE sentry_groupedmessage (id serial PRIMARY KEY, project_id integer RE
 CREATE TABLE sentry_groupbookmark (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, user_id integer);
 CREATE TABLE sentry_messagecountbyminute (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, date varchar(20), times_seen integer);
 CREATE TABLE sentry_message (id serial PRIMARY KEY, group_id integer REFERENCES sentry_groupedmessage (id) DEFERRABLE INITIALLY DEFERRED, datetime timestamp with time zone);
+CREATE INDEX sentry_message_group_id ON sentry_message (group_id);
 CREATE TABLE sentry_team (id serial PRIMARY KEY, name varchar(64));
 CREATE TABLE sentry_view (id serial PRIMARY KEY, path varchar(100));
 CREATE TABLE south_migrationhistory (id serial PRIMARY KEY, app_name varchar(255), migration varchar(255));
