@@ -108,7 +108,7 @@ pub fn free_port() -> Result<u16> {
 /// A failed write to `path` in words: a full disk says so plainly, with the folder and what is
 /// free there, and what to do.
 pub fn write_error(path: &Path, err: std::io::Error) -> anyhow::Error {
-    if err.raw_os_error() == Some(nix::libc::ENOSPC) {
+    if err.raw_os_error() == Some(libc::ENOSPC) {
         let dir = path.parent().unwrap_or(Path::new("."));
         let free = free_bytes(dir)
             .map(human_bytes)
@@ -315,6 +315,18 @@ pub fn peak_rss_kib() -> Option<u64> {
     let status = fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds (user + system) this process has used, all its threads.
+pub fn cpu_secs() -> f64 {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it for this process.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a rusage we own.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0.0;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 pub fn human_bytes(bytes: u64) -> String {

@@ -56,10 +56,11 @@ pub fn copy_worker(args: &[OsString]) -> Result<()> {
     )?;
     let rows: u64 = copies.iter().map(|it| it.rows).sum();
     println!(
-        "copied {rows} rows into {} tables; {} sequences reset; peak RSS {} KiB",
+        "copied {rows} rows into {} tables over {sessions} session(s); {} sequences reset; peak RSS {} KiB; CPU {:.1} s",
         copies.len(),
         sequences.len(),
-        util::peak_rss_kib().unwrap_or(0)
+        util::peak_rss_kib().unwrap_or(0),
+        util::cpu_secs()
     );
     Ok(())
 }
