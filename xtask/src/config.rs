@@ -21,6 +21,8 @@ pub struct Config {
     pub fit_values: bool,
     /// `--sentry-own-upgrade`: Sentry 6's `upgrade` as shipped (0083 walks every group).
     pub sentry_own_upgrade: bool,
+    /// `--prepare`: only the steps that need no downtime, while Sentry 4 runs.
+    pub prepare: bool,
     /// How the rows go into PostgreSQL.
     pub engine: crate::flags::Engine,
     /// The `TIME_ZONE` Sentry 4 wrote its naive dates in, as the settings files say.
@@ -47,6 +49,7 @@ impl Config {
             tag2_cfg: root.join("buildout/tag2-sentry6.cfg"),
             fit_values: false,
             sentry_own_upgrade: false,
+            prepare: false,
             engine: crate::flags::Engine::default(),
             time_zone: crate::zone::read(&root),
             root,

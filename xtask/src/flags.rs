@@ -48,6 +48,13 @@ xflags::xflags! {
             /// at a million events). Without it the same migrations run in the same order, 0083
             /// set-based (proven equal to Sentry's own by the rehearsal).
             optional --sentry-own-upgrade
+            /// Before the cut-over, while Sentry 4 still serves: run only what needs no downtime,
+            /// buildout-tag1 (when bin/sentry already runs the Sentry 4.x tag 1 pins: it then adds
+            /// psycopg2 and nothing else), pg-create-database, pg-upgrade (with settings for
+            /// PostgreSQL written to dumps/prepare/; settings/settings_local.py is left alone),
+            /// pg-clear-generated-rows and pg-abstime-shim. The cut-over is then `migrate` with
+            /// Sentry 4 stopped: it skips them, and its downtime no longer counts them.
+            optional --prepare
         }
         /// Back to the state before `migrate`: settings_local.py to SQLite, buildout tag 1, and
         /// with --restore-backup the db from the backup the journal verified. Refused while

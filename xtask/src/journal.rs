@@ -20,6 +20,9 @@ pub struct StepRecord {
     /// the step's log: `guards::run_command`). Empty for a step that ran none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub migrations: Vec<crate::sentry::MigrationTime>,
+    /// Run by `migrate --prepare`, before the cut-over, while Sentry 4 served: not downtime.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prepared: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -143,11 +146,20 @@ impl Journal {
     /// steps' times (of a resumed run too; the time between a failure and its resume is not in
     /// it). `None` before any step.
     pub fn downtime(&self) -> Option<(&str, f64)> {
-        let first = self.steps.first()?;
-        Some((
-            first.name.as_str(),
-            self.steps.iter().map(|it| it.elapsed_secs).sum(),
-        ))
+        let mut down = self.steps.iter().filter(|it| !it.prepared).peekable();
+        let first = down.peek()?.name.as_str();
+        Some((first, down.map(|it| it.elapsed_secs).sum()))
+    }
+
+    /// The steps `migrate --prepare` ran while Sentry 4 served, and their seconds.
+    pub fn prepared(&self) -> Option<(Vec<&str>, f64)> {
+        let prepared: Vec<&StepRecord> = self.steps.iter().filter(|it| it.prepared).collect();
+        (!prepared.is_empty()).then(|| {
+            (
+                prepared.iter().map(|it| it.name.as_str()).collect(),
+                prepared.iter().map(|it| it.elapsed_secs).sum(),
+            )
+        })
     }
 
     pub fn record(&mut self, record: StepRecord) {

@@ -68,6 +68,13 @@ pub fn markdown(journal: &Journal) -> String {
             "- downtime: Sentry down from step `{first}` to the end: {secs:.1} s (every step needs Sentry 4 stopped; the sum of the step times)"
         );
     }
+    if let Some((names, secs)) = journal.prepared() {
+        let _ = writeln!(
+            out,
+            "- prepared beforehand while Sentry 4 served (`migrate --prepare`, not downtime): {secs:.1} s ({})",
+            names.join(", ")
+        );
+    }
     if let Some(summary) = &journal.loaddata_summary {
         let _ = writeln!(out, "- loaddata: {summary}");
     }

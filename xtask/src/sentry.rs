@@ -167,9 +167,39 @@ pub fn installed_version(script: &Path) -> Option<String> {
     version.contains('.').then_some(version)
 }
 
+/// The Sentry version a buildout config pins: `sentry = X` in its `[versions]` section.
+pub fn pinned_version(cfg: &str) -> Option<String> {
+    let mut in_versions = false;
+    for line in cfg.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            in_versions = line == "[versions]";
+            continue;
+        }
+        if !in_versions {
+            continue;
+        }
+        if let Some((name, value)) = line.split_once('=') {
+            if name.trim().eq_ignore_ascii_case("sentry") {
+                return Some(value.trim().to_string()).filter(|it| !it.is_empty());
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod version_tests {
     use super::*;
+
+    #[test]
+    fn reads_the_pinned_sentry_of_a_buildout_config() {
+        let cfg = "[buildout]\nversions = versions\n[sentry]\neggs = sentry\n[versions]\nsentry-plugins = 1\nsentry = 4.10.0  # tag 1\n";
+        assert_eq!(pinned_version(cfg).as_deref(), Some("4.10.0"));
+        assert_eq!(pinned_version("[sentry]\nsentry = 4.10.0\n"), None);
+        let tag1 = include_str!("../../buildout/tag1-sentry4.cfg");
+        assert_eq!(pinned_version(tag1).as_deref(), Some("4.10.0"));
+    }
 
     #[test]
     fn reads_the_sentry_egg_from_the_script() {

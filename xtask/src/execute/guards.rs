@@ -89,6 +89,36 @@ impl StepRunner<'_> {
         Ok(())
     }
 
+    /// `migrate --prepare` runs tag 1's buildout beside a running Sentry 4 only when bin/sentry
+    /// already runs the Sentry version the config pins: the buildout then adds psycopg2 and
+    /// rewrites the same scripts, and a running (or restarted) Sentry 4 runs the same code.
+    pub(super) fn ensure_same_sentry_as(&self, command: &Command) -> Result<()> {
+        let cfg = command
+            .args
+            .get(1)
+            .map(|it| self.config.root.join(it))
+            .context("the buildout command names no config")?;
+        let text =
+            fs::read_to_string(&cfg).with_context(|| format!("cannot read {}", cfg.display()))?;
+        let pinned = sentry::pinned_version(&text).with_context(|| {
+            format!(
+                "{} pins no `sentry = <version>` under [versions]: --prepare cannot tell whether \
+                 installing it under the running Sentry is safe; run `cargo xtask migrate` with Sentry stopped",
+                self.config.display_path(&cfg)
+            )
+        })?;
+        let installed = sentry::installed_version(&self.config.bin("sentry"));
+        ensure!(
+            installed.as_deref() == Some(pinned.as_str()),
+            "bin/sentry runs Sentry {}, but {} installs Sentry {pinned}: installing it under the running \
+             Sentry is not safe (a restart would run other code on an un-upgraded db); skip --prepare and \
+             run `cargo xtask migrate` with Sentry stopped",
+            installed.as_deref().unwrap_or("of no version this tool can read (no bin/sentry, or a develop egg)"),
+            self.config.display_path(&cfg)
+        );
+        Ok(())
+    }
+
     /// Tag 1 steps need Sentry 4 in bin/, tag 2 steps Sentry 6 (a `--from` after tag 2 was
     /// installed must not run Sentry 6 where Sentry 4 belongs).
     pub(super) fn ensure_sentry_version_for(&self, phase: Phase) -> Result<()> {

@@ -110,6 +110,7 @@ impl flags::Migrate {
         });
         config.fit_values = self.fit_values || journaled_fit;
         config.sentry_own_upgrade = self.sentry_own_upgrade;
+        config.prepare = self.prepare;
         let path = |it: &Option<PathBuf>| it.as_ref().map(|it| it.display().to_string());
         let resume = Resume::new(&[
             ("--sqlite", path(&self.sqlite)),
@@ -121,7 +122,8 @@ impl flags::Migrate {
         .switch(
             "--engine loaddata",
             config.engine == flags::Engine::Loaddata,
-        );
+        )
+        .switch("--prepare", config.prepare);
         let options = Options {
             dry_run: self.dry_run,
             from: self.from,
@@ -210,6 +212,20 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             ..Journal::default()
         },
     };
+    if config.prepare {
+        let begun: Vec<&str> = journal
+            .steps
+            .iter()
+            .filter(|it| !it.prepared)
+            .map(|it| it.name.as_str())
+            .collect();
+        ensure!(
+            begun.is_empty(),
+            "--prepare is for before the cut-over, but the cut-over has begun (done: {}): go on with `{}`",
+            begun.join(", "),
+            options.resume.command().replace(" --prepare", "")
+        );
+    }
     journal.engine = Some(config.engine.name().to_string());
     journal.fit_values = Some(config.fit_values);
     if let Some(from) = from {
@@ -261,6 +277,7 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
                     elapsed_secs: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
                     outputs,
                     migrations,
+                    prepared: config.prepare,
                 });
                 journal.save(&journal_path)?;
                 report::write(&journal, &config.dumps_dir())?;
@@ -302,6 +319,15 @@ pub fn execute(sh: &Shell, config: &Config, options: &Options) -> Result<()> {
             );
             return Ok(());
         }
+    }
+    if config.prepare {
+        let secs: f64 = journal.prepared().map_or(0.0, |(_, secs)| secs);
+        println!(
+            "\nprepared in {secs:.1}s while Sentry 4 served; settings/settings_local.py untouched.\n\
+             next:   stop Sentry 4, then `{}` (the cut-over: it skips what is prepared)",
+            options.resume.command().replace(" --prepare", "")
+        );
+        return Ok(());
     }
     print_summary(config, &steps, &journal);
     Ok(())
@@ -544,6 +570,34 @@ impl StepRunner<'_> {
                 .map(|()| Outputs::new()),
             Action::PgCreateDatabase { create_sql } => {
                 self.create_database(create_sql).map(|()| Outputs::new())
+            }
+            Action::PgCreateDatabaseChecked { create_sql } => {
+                if let Some(problem) = pg::privilege_problem(&self.config.pg)? {
+                    bail!("{problem}");
+                }
+                self.create_database(create_sql).map(|()| Outputs::new())
+            }
+            Action::BuildoutWhileRunning(command) => {
+                self.ensure_same_sentry_as(command)?;
+                self.run_command(command)?;
+                self.ensure_tag_installs(step, command)?;
+                Ok(Outputs::new())
+            }
+            Action::RunPrepared {
+                command,
+                settings_dir,
+            } => {
+                self.ensure_sentry_version_for(step.phase)?;
+                let written = crate::settings::write_prepared(
+                    self.config,
+                    &self.config.root.join(settings_dir),
+                )?;
+                writeln!(
+                    self.log()?,
+                    "settings for PostgreSQL written to {} (settings/settings_local.py left as it is)",
+                    self.config.display_path(&written)
+                )?;
+                self.run_command(command)
             }
             Action::PgClearGeneratedRows {
                 demo_project,

@@ -42,6 +42,14 @@ pub(super) fn print_summary(config: &Config, steps: &[Step], journal: &Journal) 
             secs
         );
     }
+    if let Some((names, secs)) = journal.prepared() {
+        println!(
+            "  {:<40} {:>8.1}s   ({})",
+            "prepared while Sentry 4 served",
+            secs,
+            names.join(", ")
+        );
+    }
     if let Some(record) = journal.record_of(StepId::Sentry6Upgrade) {
         let slowest: Vec<String> = sentry::slowest(&record.migrations, 3)
             .iter()

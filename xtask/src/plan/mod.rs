@@ -2,6 +2,7 @@
 //! pure `plan(&Config)` that lists them in order; `steps` names every step (`StepId`), `render`
 //! is what `--dry-run` prints. Nothing here does IO.
 
+mod prepare;
 mod render;
 mod steps;
 
@@ -15,6 +16,7 @@ use crate::{
     pg, sqlite,
 };
 
+pub use prepare::{PREPARED, PREPARED_SETTINGS_DIR};
 pub use render::{describe, render, shell_quote};
 pub use steps::StepId;
 
@@ -88,6 +90,19 @@ pub enum Action {
     },
     /// Creates the target database (`create_sql`), or accepts an empty one.
     PgCreateDatabase { create_sql: String },
+    /// `migrate --prepare`: `bin/buildout` with tag 1's config while Sentry 4 runs, refused
+    /// unless bin/sentry already runs the Sentry version the config pins.
+    BuildoutWhileRunning(Command),
+    /// `migrate --prepare`: the target's privileges checked as preflight checks them, then
+    /// [`Action::PgCreateDatabase`].
+    PgCreateDatabaseChecked { create_sql: String },
+    /// `migrate --prepare`: writes PostgreSQL settings into `settings_dir` (as
+    /// `switch-settings postgres` would write them, settings_local.py left alone), then runs
+    /// `command` with them while Sentry 4 runs.
+    RunPrepared {
+        command: Command,
+        settings_dir: PathBuf,
+    },
     /// Removes the demo project and every row `sentry upgrade` generated, so the load is exact:
     /// `truncate_sql` with `{tables}` = every table in schema public, in one transaction.
     PgClearGeneratedRows {
@@ -401,6 +416,9 @@ pub fn plan(config: &Config) -> Vec<Step> {
                 _ => {}
             }
         }
+    }
+    if config.prepare {
+        return prepare::prepared(steps, config);
     }
     if config.fit_values {
         let at = steps

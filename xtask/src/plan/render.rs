@@ -64,6 +64,17 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
             "check: PRAGMA integrity_check on the copy; sha256 of the copy equals the source's; record it in the journal".into(),
         ],
         Action::Buildout(cmd) | Action::Run(cmd) => vec![format!("run: {}", cmd.render())],
+        Action::BuildoutWhileRunning(cmd) => vec![
+            "check: bin/sentry already runs the Sentry version this config pins (then it adds psycopg2 and rewrites the same scripts: the running Sentry 4 is not touched); refused otherwise".into(),
+            format!("run: {}", cmd.render()),
+        ],
+        Action::RunPrepared { command, settings_dir } => vec![
+            format!(
+                "write: {}/settings_local.py (0600) as `switch-settings postgres` would write it, and copies of settings/settings.py and settings/sentry_conf.py beside it; settings/settings_local.py is left as it is",
+                settings_dir.display()
+            ),
+            format!("run: {} (Sentry 4 may keep running: this touches only the target)", command.render()),
+        ],
         Action::Sentry6Upgrade { command, set_based_0083 } => {
             let mut lines = vec![format!("run: {}", command.render())];
             if *set_based_0083 {
@@ -139,6 +150,10 @@ pub fn describe(step: &Step, config: &Config) -> Vec<String> {
         Action::VerifyDumps => vec![
             "check: both dumps parse as JSON fixtures; objects per model (and m2m entries) equal the SQLite rows of its table".into(),
             "report: SQLite-only tables (no model) with their rows, as not carried over".into(),
+        ],
+        Action::PgCreateDatabaseChecked { create_sql } => vec![
+            format!("check: PostgreSQL {target} answers (password: {}), and the role may create what Sentry's upgrade creates", config.pg_password_source),
+            format!("then as pg-create-database: {create_sql} (only if the target does not exist), UTF8, no tables"),
         ],
         Action::PgCreateDatabase { create_sql } => vec![
             "connect: the target database (only if it does not exist: the maintenance db `postgres`, else template1)".to_string(),

@@ -218,6 +218,32 @@ pub(super) fn cut_over(
     )?;
     std::thread::sleep(Duration::from_secs(3));
 
+    // What needs no downtime, while Sentry 4 serves and the client sends: `migrate --prepare`.
+    let prepare_log = logs.join("cutover-prepare.log");
+    let preparing = Instant::now();
+    let (ok, stderr) = run_tool(
+        sh,
+        exe,
+        &["migrate", "--prepare", "--fit-values"],
+        root,
+        pg_env,
+        &prepare_log,
+    )?;
+    ensure!(
+        ok,
+        "`migrate --prepare` failed while Sentry 4 served: {stderr}\n{}",
+        util::log_tail(&prepare_log, 15)
+    );
+    ensure!(
+        sentry4.is_running(),
+        "Sentry 4 stopped during `migrate --prepare` (log {})",
+        logs.join("cutover-sentry4-web.log").display()
+    );
+    println!(
+        "    migrate --prepare while Sentry 4 served and raven 2.0.5 sent: {} (buildout-tag1, pg-create-database, pg-upgrade, pg-clear-generated-rows, pg-abstime-shim)",
+        util::human_duration(preparing.elapsed())
+    );
+
     // hold-events first (it waits for the address), then Sentry 4 stops; or, with a shared
     // socket, Sentry 4 stops, the rehearsal (as a service manager) listens, and passes the
     // socket to hold-events.

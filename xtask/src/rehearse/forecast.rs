@@ -226,6 +226,26 @@ impl Forecast {
              warm egg cache.",
             secs(self.migrate_wall_secs.max(total))
         );
+            let prepared: f64 = self
+                .steps
+                .iter()
+                .filter(|(name, _)| crate::plan::PREPARED.iter().any(|it| it.name() == name))
+                .map(|(_, s)| *s)
+                .sum();
+            if prepared > 0.0 {
+                let _ = writeln!(
+                    out,
+                    "\nWith `cargo xtask migrate --prepare` run first, while Sentry 4 still serves: about **{}** \
+                     of downtime; {} of steps ({}) move before the cut-over.",
+                    secs((self.migrate_wall_secs.max(total) - prepared).max(0.0)),
+                    secs(prepared),
+                    crate::plan::PREPARED
+                        .iter()
+                        .map(|it| it.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
         }
         let _ = writeln!(out, "\n## Disk\n");
         let _ = writeln!(
@@ -439,8 +459,17 @@ mod tests {
         assert!(text.contains("| pg-load | 12.0s |"), "{text}");
         assert!(text.contains("needed on this machine: 40.0 MiB"), "{text}");
         assert!(text.contains("about 13.0s** of downtime"), "{text}");
+        assert!(!text.contains("--prepare"), "nothing to prepare: {text}");
         assert!(
             text.contains("| web (id 1) | 10 | 10 | 4 | 3 | #7 | ok |"),
+            "{text}"
+        );
+        let mut prepared = forecast();
+        prepared.steps.push(("pg-upgrade".into(), 4.0));
+        prepared.migrate_wall_secs = 17.0;
+        let text = prepared.render();
+        assert!(
+            text.contains("run first, while Sentry 4 still serves: about **13.0s** of downtime; 4.0s of steps"),
             "{text}"
         );
     }

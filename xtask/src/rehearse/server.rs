@@ -107,6 +107,11 @@ impl Server {
         Ok(())
     }
 
+    /// Its process group still has a live process.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some() && group_alive(self.pgid)
+    }
+
     #[cfg(test)]
     pub fn pgid(&self) -> u32 {
         self.pgid

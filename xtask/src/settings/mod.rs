@@ -2,7 +2,11 @@
 //! every replaced file kept, the secret key kept or the switch refused, changes printed with
 //! secrets masked); `keep` keeps every file it replaces.
 
-use std::fs;
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
 
 mod keep;
 
@@ -110,6 +114,41 @@ fn masked(line: &str) -> String {
 /// none.
 pub fn switch(kind: DbKind, config: &Config) -> Result<Vec<String>> {
     let path = config.settings_local();
+    let (previous, text, mut notes) = planned(kind, config)?;
+    if previous.as_deref() == Some(text.as_str()) {
+        return Ok(Vec::new());
+    }
+    if let Some(previous) = &previous {
+        for kept in keep_previous(&path, previous.as_bytes())? {
+            notes.push(format!(
+                "note: kept a copy of a previous file as {}",
+                config.display_path(&kept)
+            ));
+        }
+    }
+    util::write_atomic(&path, text.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let old_lines: Vec<&str> = previous.as_deref().unwrap_or("").lines().collect();
+    let new_lines: Vec<&str> = text.lines().collect();
+    let mut changes = Vec::new();
+    for line in &old_lines {
+        if !new_lines.contains(line) {
+            changes.push(format!("- {}", masked(line)));
+        }
+    }
+    for line in &new_lines {
+        if !old_lines.contains(line) {
+            changes.push(format!("+ {}", masked(line)));
+        }
+    }
+    changes.extend(notes);
+    Ok(changes)
+}
+
+/// What `switch(kind)` writes: the file it replaces (if any), the new text (the secret key
+/// kept as `switch` documents it) and notes about the key.
+fn planned(kind: DbKind, config: &Config) -> Result<(Option<String>, String, Vec<String>)> {
+    let path = config.settings_local();
     let previous = read_if_present(&path)?
         .map(|bytes| {
             String::from_utf8(bytes).map_err(|_| {
@@ -176,34 +215,37 @@ pub fn switch(kind: DbKind, config: &Config) -> Result<Vec<String>> {
         }
     };
     let text = render_with_key(kind, config, &key);
-    if previous.as_deref() == Some(text.as_str()) {
-        return Ok(Vec::new());
-    }
-    if let Some(previous) = &previous {
-        for kept in keep_previous(&path, previous.as_bytes())? {
-            notes.push(format!(
-                "note: kept a copy of a previous file as {}",
-                config.display_path(&kept)
-            ));
+    Ok((previous, text, notes))
+}
+
+/// For `migrate --prepare`: in `dir`, the settings `switch-settings postgres` would write
+/// (`settings_local.py`, 0600, the same secret key) beside copies of `settings.py` and the
+/// install's `sentry_conf.py` (0600), so Sentry 4's `upgrade` can build the target's schema
+/// while the running Sentry 4 keeps its own settings_local.py, untouched. Returns the
+/// `settings.py` to pass as `--config`.
+pub fn write_prepared(config: &Config, dir: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let (_, text, _) = planned(DbKind::Postgres, config)?;
+    let text = text.replacen(
+        "# Written by `cargo xtask switch-settings postgres`",
+        "# Written by `cargo xtask migrate --prepare` (settings/settings_local.py is left as it is)",
+        1,
+    );
+    util::write_atomic(&dir.join("settings_local.py"), text.as_bytes(), 0o600)?;
+    for file in ["settings.py", "sentry_conf.py"] {
+        let from = config.root.join("settings").join(file);
+        let to = dir.join(file);
+        match fs::read(&from) {
+            Ok(bytes) => util::write_atomic(&to, &bytes, 0o600)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(&to);
+            }
+            Err(err) => return Err(err).with_context(|| format!("cannot read {}", from.display())),
         }
     }
-    util::write_atomic(&path, text.as_bytes(), 0o600)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    let old_lines: Vec<&str> = previous.as_deref().unwrap_or("").lines().collect();
-    let new_lines: Vec<&str> = text.lines().collect();
-    let mut changes = Vec::new();
-    for line in &old_lines {
-        if !new_lines.contains(line) {
-            changes.push(format!("- {}", masked(line)));
-        }
-    }
-    for line in &new_lines {
-        if !old_lines.contains(line) {
-            changes.push(format!("+ {}", masked(line)));
-        }
-    }
-    changes.extend(notes);
-    Ok(changes)
+    Ok(dir.join("settings.py"))
 }
 
 /// Which database the current file points at, if any.

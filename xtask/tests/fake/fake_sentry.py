@@ -80,8 +80,11 @@ def south(*lines, sleep=0):
 
 
 def settings():
+    # Like settings.py: settings_local.py beside the --config file.
+    config = next((arg[len('--config='):] for arg in ARGS if arg.startswith('--config=')),
+                  'settings/settings.py')
     scope = {}
-    with open(os.path.join(ROOT, 'settings', 'settings_local.py')) as f:
+    with open(os.path.join(ROOT, os.path.dirname(config), 'settings_local.py')) as f:
         exec(f.read(), scope)
     db = scope['DATABASES']['default']
     # The file holds Python 2 byte strings ('\xc3\xa9' for a UTF-8 'é'): Python 3 reads those
