@@ -158,13 +158,16 @@ mod tests {
 /// (`…/sentry-4.10.0-py2.7.egg`); `None` when the script does not say (e.g. a develop egg).
 pub fn installed_version(script: &Path) -> Option<String> {
     let text = fs::read_to_string(script).ok()?;
-    let at = text.find("/sentry-")? + "/sentry-".len();
-    let version: String = text[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
-    let version = version.trim_end_matches('.').to_string();
-    version.contains('.').then_some(version)
+    // The egg `/sentry-<version>-…`; other paths may hold `/sentry-` too (a cache under
+    // `~/.cache/sentry-migrate/`): the first one followed by a version.
+    text.match_indices("/sentry-").find_map(|(at, found)| {
+        let version: String = text[at + found.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let version = version.trim_end_matches('.').to_string();
+        version.contains('.').then_some(version)
+    })
 }
 
 /// The Sentry version a buildout config pins: `sentry = X` in its `[versions]` section.
@@ -206,6 +209,9 @@ mod version_tests {
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("sentry");
         fs::write(&script, "#!/x/bin/python\nimport sys\nsys.path[0:0] = [\n  '/srv/eggs/sentry-4.10.0-py2.7.egg',\n  '/srv/eggs/Django-1.4.22-py2.7.egg',\n]\n").unwrap();
+        assert_eq!(installed_version(&script).as_deref(), Some("4.10.0"));
+        // The rehearsal's own cache path comes first and names no version.
+        fs::write(&script, "#!/root/.cache/sentry-migrate/ve27/bin/python\nsys.path[0:0] = [\n  '/root/.cache/sentry-migrate/eggs/sentry-4.10.0-py2.7.egg',\n]\n").unwrap();
         assert_eq!(installed_version(&script).as_deref(), Some("4.10.0"));
         fs::write(
             &script,
