@@ -567,36 +567,48 @@ fn a_copy_killed_before_its_indexes_and_keys_are_back_resumes_to_the_same_result
     let out = reference.xtask(&args, None);
     assert!(out.ok, "{out:#?}");
 
-    let repo = Repo::new("rowskill");
-    let pending = |repo: &Repo| -> Option<Vec<String>> {
-        let mut client = repo.target_client();
-        let rebuild: Option<String> = client
-            .query_opt("SELECT rebuild FROM sentry_migrate_load", &[])
-            .ok()
-            .flatten()
-            .and_then(|row| row.get(0));
-        let events: i64 = client
-            .query_one("SELECT count(*) FROM sentry_message", &[])
-            .map_or(0, |row| row.get(0));
-        rebuild
-            .filter(|_| events > 0)
-            .map(|it| serde_json::from_str(&it).unwrap())
-    };
-    kill_migrate_with_env_when(
-        &repo,
-        &args,
-        &[(xtask::execute::TEST_HOLD_BEFORE_JOURNAL, "pg-copy:rows")],
-        nix::sys::signal::Signal::SIGKILL,
-        |repo| repo.target_exists() && pending(repo).is_some(),
-    );
-    let statements = pending(&repo).unwrap();
-    assert!(
-        statements.iter().any(|it| it.starts_with("CREATE INDEX"))
-            && statements.iter().any(|it| it.contains("FOREIGN KEY")),
-        "{statements:?}"
-    );
-    let keys = |repo: &Repo| -> Vec<String> {
-        repo.target_client()
+    // Resumed as it was started, and with the other engine from where it says to start
+    // (the database this run created is made again; the keys are those of Sentry's schema).
+    for resume in [
+        &args[..],
+        &[
+            "migrate",
+            "--engine",
+            "loaddata",
+            "--from",
+            "settings-sqlite",
+        ][..],
+    ] {
+        let repo = Repo::new("rowskill");
+        let pending = |repo: &Repo| -> Option<Vec<String>> {
+            let mut client = repo.target_client();
+            let rebuild: Option<String> = client
+                .query_opt("SELECT rebuild FROM sentry_migrate_load", &[])
+                .ok()
+                .flatten()
+                .and_then(|row| row.get(0));
+            let events: i64 = client
+                .query_one("SELECT count(*) FROM sentry_message", &[])
+                .map_or(0, |row| row.get(0));
+            rebuild
+                .filter(|_| events > 0)
+                .map(|it| serde_json::from_str(&it).unwrap())
+        };
+        kill_migrate_with_env_when(
+            &repo,
+            &args,
+            &[(xtask::execute::TEST_HOLD_BEFORE_JOURNAL, "pg-copy:rows")],
+            nix::sys::signal::Signal::SIGKILL,
+            |repo| repo.target_exists() && pending(repo).is_some(),
+        );
+        let statements = pending(&repo).unwrap();
+        assert!(
+            statements.iter().any(|it| it.starts_with("CREATE INDEX"))
+                && statements.iter().any(|it| it.contains("FOREIGN KEY")),
+            "{statements:?}"
+        );
+        let keys = |repo: &Repo| -> Vec<String> {
+            repo.target_client()
             .query(
                 "SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
                  WHERE connamespace = 'public'::regnamespace \
@@ -608,19 +620,30 @@ fn a_copy_killed_before_its_indexes_and_keys_are_back_resumes_to_the_same_result
             .iter()
             .map(|row| row.get(0))
             .collect()
-    };
-    assert!(
-        !keys(&repo).iter().any(|it| it.contains("FOREIGN KEY")),
-        "killed before the keys came back"
-    );
-    assert!(!journal_has(&repo, "pg-copy"));
+        };
+        assert!(
+            !keys(&repo).iter().any(|it| it.contains("FOREIGN KEY")),
+            "killed before the keys came back"
+        );
+        assert!(!journal_has(&repo, "pg-copy"));
 
-    let out = repo.xtask(&args, None);
-    assert!(out.ok, "the run after the fault failed: {out:#?}");
-    assert_eq!(report_facts(&repo), report_facts(&reference));
-    assert_eq!(
-        table_hashes(&mut repo.target_client()),
-        table_hashes(&mut reference.target_client())
-    );
-    assert_eq!(keys(&repo), keys(&reference), "every index and key once");
+        let out = repo.xtask(resume, None);
+        assert!(
+            out.ok,
+            "the run after the fault failed ({resume:?}): {out:#?}"
+        );
+        if resume == args {
+            assert_eq!(report_facts(&repo), report_facts(&reference));
+        }
+        assert_eq!(
+            table_hashes(&mut repo.target_client()),
+            table_hashes(&mut reference.target_client()),
+            "{resume:?}"
+        );
+        assert_eq!(
+            keys(&repo),
+            keys(&reference),
+            "every index and key once: {resume:?}"
+        );
+    }
 }

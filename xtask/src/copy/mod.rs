@@ -185,7 +185,7 @@ pub fn copy(
             let (first, _) = clients
                 .split_first_mut()
                 .context("the copy needs a session")?;
-            match undo(first, &rebuild, repeat) {
+            match undo(first, &rebuild, repeat, integer_early) {
                 Ok(()) => Err(anyhow!(
                     "{err:#}; all of it rolled back: the target is as before (empty, its indexes and foreign keys back)"
                 )),
@@ -198,11 +198,18 @@ pub fn copy(
     }
 }
 
-/// After a failed copy: the rows cleared and every dropped index and key re-created on the
-/// empty tables, in one transaction, the marker left saying nothing is pending.
-fn undo(client: &mut Client, rebuild: &[String], repeat: &Repeatable<'_>) -> Result<()> {
+/// After a failed copy: the rows cleared, the early integer columns back to Sentry 4's type and
+/// every dropped index and key re-created on the empty tables, in one transaction, the marker
+/// left saying nothing is pending.
+fn undo(
+    client: &mut Client,
+    rebuild: &[String],
+    repeat: &Repeatable<'_>,
+    integer_early: &[(&str, &str)],
+) -> Result<()> {
     let mut tx = client.transaction()?;
     crate::pg::truncate_tables(&mut tx, crate::pg::TRUNCATE_SQL)?;
+    restore_sentry4_types(&mut tx, integer_early)?;
     drop_keys_and_indexes(&mut tx)?;
     for statement in rebuild {
         tx.batch_execute(statement)
@@ -213,6 +220,31 @@ fn undo(client: &mut Client, rebuild: &[String], repeat: &Repeatable<'_>) -> Res
     }
     tx.commit()?;
     Ok(())
+}
+
+/// What a copy stopped before its end left pending, put back on the (cleared) target before
+/// another kind of load (`pg-load` after `--engine loaddata`): every plain index and foreign key
+/// dropped and each recorded statement run, in the caller's transaction, and the early integer
+/// columns back to Sentry 4's type. Returns how many statements ran.
+pub fn recreate_pending(
+    tx: &mut postgres::Transaction<'_>,
+    integer_early: &[(&str, &str)],
+) -> Result<usize> {
+    let pending = crate::pg::pending_rebuild(tx)?;
+    if pending.is_empty() {
+        return Ok(0);
+    }
+    restore_sentry4_types(tx, integer_early)?;
+    drop_keys_and_indexes(tx)?;
+    for statement in &pending {
+        tx.batch_execute(statement).map_err(|err| {
+            crate::pg::explain_sql_error(
+                err,
+                &format!("re-creating `{statement}`, left pending by an interrupted copy"),
+            )
+        })?;
+    }
+    Ok(pending.len())
 }
 
 /// The rows over the sessions, then the indexes, keys and sequences (see [`copy`]).
@@ -349,6 +381,13 @@ fn session(
     queue: &Mutex<VecDeque<&Work>>,
     (failed, barrier, bars): (&AtomicBool, &Barrier, &Bars),
 ) -> Result<Vec<TableCopy>> {
+    // Every session reaches the barrier, a panicking one too (as a failure, from the guard's
+    // drop while it unwinds), or the other would wait there for ever.
+    let mut arrival = Arrival {
+        barrier,
+        failed,
+        arrived: false,
+    };
     let result = session_rows(
         sqlite,
         client,
@@ -361,6 +400,7 @@ fn session(
     if result.is_err() {
         failed.store(true, Ordering::Relaxed);
     }
+    arrival.arrived = true;
     barrier.wait();
     let (tx, copies) = result?;
     if failed.load(Ordering::Relaxed) {
@@ -370,6 +410,22 @@ fn session(
     tx.commit()
         .map_err(|err| crate::pg::explain_sql_error(err, "a copy session's commit"))?;
     Ok(copies)
+}
+
+/// Makes a session that unwinds (a panic) reach the barrier as a failed one.
+struct Arrival<'a> {
+    barrier: &'a Barrier,
+    failed: &'a AtomicBool,
+    arrived: bool,
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        if !self.arrived {
+            self.failed.store(true, Ordering::Relaxed);
+            self.barrier.wait();
+        }
+    }
 }
 
 /// A session's transaction and the tables it copied in it (not committed).
@@ -417,7 +473,7 @@ fn session_rows<'c>(
 /// `double precision` (exact: every value is whole and within int4): the load as Sentry 4's
 /// schema holds it, for running Sentry's unmodified upgrade on a clone. Returns the columns.
 pub fn restore_sentry4_types(
-    client: &mut Client,
+    client: &mut impl postgres::GenericClient,
     integer_early: &[(&str, &str)],
 ) -> Result<Vec<String>> {
     let mut restored = Vec::new();

@@ -200,6 +200,15 @@ impl StepRunner<'_> {
         if again {
             pg::truncate_tables(&mut tx, sql.truncate_sql)?;
         }
+        // An interrupted copy (before a switch to this engine) left its dropped indexes and
+        // keys in the marker this rewrites: they come back first.
+        let pending = crate::copy::recreate_pending(&mut tx, crate::copy::SENTRY6_INTEGER_COLUMNS)?;
+        if pending > 0 {
+            writeln!(
+                self.log()?,
+                "re-created {pending} index(es) and foreign key(s) an interrupted copy had dropped"
+            )?;
+        }
         pg::write_load_marker(&mut tx, sql.marker_sql, step.id.name(), &input)?;
         tx.commit()
             .context("cannot record the load in the target")?;

@@ -25,6 +25,7 @@ pub const LOAD_MARKER_TABLE: &str = "sentry_migrate_load";
 /// What a load runs to record itself; `$1` = the step, `$2` = its input.
 pub const LOAD_MARKER_SQL: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), rebuild text)",
+    "ALTER TABLE sentry_migrate_load ADD COLUMN IF NOT EXISTS rebuild text",
     "DELETE FROM sentry_migrate_load",
     "INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)",
 ];
@@ -204,7 +205,16 @@ pub fn write_load_marker(
 /// The statements a copy recorded in its marker to re-create the foreign keys and indexes it
 /// dropped, when it did not get to re-create them (empty: none pending, or no marker).
 pub fn pending_rebuild(client: &mut impl GenericClient) -> Result<Vec<String>> {
-    if !has_table(client, LOAD_MARKER_TABLE)? {
+    // A marker of an earlier version of this tool has no such column: nothing pending.
+    let has_column = !client
+        .query(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = 'public' \
+             AND table_name = 'sentry_migrate_load' AND column_name = 'rebuild'",
+            &[],
+        )
+        .context("cannot read the columns of this tool's load marker")?
+        .is_empty();
+    if !has_column {
         return Ok(Vec::new());
     }
     let rows = client
@@ -355,6 +365,28 @@ mod tests {
         },
         pgcluster::testing::{skip, TestDb},
     };
+
+    /// A marker an earlier version of the tool wrote has no `rebuild` column: nothing is
+    /// pending, and the next load's marker statements add the column.
+    #[test]
+    fn a_marker_without_pending_statements_is_read_and_rewritten() {
+        if skip() {
+            return;
+        }
+        let db = TestDb::new("oldmarker");
+        let mut client = db.client();
+        client
+            .batch_execute(
+                "CREATE TABLE sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now()); \
+                 INSERT INTO sentry_migrate_load (step, input) VALUES ('pg-copy', 'x')",
+            )
+            .unwrap();
+        assert!(super::pending_rebuild(&mut client).unwrap().is_empty());
+        super::write_load_marker(&mut client, super::LOAD_MARKER_SQL, "pg-copy", "y").unwrap();
+        let statements = vec!["CREATE INDEX i ON t (c)".to_string()];
+        super::record_pending_rebuild(&mut client, &statements).unwrap();
+        assert_eq!(super::pending_rebuild(&mut client).unwrap(), statements);
+    }
 
     #[test]
     fn creates_a_database_once_and_sees_its_tables() {

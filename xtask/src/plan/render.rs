@@ -297,6 +297,7 @@ mod tests {
       sql (one transaction, only over its own earlier load): TRUNCATE TABLE {tables} RESTART IDENTITY CASCADE
             where {tables} = every table in schema public but sentry_migrate_load, quoted
       sql: CREATE TABLE IF NOT EXISTS sentry_migrate_load (step text NOT NULL, input text NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), rebuild text)
+      sql: ALTER TABLE sentry_migrate_load ADD COLUMN IF NOT EXISTS rebuild text
       sql: DELETE FROM sentry_migrate_load
       sql: INSERT INTO sentry_migrate_load (step, input) VALUES ($1, $2)
             where $1 = 'pg-load', $2 = both dumps' sha256; then COMMIT, before the load
