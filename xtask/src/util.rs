@@ -367,13 +367,12 @@ pub const TEST_HOLD: &str = "SENTRY_MIGRATE_TEST_HOLD_BEFORE_JOURNAL";
 /// With [`TEST_HOLD`] set to `point`: says so on stdout, then waits a minute (the test kills the
 /// run in that time). `point` is a step's name (held before its journal entry) or a point inside
 /// a step (`pg-copy:rows`: after the rows committed, before the indexes and keys come back).
-pub fn test_hold(point: &str) -> bool {
+pub fn test_hold(point: &str) {
     if std::env::var(TEST_HOLD).as_deref() != Ok(point) {
-        return false;
+        return;
     }
     println!("held at {point} ({TEST_HOLD})");
     std::thread::sleep(Duration::from_secs(60));
-    true
 }
 
 #[cfg(test)]

@@ -267,31 +267,15 @@ fn rows_and_rebuild(
         Barrier::new(clients.len()),
         Bars::new(),
     );
-    let results: Vec<Result<Vec<TableCopy>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = clients
-            .iter_mut()
-            .map(|client| {
-                let (queue, failed, barrier, bars) = (&queue, &failed, &barrier, &bars);
-                scope.spawn(move || {
-                    session(
-                        sqlite,
-                        client,
-                        time_zone,
-                        integer_early,
-                        queue,
-                        (failed, barrier, bars),
-                    )
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow!("a copy session panicked")))
-            })
-            .collect()
+    let results = over_sessions(clients, |client| {
+        session(
+            sqlite,
+            client,
+            time_zone,
+            integer_early,
+            &queue,
+            (&failed, &barrier, &bars),
+        )
     });
     let mut copies = Vec::new();
     let mut errors = Vec::new();
@@ -303,7 +287,7 @@ fn rows_and_rebuild(
     }
     if let Some(err) = errors
         .iter()
-        .position(|err| !err.to_string().contains("the other session failed"))
+        .position(|err| !err.to_string().contains(OTHER_SESSION_FAILED))
         .map(|at| errors.swap_remove(at))
         .or_else(|| errors.pop())
     {
@@ -317,34 +301,20 @@ fn rows_and_rebuild(
         .iter()
         .partition(|it| !it.starts_with("ALTER TABLE"));
     let queue = Mutex::new(indexes.into_iter().collect::<VecDeque<_>>());
-    let built: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = clients
-            .iter_mut()
-            .map(|client| {
-                let queue = &queue;
-                scope.spawn(move || -> Result<()> {
-                    while let Some(statement) =
-                        queue.lock().map_err(|_| anyhow!("poisoned"))?.pop_front()
-                    {
-                        client.batch_execute(statement).map_err(|err| {
-                            crate::pg::explain_sql_error(
-                                err,
-                                &format!("re-creating `{statement}` after the copy "),
-                            )
-                        })?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow!("an index session panicked")))
-            })
-            .collect()
+    let built = over_sessions(clients, |client| -> Result<()> {
+        while let Some(statement) = queue
+            .lock()
+            .map_err(|_| anyhow!("an index session panicked"))?
+            .pop_front()
+        {
+            client.batch_execute(statement).map_err(|err| {
+                crate::pg::explain_sql_error(
+                    err,
+                    &format!("re-creating `{statement}` after the copy"),
+                )
+            })?;
+        }
+        Ok(())
     });
     built.into_iter().collect::<Result<Vec<()>>>()?;
     let (first, _) = clients
@@ -405,11 +375,38 @@ fn session(
     let (tx, copies) = result?;
     if failed.load(Ordering::Relaxed) {
         drop(tx);
-        bail!("rolled back: the other session failed");
+        bail!("rolled back: {OTHER_SESSION_FAILED}");
     }
     tx.commit()
         .map_err(|err| crate::pg::explain_sql_error(err, "a copy session's commit"))?;
     Ok(copies)
+}
+
+/// What a session says that rolled back because another failed (the copy reports the other's
+/// error instead).
+const OTHER_SESSION_FAILED: &str = "the other session failed";
+
+/// `work` on each of `clients` in a thread of its own, all at once; a thread that panicked
+/// gives an error.
+fn over_sessions<T: Send>(
+    clients: &mut [Client],
+    work: impl Fn(&mut Client) -> Result<T> + Sync,
+) -> Vec<Result<T>> {
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .map(|client| scope.spawn(move || work(client)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("a copy session panicked")))
+            })
+            .collect()
+    })
 }
 
 /// Makes a session that unwinds (a panic) reach the barrier as a failed one.

@@ -268,7 +268,7 @@ fn copy_table(
         if done.is_multiple_of(4096) {
             progress.tick(done, total);
             if stop.load(Ordering::Relaxed) {
-                bail!("{table}: stopped, the other session failed");
+                bail!("{table}: stopped, {}", super::OTHER_SESSION_FAILED);
             }
         }
     }
